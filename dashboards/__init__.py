@@ -1,0 +1,1 @@
+"""Figures and reports built from the result tables (Parquet) of the studies."""

@@ -1,0 +1,57 @@
+"""The paper's figures from summarised result tables (see harness.results.summarise).
+
+Each function takes a Polars frame with columns [x, method, mean, ci_low, ci_high] and writes a PNG.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import polars as pl  # noqa: E402
+
+METHOD_STYLE = {
+    "global": ("Global", "tab:blue"),
+    "ttt": ("TTT", "tab:red"),
+    "majority": ("Majority vote", "tab:gray"),
+    "moe": ("MoE", "tab:green"),
+}
+
+
+def plot_metric_vs(
+    summary: pl.DataFrame,
+    x: str,
+    path: str | os.PathLike,
+    ylabel: str,
+    xlabel: str | None = None,
+    title: str | None = None,
+    logx: bool = True,
+    percent: bool = False,
+) -> Path:
+    """Lines of `mean` against `x`, one per method, with shaded CI bands (ci_low..ci_high)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=130)
+    scale = 100.0 if percent else 1.0
+    for method in summary["method"].unique(maintain_order=True).to_list():
+        part = summary.filter(pl.col("method") == method).sort(x)
+        label, colour = METHOD_STYLE.get(method, (method, None))
+        xs = part[x].to_numpy()
+        ax.plot(xs, part["mean"].to_numpy() * scale, marker="o", ms=3.5, label=label, color=colour)
+        ax.fill_between(xs, part["ci_low"].to_numpy() * scale, part["ci_high"].to_numpy() * scale, alpha=0.2, color=colour)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

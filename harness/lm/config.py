@@ -1,0 +1,52 @@
+"""Hyperparameters of LoRA TTT on the Pile: one place for every default (paper Table 9)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+QWEN_LORA_TARGETS: tuple[str, ...] = (
+    "q_proj", "k_proj", "v_proj", "o_proj",  # attention projections
+    "gate_proj", "up_proj", "down_proj",  # MLP projections
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMTTTConfig:
+    """LoRA TTT of a causal LM on retrieved neighbours, evaluated in bits per byte."""
+
+    rank: int = 64  # Table 9: LoRA rank
+    alpha: float = 64.0  # LoRA scale alpha/r = 1; the paper does not state alpha
+    target_modules: tuple[str, ...] = QWEN_LORA_TARGETS  # attention + MLP, ~1% of 0.5B params
+    num_neighbours: int = 50  # Table 9; trained most-similar-first
+    lr: float = 2e-4  # Table 9: Adam learning rate
+    adam_eps: float = 1e-8  # Table 9
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # torch defaults (tttlm uses them)
+    max_tokens: int = 1024  # Table 9: longer neighbours split into chunks, one step per chunk
+    grad_clip: float | None = 1.0  # tttlm clips the gradient norm at 1.0 before each step
+    max_query_tokens: int = 1024  # split rule: query prefix at most this long (tttlm: 1024)
+    adapter_seed: int = 0  # seed of the LoRA A init, identical for every test sequence
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("rank", self.rank >= 1, "must be >= 1"),
+            ("alpha", self.alpha > 0, "must be > 0"),
+            ("target_modules", len(self.target_modules) > 0, "must name at least one module"),
+            ("num_neighbours", self.num_neighbours >= 1, "must be >= 1"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("adam_eps", self.adam_eps > 0, "must be > 0"),
+            ("adam_betas", all(0 <= b < 1 for b in self.adam_betas), "must lie in [0, 1)"),
+            ("max_tokens", self.max_tokens >= 2, "must be >= 2 (a step needs one input and one target)"),
+            ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "must be None or > 0"),
+            ("max_query_tokens", self.max_query_tokens >= 1, "must be >= 1"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(f"LMTTTConfig.{name} = {getattr(self, name)!r} {why}")
+
+    @property
+    def scale(self) -> float:
+        """LoRA output scale alpha / r (peft's `scaling`)."""
+        return self.alpha / self.rank
+
+    def hparams(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,143 @@
+"""Text corpora: Pile-format JSONL (optionally .zst) and HF `datasets` saved to disk; retrieval units.
+
+A Pile line is `{"text": "...", "meta": {"pile_set_name": "..."}}`. Readers return a `Corpus`:
+the texts, their subset names, and a count of the lines that were skipped (with their line numbers),
+so a corrupt shard never silently shrinks the study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class CorruptLineError(ValueError):
+    """A JSONL line that is not a JSON object with a string `text` field."""
+
+
+@dataclasses.dataclass
+class Corpus:
+    texts: list[str]
+    subsets: list[str]  # Pile `meta.pile_set_name` per text ("" when absent)
+    skipped_lines: list[int] = dataclasses.field(default_factory=list)  # 1-based line numbers
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".zst":
+        import zstandard
+
+        raw = open(path, "rb")
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+        return io.TextIOWrapper(reader, encoding="utf-8", errors="strict")
+    return open(path, encoding="utf-8")
+
+
+def iter_jsonl(path: str | os.PathLike, on_error: str = "skip") -> Iterator[tuple[int, str, str] | int]:
+    """Yield (line_no, text, subset) per good line; for a bad line yield its line_no (on_error="skip")
+    or raise CorruptLineError naming file and line (on_error="raise"). Blank lines are ignored."""
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                text = row["text"]
+                if not isinstance(text, str):
+                    raise TypeError(f"'text' is {type(text).__name__}, not str")
+                meta = row.get("meta") or {}
+                subset = meta.get("pile_set_name", "") if isinstance(meta, dict) else ""
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+                if on_error == "raise":
+                    raise CorruptLineError(f"{path}: line {line_no} is not a Pile JSON record ({e})") from None
+                yield line_no
+                continue
+            yield line_no, text, subset
+
+
+def read_jsonl(path: str | os.PathLike, on_error: str = "skip", limit: int | None = None) -> Corpus:
+    """Read a Pile-format .jsonl or .jsonl.zst file; `limit` stops after that many good texts."""
+    corpus = Corpus([], [], [], source=str(path))
+    for item in iter_jsonl(path, on_error):
+        if isinstance(item, int):
+            corpus.skipped_lines.append(item)
+            continue
+        _, text, subset = item
+        corpus.texts.append(text)
+        corpus.subsets.append(subset)
+        if limit is not None and len(corpus.texts) >= limit:
+            break
+    return corpus
+
+
+def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_field: str = "text") -> Corpus:
+    """Read a HF `datasets` dataset saved with `save_to_disk` (needs the `datasets` package)."""
+    try:
+        import datasets
+    except ImportError as e:  # optional dependency
+        raise ImportError("reading HF datasets needs `pip install datasets`") from e
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset folder {path} does not exist")
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None or split not in ds:
+            raise KeyError(f"{path} holds splits {list(ds)}; pass split=one of them")
+        ds = ds[split]
+    if text_field not in ds.column_names:
+        raise KeyError(f"{path} has no column {text_field!r} (columns: {ds.column_names})")
+    texts = list(ds[text_field])
+    subsets = [m.get("pile_set_name", "") if isinstance(m, dict) else "" for m in ds["meta"]] \
+        if "meta" in ds.column_names else [""] * len(texts)
+    return Corpus(texts, subsets, [], source=str(path))
+
+
+def read_corpus(path: str | os.PathLike, on_error: str = "skip", split: str | None = None,
+                limit: int | None = None) -> Corpus:
+    """Dispatch on the path: a file ending .jsonl / .jsonl.zst / .json, else a HF dataset folder."""
+    p = Path(path)
+    if p.is_dir():
+        return read_hf_dataset(p, split=split)
+    if p.name.endswith((".jsonl", ".jsonl.zst", ".json", ".zst")):
+        return read_jsonl(p, on_error=on_error, limit=limit)
+    raise ValueError(f"cannot read corpus {p}: expected a .jsonl / .jsonl.zst file or a HF dataset folder")
+
+
+def chunk_document(text: str, max_chars: int) -> list[str]:
+    """Split a document into retrieval units of at most `max_chars` characters at whitespace.
+
+    A word longer than max_chars becomes a unit of its own (cut at max_chars). Empty text -> [].
+    Units concatenated with single spaces reproduce the text's words in order.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    units, current = [], ""
+    for word in text.split():
+        while len(word) > max_chars:
+            if current:
+                units.append(current)
+                current = ""
+            units.append(word[:max_chars])
+            word = word[max_chars:]
+        if not word:
+            continue
+        if current and len(current) + 1 + len(word) > max_chars:
+            units.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    if current:
+        units.append(current)
+    return units

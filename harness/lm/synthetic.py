@@ -1,0 +1,74 @@
+"""Offline stand-ins for tests and the demo: topical text, a byte-level BPE tokenizer, a tiny Qwen2.
+
+Nothing here downloads: the tokenizer is trained on the given texts with `tokenizers`, the model is
+a random-weight `Qwen2ForCausalLM` saved with `save_pretrained`, so the real loading path is exercised.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+EOS = "<|endoftext|>"
+
+_TOPICS = {
+    "astronomy": "star planet orbit comet galaxy telescope nebula moon solar eclipse gravity light year",
+    "cooking": "flour butter oven recipe sugar knife simmer garlic onion bake pepper salt dough",
+    "sailing": "boat sail wind harbour mast anchor tide rope deck keel starboard port wave",
+    "chess": "pawn knight bishop rook queen king castle gambit opening endgame check mate board",
+    "botany": "leaf root stem flower seed pollen soil moss fern bark branch petal sprout",
+    "music": "chord melody rhythm piano violin tempo note scale harmony drum choir song bass",
+}
+
+
+def topical_corpus(n_docs: int, words_per_doc: int = 120, seed: int = 0) -> tuple[list[str], list[str]]:
+    """n_docs documents, each drawn mostly (85%) from one topic's words. -> (texts, topic names)."""
+    rng = np.random.default_rng(seed)
+    topics = sorted(_TOPICS)
+    common = "the a of and to in is was on with for as by at it".split()
+    texts, labels = [], []
+    for i in range(n_docs):
+        topic = topics[i % len(topics)]
+        vocab = _TOPICS[topic].split()
+        words = [vocab[rng.integers(len(vocab))] if rng.random() < 0.85 else common[rng.integers(len(common))]
+                 for _ in range(words_per_doc)]
+        texts.append(" ".join(words).capitalize() + ".")
+        labels.append(topic)
+    return texts, labels
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 400):
+    """Byte-level BPE trained on `texts` (any UTF-8 text encodes), wrapped as PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+
+
+def make_tiny_qwen2(out_dir: str | os.PathLike, texts: list[str], hidden: int = 32, layers: int = 2,
+                    heads: int = 4, kv_heads: int = 2, intermediate: int = 64, vocab_size: int = 400,
+                    seed: int = 0) -> Path:
+    """Save a random-weight Qwen2ForCausalLM and its tokenizer to out_dir; return the folder."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer(texts, vocab_size)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         intermediate_size=intermediate, max_position_embeddings=4096,
+                         tie_word_embeddings=True, eos_token_id=tok.eos_token_id,
+                         bos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

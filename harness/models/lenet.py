@@ -1,0 +1,98 @@
+"""The LeNet-style CNN family of S1 (paper §E.4, Table 3) with exactly the paper's parameter counts.
+
+28x28 input, no padding: conv(k1, c1) -> ReLU -> 2x2 max-pool -> conv(k2, c2) -> ReLU -> 2x2 max-pool
+-> flatten (feature dim f = c2 * s^2) -> linear head f -> 10. TTT fine-tunes only the head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class LeNetSpec:
+    params: int  # total weights + biases (the paper's model size)
+    conv1_kernel: int
+    conv1_channels: int
+    conv2_kernel: int
+    conv2_channels: int
+    # Table 3: global training
+    lr: float
+    batch_size: int
+    epochs: int
+    # Table 4: TTT of the head
+    ttt_lr: float
+    ttt_epochs: int
+    ttt_k: int
+    # Table 5: majority vote
+    majority_k: int
+
+    @property
+    def feature_dim(self) -> int:
+        side = ((28 - self.conv1_kernel + 1) // 2 - self.conv2_kernel + 1) // 2
+        return self.conv2_channels * side * side
+
+
+LENET_SPECS: dict[int, LeNetSpec] = {
+    s.params: s
+    for s in (
+        LeNetSpec(280, 3, 1, 3, 1, 6e-3, 500, 50, 0.05, 50, 200, 8),
+        LeNetSpec(600, 5, 2, 3, 2, 2e-3, 200, 50, 5e-3, 200, 50, 5),
+        LeNetSpec(1268, 5, 3, 5, 5, 1e-3, 400, 100, 0.01, 200, 10, 8),
+        LeNetSpec(1976, 5, 3, 5, 8, 8e-4, 600, 100, 0.01, 200, 200, 5),
+        LeNetSpec(2985, 5, 4, 5, 11, 6e-4, 300, 100, 5e-3, 200, 200, 3),
+        LeNetSpec(4430, 5, 5, 5, 15, 6e-4, 300, 100, 5e-3, 200, 200, 4),
+        LeNetSpec(6386, 5, 6, 5, 20, 2e-3, 400, 100, 1e-3, 200, 50, 6),
+        LeNetSpec(11770, 5, 8, 5, 32, 2e-3, 300, 100, 5e-3, 200, 100, 4),
+        LeNetSpec(24294, 5, 12, 5, 52, 2e-3, 300, 100, 1e-3, 200, 50, 4),
+        LeNetSpec(40818, 5, 16, 5, 72, 6e-4, 100, 50, 1e-3, 200, 200, 4),
+    )
+}
+
+
+def lenet_for_size(params: int) -> LeNetSpec:
+    """The spec with exactly `params` parameters; a clear error lists the valid sizes."""
+    try:
+        return LENET_SPECS[params]
+    except KeyError:
+        raise ValueError(f"model_size {params} is not a LeNet size of the paper; choose from {sorted(LENET_SPECS)}") from None
+
+
+class LeNet(nn.Module):
+    """trunk(x): (n, 1, 28, 28) -> (n, f) penultimate features; head: (n, f) -> (n, 10) logits."""
+
+    def __init__(self, spec: LeNetSpec, classes: int = 10) -> None:
+        super().__init__()
+        self.spec = spec
+        self.trunk = nn.Sequential(
+            nn.Conv2d(1, spec.conv1_channels, spec.conv1_kernel), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(spec.conv1_channels, spec.conv2_channels, spec.conv2_kernel), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(spec.feature_dim, classes)
+        for m in self.trunk:
+            if isinstance(m, nn.Conv2d):
+                # He init + a small positive bias: PyTorch's default init leaves the one-channel nets
+                # (280 params) dead (all-zero features) for about half of the seeds.
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.constant_(m.bias, 0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        """Penultimate features (n, f) float32 of uint8 or float images (n, 28, 28)."""
+        self.eval()
+        out = [self.trunk(to_input(images[i : i + batch_size])) for i in range(0, images.shape[0], batch_size)]
+        return torch.cat(out)
+
+
+def to_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, 28, 28) -> float (n, 1, 28, 28) in [0, 1]."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    return images.reshape(images.shape[0], 1, 28, 28)

@@ -1,0 +1,67 @@
+"""The end of every study: per-point rows -> Parquet, summary with bootstrap CIs -> Parquet,
+a printed table and the figure."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import polars as pl
+
+from harness.results.schema import summarise, write_parquet_atomic
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyOutputs:
+    points: Path
+    summary: Path
+    figure: Path | None
+    table: pl.DataFrame
+
+
+def finish_study(
+    rows: pl.DataFrame,
+    out_dir: str | os.PathLike,
+    by: list[str],
+    figure: dict | None = None,
+    resamples: int = 1000,
+) -> StudyOutputs:
+    """Write `points.parquet` and `summary.parquet` under out_dir, draw the figure, return the table.
+
+    figure: keyword arguments for dashboards.figures.plot_metric_vs (x, ylabel, ... and `metric` to
+    select which metric's rows to plot; path defaults to out_dir/figure.png).
+    """
+    out_dir = Path(out_dir)
+    points = write_parquet_atomic(rows, out_dir / "points.parquet")
+    table = summarise(rows, by=by, resamples=resamples)
+    summary = write_parquet_atomic(table, out_dir / "summary.parquet")
+    fig_path = None
+    if figure is not None:
+        from dashboards.figures import plot_metric_vs
+
+        figure = dict(figure)
+        metric = figure.pop("metric", None)
+        part = table.filter(pl.col("metric") == metric) if metric else table
+        fig_path = plot_metric_vs(part, path=figure.pop("path", out_dir / "figure.png"), **figure)
+    return StudyOutputs(points, summary, fig_path, table)
+
+
+def format_table(table: pl.DataFrame, index: str, metric: str, percent: bool = True) -> str:
+    """One line per `index` value, one column per method: 'mean [low, high]'."""
+    part = table.filter(pl.col("metric") == metric)
+    methods = part["method"].unique(maintain_order=True).to_list()
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    header = f"{index:>12} | " + " | ".join(f"{m:^24}" for m in methods)
+    lines = [f"{metric} ({'percent, ' if percent else ''}90% bootstrap CI)", header, "-" * len(header)]
+    for value in sorted(part[index].unique().to_list()):
+        cells = []
+        for m in methods:
+            r = part.filter((pl.col(index) == value) & (pl.col("method") == m))
+            if r.height:
+                mean, lo, hi = (r[c][0] * scale for c in ("mean", "ci_low", "ci_high"))
+                cells.append(f"{mean:7.2f}{unit} [{lo:6.2f}, {hi:6.2f}]")
+            else:
+                cells.append(" " * 24)
+        lines.append(f"{value:>12} | " + " | ".join(f"{c:^24}" for c in cells))
+    return "\n".join(lines)

@@ -1,0 +1,21 @@
+"""k-means centroids of training features (the MoE variant's experts), by faiss."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.retrieval.index import check_features
+
+
+def kmeans_centroids(features: np.ndarray, clusters: int, iterations: int = 20, seed: int = 0,
+                     gpu: bool = False) -> np.ndarray:
+    """(clusters, d) float32 centroids of faiss k-means on `features` (N, d)."""
+    import faiss
+
+    features = check_features("training features", features)
+    if not 1 <= clusters <= features.shape[0]:
+        raise ValueError(f"experts = {clusters} must be between 1 and the number of training points {features.shape[0]}")
+    km = faiss.Kmeans(features.shape[1], clusters, niter=iterations, seed=seed, gpu=gpu,
+                      max_points_per_centroid=max(256, -(-features.shape[0] // clusters)), verbose=False)
+    km.train(features)
+    return np.ascontiguousarray(km.centroids, dtype=np.float32)

