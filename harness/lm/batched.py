@@ -60,8 +60,13 @@ class StackedLoRALinear(nn.Module):
             a, b = self.A[:r.prefix], self.B[:r.prefix]  # (N, r, d_in), (N, d_out, r)
         else:
             a, b = self.A[r.index], self.B[r.index]
-        h = torch.bmm(x, a.to(x.dtype).transpose(1, 2))  # (N, T, r)
-        return y + self.scale * torch.bmm(h, b.to(x.dtype).transpose(1, 2))
+        lead = x.shape[:-1]
+        x3 = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, d_in)
+        h = torch.bmm(x3, a.to(x.dtype).transpose(1, 2))  # (N, T, r)
+        # y + scale * h B^T in one GEMM epilogue (no separate add / scale kernels)
+        out = torch.baddbmm(y.reshape(x3.shape[0], -1, y.shape[-1]), h, b.to(x.dtype).transpose(1, 2),
+                            alpha=self.scale)
+        return out.reshape(*lead, out.shape[-1])
 
 
 def kaiming_adapter_init(shapes: dict[str, tuple[int, int]], rank: int, seed: int
@@ -81,7 +86,8 @@ class BatchedLoRATTT:
 
     def __init__(self, model: nn.Module, cfg: LMTTTConfig, prefix_token: int, max_batch: int,
                  init: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 chunk_tokens: int = 4096, eval_batch: int | None = None, pad_id: int = 0) -> None:
+                 chunk_tokens: int = 4096, eval_batch: int | None = None, pad_id: int = 0,
+                 compile_layers: bool = False) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.cfg, self.prefix_token = model, cfg, prefix_token
@@ -114,6 +120,9 @@ class BatchedLoRATTT:
         self._step_count = [0] * max_batch  # Adam step count per adapter
         self.decoder = model.get_decoder()
         self.head = model.get_output_embeddings()
+        if compile_layers:  # fuses norms, rotary, SiLU and the LoRA adds; one graph serves every layer
+            for layer in self.decoder.layers:
+                layer.compile(dynamic=True)
         self.device = self.params[0].device
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ from harness.data.subsample import class_balanced_subsample
 from harness.features.cache import FeatureSplits, cached_features
 from harness.models.lenet import LeNet, lenet_for_size, to_input
 from harness.models.training import TrainConfig, train_classifier
+from harness.results.atomic import atomic_path
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
@@ -116,7 +117,8 @@ def mnist_features(cfg: MnistTrialConfig, images: ImageSplits | None = None,
         with np.load(Path(cfg.cache_dir) / f"{key}.head.npz") as f:
             head = {"w": f["w"], "b": f["b"]}
     elif cfg.cache_dir is not None:
-        np.savez(Path(cfg.cache_dir) / f"{key}.head.npz", **head)
+        with atomic_path(Path(cfg.cache_dir) / f"{key}.head.npz", suffix=".tmp.npz") as tmp:
+            np.savez(tmp, **head)
     return splits, head["w"], head["b"]
 
 

@@ -1,0 +1,75 @@
+"""Connecting to Ray and checking what the cluster offers before any work starts.
+
+`init_ray(address)` joins a running cluster ("auto", an address, or RAY_ADDRESS, as under `ray submit`
+and `ray job submit`) or starts a local one. `require_resources` turns a request the cluster can never
+satisfy (GPUs on a CPU-only cluster, more CPUs per actor than any node has) into an error naming the
+field, instead of a job that waits forever for resources.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import ray
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> dict:
+    """Connect to Ray once per process and return the cluster's total resources.
+
+    address: None joins RAY_ADDRESS if set (ray submit / ray job submit), else starts a local Ray;
+    "auto" joins the cluster this machine belongs to; "ray://..." or "host:port" joins that one.
+    Workers get this checkout on PYTHONPATH, so `harness` imports without installing it (clusters
+    built from cluster.yaml install it on every node anyway).
+    """
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
+        start_local = address is None
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if start_local else None,
+            runtime_env=runtime_env,
+            include_dashboard=False if start_local else None,
+            log_to_driver=kwargs.pop("log_to_driver", True),
+            **kwargs,
+        )
+    return ray.cluster_resources()
+
+
+def _node_totals() -> list[dict[str, float]]:
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def require_resources(gpus_per_actor: float, cpus_per_actor: float, on_missing_gpu: str = "error") -> float:
+    """Check one actor of (cpus_per_actor, gpus_per_actor) fits on some node; return the GPUs to ask for.
+
+    On a cluster without GPUs, on_missing_gpu="error" raises naming `gpus_per_actor`; "cpu" prints a
+    warning and returns 0.0 (the actors then run on CPU). Autoscaling clusters may have no GPU node
+    yet: a node type that offers GPUs counts, so this check only refuses what can never be scheduled.
+    """
+    if on_missing_gpu not in ("error", "cpu"):
+        raise ValueError(f"on_missing_gpu must be 'error' or 'cpu', got {on_missing_gpu!r}")
+    if gpus_per_actor < 0:
+        raise ValueError(f"gpus_per_actor must be >= 0, got {gpus_per_actor}")
+    if cpus_per_actor <= 0:
+        raise ValueError(f"cpus_per_actor must be > 0, got {cpus_per_actor}")
+    nodes = _node_totals()
+    autoscaling = os.environ.get("TTT_HARNESS_GPUS_MAY_AUTOSCALE") == "1"  # set by cluster.yaml on the head
+    if gpus_per_actor > 0 and not autoscaling:
+        most = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        if most < gpus_per_actor:
+            msg = (f"gpus_per_actor = {gpus_per_actor} but no node of this Ray cluster has that many GPUs "
+                   f"(largest: {most:g}); use gpus_per_actor=0 for CPU actors")
+            if on_missing_gpu == "error":
+                raise ValueError(msg)
+            print(f"WARNING: {msg}; falling back to CPU actors", file=sys.stderr)
+            gpus_per_actor = 0.0
+    most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    if cpus_per_actor > most_cpus:
+        raise ValueError(f"cpus_per_actor = {cpus_per_actor} but the largest node of this Ray cluster has {most_cpus:g} CPUs")
+    return gpus_per_actor

@@ -1,0 +1,48 @@
+"""Fixtures shared by tests/test_distributed_*.py: a 2-node Ray cluster and a tiny cached S1 trial.
+
+Import them into a test module with `from distributed_fixtures import ray_cluster, tiny_trial`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+# Tiny S1 cell: LeNet 280 trained 1 epoch on 10% of train, 100 test points, 10 TTT steps.
+TINY = dict(model_size=280, epochs=1, fraction=0.1, test_points=100, ttt_steps=10)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A ray.cluster_utils.Cluster of two nodes (1 CPU + 1 fake GPU each), connected as the driver."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from harness.distributed.runtime import init_ray
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
+    cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    init_ray(cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_trial(tmp_path_factory, mnist):
+    """(config with a warm feature cache, the in-process rows of mnist_trial for it)."""
+    from harness.trials.mnist import MnistTrialConfig, mnist_trial
+
+    cfg = MnistTrialConfig(**TINY, cache_dir=str(tmp_path_factory.mktemp("features")))
+    return cfg, mnist_trial(cfg, mnist)
+
+
+def tiny_config(cache_dir: str, **overrides):
+    from harness.trials.mnist import MnistTrialConfig
+
+    return dataclasses.replace(MnistTrialConfig(**TINY, cache_dir=cache_dir), **overrides)
