@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1024, help="tokens per chunk (and of the evaluated part)")
     ap.add_argument("--chunk-tokens", type=int, default=8192, help="LM-head chunk of the fused loss")
     ap.add_argument("--skip-loop", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer of the batched engine")
+    ap.add_argument("--profile", action="store_true", help="print the top kernels of 3 batched steps")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
 
@@ -111,7 +113,18 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     engine = BatchedLoRATTT(batched_model, cfg, prefix_token=0, max_batch=max(args.batch), init=init,
-                            chunk_tokens=args.chunk_tokens)
+                            chunk_tokens=args.chunk_tokens, compile_layers=args.compile)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        b = max(args.batch)
+        engine.run(synthetic_sequences(b, 2, tokens, vocab, seed=1))
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+        with profile(activities=acts) as prof:
+            engine.train_group(synthetic_sequences(b, 3, tokens, vocab, seed=3))
+            sync(device)
+        key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
     result["batched"] = {}
     for b in args.batch:
       try:

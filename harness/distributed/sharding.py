@@ -69,6 +69,21 @@ class ReplicaEvaluator:
         return out
 
 
+def _map_replicas(ds: ray.data.Dataset, state_ref: ray.ObjectRef, ttt: HeadTTTConfig, evaluator_cls: type,
+                  sharding: ShardingConfig, gpus: float, evaluator_kwargs: dict) -> ray.data.Dataset:
+    return ds.map_batches(
+        ReplicaEvaluator,
+        fn_constructor_args=([state_ref], ttt, evaluator_cls, evaluator_kwargs),
+        batch_size=sharding.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=sharding.actors),
+        num_cpus=sharding.cpus_per_actor,
+        num_gpus=gpus,
+        max_restarts=sharding.max_restarts,
+        max_task_retries=sharding.max_task_retries,
+    )
+
+
 def evaluate_sharded(
     state: HeadState,
     ttt: HeadTTTConfig,
@@ -106,18 +121,10 @@ def evaluate_sharded(
         [{"point_id": int(p), "feature": f, "label": int(y)} for p, f, y in zip(point_ids, features, labels)],
         override_num_blocks=blocks,
     )
-    evaluated = ds.map_batches(
-        ReplicaEvaluator,
-        fn_constructor_args=([state_ref], ttt, evaluator_cls,
-                             {"majority_k": majority_k, "retriever": retriever, "metric": metric, "device": device}),
-        batch_size=sharding.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=sharding.actors),
-        num_cpus=sharding.cpus_per_actor,
-        num_gpus=gpus,
-        max_restarts=sharding.max_restarts,
-        max_task_retries=sharding.max_task_retries,
-    )
+    with warnings.catch_warnings():  # Ray 2.60 takes actor restart options only as ray_remote_args
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        evaluated = _map_replicas(ds, state_ref, ttt, evaluator_cls, sharding, gpus,
+                                  {"majority_k": majority_k, "retriever": retriever, "metric": metric, "device": device})
     parts = list(evaluated.iter_batches(batch_size=None, batch_format="numpy"))
     out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     order = np.argsort(out["point_id"], kind="stable")

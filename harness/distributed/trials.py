@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import polars as pl
@@ -14,7 +15,7 @@ import polars as pl
 from harness.data.mnist import ImageSplits
 from harness.distributed.sharding import ShardingConfig, evaluate_sharded
 from harness.results.schema import RunInfo, config_hash, point_rows
-from harness.trials.mnist import MnistTrialConfig, mnist_features, test_subset
+from harness.trials.mnist import MnistTrialConfig, mnist_features, mnist_trial, test_subset
 from harness.ttt.evaluator import HeadState, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
 
@@ -48,3 +49,30 @@ def mnist_trial_sharded(cfg: MnistTrialConfig, sharding: ShardingConfig, images:
         point_rows(run, method, metric, values, out["point_id"], hparams=hp[method], k=ks[method])
         for method, metric, values in prediction_metrics(out)
     ])
+
+
+SHARDING_KEYS = {f.name for f in dataclasses.fields(ShardingConfig)}
+TRIAL_KEYS = {f.name for f in dataclasses.fields(MnistTrialConfig)}
+
+
+def mnist_config_from_dict(config: dict) -> tuple[MnistTrialConfig, ShardingConfig | None, str]:
+    """Split a flat sweep config into (trial config, sharding or None for in-process, study name).
+
+    Keys: MnistTrialConfig fields, ShardingConfig fields (`actors` = 0 or absent: in-process), `study`.
+    Unknown keys raise naming them, so a typo in a sweep is caught before the cluster does work."""
+    unknown = set(config) - TRIAL_KEYS - SHARDING_KEYS - {"study"}
+    if unknown:
+        raise ValueError(f"unknown MNIST trial config keys {sorted(unknown)}; allowed: "
+                         f"{sorted(TRIAL_KEYS | SHARDING_KEYS | {'study'})}")
+    trial = MnistTrialConfig(**{k: v for k, v in config.items() if k in TRIAL_KEYS})
+    sharding_args = {k: v for k, v in config.items() if k in SHARDING_KEYS}
+    sharding = ShardingConfig(**sharding_args) if sharding_args.get("actors", 0) > 0 else None
+    return trial, sharding, config.get("study", "model_scaling")
+
+
+def mnist_sweep_trial(config: dict, images: ImageSplits | None = None) -> pl.DataFrame:
+    """The pure trial function of every MNIST sweep (S1, S4, Optuna tuning): flat config in, rows out."""
+    trial, sharding, study = mnist_config_from_dict(config)
+    if sharding is None:
+        return mnist_trial(trial, images, study=study)
+    return mnist_trial_sharded(trial, sharding, images, study=study)

@@ -176,7 +176,7 @@ class BatchedLoRATTT:
         cfg, (b1, b2) = self.cfg, self.cfg.adam_betas
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if cfg.grad_clip is not None:  # per-adapter total norm, as clip_grad_norm_ on one adapter alone
-            sq = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (n,)
+            sq = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (n,)
             coef = (cfg.grad_clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
             for g in grads:
                 g.mul_(coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype))

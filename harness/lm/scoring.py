@@ -66,9 +66,14 @@ def pad_rows(rows: list[Row], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tens
     return inp, lab
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """bf16 / fp16 -> fp32 for a stable log-softmax; fp32 and fp64 unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _token_nll(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token NLL of one chunk. h (n, d), weight (V, d), labels (n,) -> (n,) fp32 nats (0 at IGNORE)."""
-    logits = (h @ weight.T).float()  # (n, V) in fp32 for a stable log-softmax
+    """Per-token NLL of one chunk. h (n, d), weight (V, d), labels (n,) -> (n,) nats (0 at IGNORE), >= fp32."""
+    logits = at_least_fp32(h @ weight.T)  # (n, V)
     return torch.nn.functional.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="none")
 
 
@@ -76,7 +81,7 @@ def row_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
             chunk_tokens: int = 4096) -> torch.Tensor:
     """Per-row summed NLL (nats) without materialising (N, T, V) logits.
 
-    hidden (N, T, d) final hidden states, weight (V, d) the LM head, labels (N, T) -> (N,) fp32.
+    hidden (N, T, d) final hidden states, weight (V, d) the LM head, labels (N, T) -> (N,) in >= fp32.
     The N*T tokens are processed `chunk_tokens` at a time; under autograd each chunk is checkpointed,
     so the backward pass recomputes its (chunk, V) logits instead of storing them (fp32 logits over
     the 152k vocabulary would otherwise dominate memory).
@@ -115,15 +120,15 @@ class _FusedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, weight, labels, token_weight, chunk_tokens):  # h (M, d), weight (V, d), (M,), (M,)
-        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        loss = torch.zeros((), dtype=torch.promote_types(h.dtype, torch.float32), device=h.device)
         grad_h = torch.empty_like(h) if h.requires_grad else None
         for s in range(0, h.shape[0], chunk_tokens):
             hc, lab, w = h[s:s + chunk_tokens], labels[s:s + chunk_tokens], token_weight[s:s + chunk_tokens]
-            logits = (hc @ weight.T).float()  # (c, V)
+            logits = at_least_fp32(hc @ weight.T)  # (c, V)
             keep = lab != IGNORE
             safe = torch.where(keep, lab, torch.zeros_like(lab))
             logp = torch.log_softmax(logits, dim=-1)  # (c, V)
-            w = torch.where(keep, w, torch.zeros_like(w)).float()  # (c,)
+            w = torch.where(keep, w, torch.zeros_like(w)).to(logp.dtype)  # (c,)
             loss += -(logp.gather(1, safe[:, None]).squeeze(1) * w).sum()
             if grad_h is not None:
                 g = logp.exp_()  # softmax, in place
@@ -141,7 +146,7 @@ class _FusedLinearCE(torch.autograd.Function):
 
 def weighted_token_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                         row_weight: torch.Tensor, chunk_tokens: int = 4096) -> torch.Tensor:
-    """sum_rows row_weight[n] * (summed NLL of row n), fused with the LM head. -> () fp32.
+    """sum_rows row_weight[n] * (summed NLL of row n), fused with the LM head. -> () in >= fp32.
 
     hidden (N, T, d), weight (V, d) frozen LM head, labels (N, T), row_weight (N,). With
     row_weight = 1 / (scored tokens of the row) this is the sum of per-row mean NLLs.

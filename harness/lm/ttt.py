@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from harness.lm.config import LMTTTConfig
-from harness.lm.scoring import IGNORE, Row, bits_per_byte, rolling_rows, training_rows, utf8_bytes
+from harness.lm.scoring import IGNORE, Row, at_least_fp32, bits_per_byte, rolling_rows, training_rows, utf8_bytes
 from harness.lm.split import split_tokens
 
 NeighbourFn = Callable[[list[str], int], list[list[str]]]  # (query texts, k) -> neighbour texts per query
@@ -143,7 +143,7 @@ class PeftLoRATTT:
         for inp, lab in rows:
             x = torch.tensor([inp], device=self.device)
             y = torch.tensor(lab, device=self.device)
-            logp = torch.log_softmax(self.model(input_ids=x).logits[0].float(), dim=-1)  # (T, V)
+            logp = torch.log_softmax(at_least_fp32(self.model(input_ids=x).logits[0]), dim=-1)  # (T, V)
             keep = y != IGNORE
             total -= logp[keep].gather(1, y[keep, None]).sum().item()
         return total

@@ -1,5 +1,8 @@
 """Triton kernels of the fused linear-head TTT step (see harness/ttt/linear_fused.py for the maths).
 
+Three launches a step: `_fwd` (Z = X Wᵀ + c and per-tile softmax partials), `_dgrad` (Dᵀ and ∇c),
+`_gemm_adam` (∇W = Dᵀ X with torch.optim.Adam's update of W, m, v in the epilogue).
+
 Imported lazily by linear_fused.py (this module imports triton at the top). Each kernel is built twice:
 compiled (`triton.jit`, GPU) and interpreted (`InterpretedFunction`, CPU under numpy, for tests).
 """
@@ -22,16 +25,22 @@ def _fwd(
     PREC: tl.constexpr, BF16: tl.constexpr, EMU_BF16: tl.constexpr,
 ):
     """Z[b, rows, cols] = X[b, rows] W[b, cols]ᵀ + c[b, cols]; per-row max and Σexp over this column tile."""
-    b = tl.program_id(0).to(tl.int64)
-    pm = tl.program_id(1)
-    pn = tl.program_id(2)
+    pm = tl.program_id(0)
+    pn = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)  # the point varies slowest: its tiles run together and share L2
+    X += b * sxb
+    W += b * swb
+    CB += b * scb
+    Z += b * szb
+    PMAX += b * spb
+    PSUM += b * spb
     rm = pm * BM + tl.arange(0, BM)
     rn = pn * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
     mask_m = rm < k
     mask_n = rn < C
-    xp = X + b * sxb + rm[:, None] * sxk + rk[None, :] * sxd  # (BM, BK)
-    wp = W + b * swb + rn[None, :] * swc + rk[:, None] * swd  # (BK, BN) = Wᵀ tile
+    xp = X + rm[:, None] * sxk + rk[None, :] * sxd  # (BM, BK)
+    wp = W + rn[None, :] * swc + rk[:, None] * swd  # (BK, BN) = Wᵀ tile
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, d, BK):
         kmask = (k0 + rk) < d
@@ -47,105 +56,147 @@ def _fwd(
             acc += tl.dot(x, w, input_precision=PREC)
         xp += BK * sxd
         wp += BK * swd
-    bias = tl.load(CB + b * scb + rn * scc, mask=mask_n, other=0.0)
+    bias = tl.load(CB + rn * scc, mask=mask_n, other=0.0)
     zs = (acc + bias[None, :]).to(Z.dtype.element_ty)
-    tl.store(Z + b * szb + rm[:, None] * szk + rn[None, :] * szc, zs, mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(Z + rm[:, None] * szk + rn[None, :] * szc, zs, mask=mask_m[:, None] & mask_n[None, :])
     z = tl.where(mask_n[None, :], zs.to(tl.float32), float("-inf"))  # stats of the values stored
     mx = tl.max(z, axis=1)
     s = tl.sum(tl.exp(z - mx[:, None]), axis=1)
-    tl.store(PMAX + b * spb + rm * spk + pn, mx, mask=mask_m)
-    tl.store(PSUM + b * spb + rm * spk + pn, s, mask=mask_m)
+    tl.store(PMAX + rm * spk + pn, mx, mask=mask_m)
+    tl.store(PSUM + rm * spk + pn, s, mask=mask_m)
 
 
-def _grad_adam(
-    X, Z, PMAX, PSUM, Y,
-    WIN, WOUT, M, V, CIN, COUT, MC, VC,
-    k, C, d, NT,
-    sxb, sxk, sxd,
+def _dgrad(
+    Z, PMAX, PSUM, Y, DT, GC,
+    k, C, NT,
     szb, szk, szc,
     spb, spk,
     syb, syk,
-    swib, swic, swid,
-    swb, swc, swd,
-    scib, scic,
-    scb, scc,
-    inv_k, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
-    BC: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr, NTP: tl.constexpr,
-    PREC: tl.constexpr, BF16: tl.constexpr, EMU_BF16: tl.constexpr,
-    FIRST: tl.constexpr, HAS_WD: tl.constexpr,
+    sdb, sdc, sdk,
+    sgb,
+    inv_k,
+    BC: tl.constexpr, BK: tl.constexpr, NTP: tl.constexpr,
 ):
-    """∇W tile = Σ_i D[b,i,cols]ᵀ X[b,i,dcols] with D = (softmax(Z) - onehot(y)) / k built on the fly,
-    then one Adam step of that tile of W, m, v (and of c, m_c, v_c on the dcol-tile-0 programs)."""
-    b = tl.program_id(0).to(tl.int64)
-    pc = tl.program_id(1)
-    pd = tl.program_id(2)
+    """Dᵀ[b, cols, :] = ((softmax(Z) - onehot(y)) / k)ᵀ for one column tile over all k rows; ∇c = Σ_i D."""
+    pc = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    Z += b * szb
+    PMAX += b * spb
+    PSUM += b * spb
+    Y += b * syb
+    DT += b * sdb
+    GC += b * sgb
     rc = pc * BC + tl.arange(0, BC)
-    rd = pd * BD + tl.arange(0, BD)
     ri = tl.arange(0, BK)
     rt = tl.arange(0, NTP)
     mask_c = rc < C
-    mask_d = rd < d
     mask_t = rt < NT
-    acc = tl.zeros((BC, BD), dtype=tl.float32)
     gc = tl.zeros((BC,), dtype=tl.float32)
     for i0 in range(0, k, BK):
         rows = i0 + ri
         mrow = rows < k
-        # log-sum-exp of each row from the per-tile partial (max, Σexp) of the forward kernel
+        # log-sum-exp of each row from the forward kernel's per-tile partial (max, Σexp)
         pmask = mrow[:, None] & mask_t[None, :]
-        pmx = tl.load(PMAX + b * spb + rows[:, None] * spk + rt[None, :], mask=pmask, other=float("-inf"))
-        psm = tl.load(PSUM + b * spb + rows[:, None] * spk + rt[None, :], mask=pmask, other=0.0)
+        pmx = tl.load(PMAX + rows[:, None] * spk + rt[None, :], mask=pmask, other=float("-inf"))
+        psm = tl.load(PSUM + rows[:, None] * spk + rt[None, :], mask=pmask, other=0.0)
         pmx = tl.where(mrow[:, None], pmx, 0.0)
         mrow_max = tl.max(pmx, axis=1)
         lse = mrow_max + tl.log(tl.sum(psm * tl.exp(pmx - mrow_max[:, None]), axis=1))
         lse = tl.where(mrow, lse, 0.0)
         zmask = mrow[:, None] & mask_c[None, :]
-        z = tl.load(Z + b * szb + rows[:, None] * szk + rc[None, :] * szc, mask=zmask, other=0.0).to(tl.float32)
-        y = tl.load(Y + b * syb + rows * syk, mask=mrow, other=-1)
-        p = tl.exp(z - lse[:, None])
-        dz = (p - tl.where(y[:, None] == rc[None, :], 1.0, 0.0)) * inv_k
+        z = tl.load(Z + rows[:, None] * szk + rc[None, :] * szc, mask=zmask, other=0.0).to(tl.float32)
+        y = tl.load(Y + rows * syk, mask=mrow, other=-1)
+        dz = (tl.exp(z - lse[:, None]) - tl.where(y[:, None] == rc[None, :], 1.0, 0.0)) * inv_k
         dz = tl.where(zmask, dz, 0.0)  # (BK, BC)
-        x = tl.load(X + b * sxb + rows[:, None] * sxk + rd[None, :] * sxd,
-                    mask=mrow[:, None] & mask_d[None, :], other=0.0)  # (BK, BD)
+        gc += tl.sum(dz, axis=0)
+        tl.store(DT + rc[None, :] * sdc + rows[:, None] * sdk, dz.to(DT.dtype.element_ty), mask=zmask)
+    tl.store(GC + rc, gc, mask=mask_c)
+
+
+def _gemm_adam(
+    X, DT, GC,
+    WIN, WOUT, M, V, CIN, COUT, MC, VC,
+    k, C, d,
+    sxb, sxk, sxd,
+    sdb, sdc, sdk,
+    sgb,
+    swib, swic, swid,
+    swb, swc, swd,
+    scib, scic,
+    scb, scc,
+    neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
+    BC: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+    PREC: tl.constexpr, BF16: tl.constexpr, EMU_BF16: tl.constexpr,
+    FIRST: tl.constexpr, HAS_WD: tl.constexpr,
+):
+    """∇W tile = Σ_i Dᵀ[b, cols, i] X[b, i, dcols] (a plain pipelined GEMM loop), then one Adam step of that
+    tile of W, m, v (and of c, m_c, v_c with ∇c from the D kernel, on the dcol-tile-0 programs)."""
+    pc = tl.program_id(0)
+    pd = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    X += b * sxb
+    DT += b * sdb
+    GC += b * sgb
+    WIN += b * swib
+    WOUT += b * swb
+    M += b * swb
+    V += b * swb
+    CIN += b * scib
+    COUT += b * scb
+    MC += b * scb
+    VC += b * scb
+    rc = pc * BC + tl.arange(0, BC)
+    rd = pd * BD + tl.arange(0, BD)
+    ri = tl.arange(0, BK)
+    mask_c = rc < C
+    mask_d = rd < d
+    acc = tl.zeros((BC, BD), dtype=tl.float32)
+    ap = DT + rc[:, None] * sdc + ri[None, :] * sdk  # (BC, BK)
+    xp = X + ri[:, None] * sxk + rd[None, :] * sxd  # (BK, BD)
+    for i0 in range(0, k, BK):
+        kmask = (i0 + ri) < k
+        a = tl.load(ap, mask=mask_c[:, None] & kmask[None, :], other=0.0)
+        x = tl.load(xp, mask=kmask[:, None] & mask_d[None, :], other=0.0)
         if BF16:
-            if EMU_BF16:
-                acc += tl.dot(tl.trans(dz.to(tl.bfloat16).to(tl.float32)), x.to(tl.bfloat16).to(tl.float32),
+            if EMU_BF16:  # interpreter: bf16 operands, fp32 products (exact) and sums
+                acc += tl.dot(a.to(tl.bfloat16).to(tl.float32), x.to(tl.bfloat16).to(tl.float32),
                               input_precision="ieee")
             else:
-                acc += tl.dot(tl.trans(dz.to(tl.bfloat16)), x.to(tl.bfloat16))
+                acc += tl.dot(a.to(tl.bfloat16), x.to(tl.bfloat16))
         else:
-            acc += tl.dot(tl.trans(dz), x, input_precision=PREC)
-        gc += tl.sum(dz, axis=0)
+            acc += tl.dot(a, x, input_precision=PREC)
+        ap += BK * sdk
+        xp += BK * sxk
 
-    # Adam (torch.optim.Adam's formulas, step size and bias corrections precomputed on the host):
-    #   (omb1 = 1-β1, omb2 = 1-β2 rounded from double as torch does)
+    # Adam (torch.optim.Adam's formulas; step size and bias corrections precomputed on the host;
+    # omb1 = 1-β1, omb2 = 1-β2 rounded from double as torch does):
     #   m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²;  w = w - step (m / (sqrt(v)/sqrt(1-β2^t) + eps))
     wmask = mask_c[:, None] & mask_d[None, :]
-    w = tl.load(WIN + b * swib + rc[:, None] * swic + rd[None, :] * swid, mask=wmask, other=0.0)
+    win = WIN + rc[:, None] * swic + rd[None, :] * swid
+    offs = rc[:, None] * swc + rd[None, :] * swd
     g = acc
     if HAS_WD:
-        g = g + wd * w
-    offs = b * swb + rc[:, None] * swc + rd[None, :] * swd
+        g = g + wd * tl.load(win, mask=wmask, other=0.0)
     if FIRST:
         m = omb1 * g
         v = omb2 * g * g
     else:
         m = tl.load(M + offs, mask=wmask, other=0.0)
-        v = tl.load(V + offs, mask=wmask, other=0.0)
         m = m + omb1 * (g - m)
+        v = tl.load(V + offs, mask=wmask, other=0.0)
         v = v * beta2 + omb2 * g * g
-    denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
-    w = w + neg_step * tl.div_rn(m, denom)
-    tl.store(WOUT + offs, w, mask=wmask)
     tl.store(M + offs, m, mask=wmask)
     tl.store(V + offs, v, mask=wmask)
+    upd = tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
+    w = tl.load(win, mask=wmask, other=0.0)
+    tl.store(WOUT + offs, w + neg_step * upd, mask=wmask)
 
     if pd == 0:
-        cw = tl.load(CIN + b * scib + rc * scic, mask=mask_c, other=0.0)
-        g1 = gc
+        cw = tl.load(CIN + rc * scic, mask=mask_c, other=0.0)
+        g1 = tl.load(GC + rc, mask=mask_c, other=0.0)
         if HAS_WD:
             g1 = g1 + wd * cw
-        coffs = b * scb + rc * scc
+        coffs = rc * scc
         if FIRST:
             mc = omb1 * g1
             vc = omb2 * g1 * g1
@@ -162,15 +213,16 @@ def _grad_adam(
 
 
 fwd_kernel = triton.jit(_fwd)
-grad_adam_kernel = triton.jit(_grad_adam)
+dgrad_kernel = triton.jit(_dgrad)
+gemm_adam_kernel = triton.jit(_gemm_adam)
 
 _interpreted: dict[str, object] = {}
 
 
 def interpreted(name: str):
-    """The numpy-interpreted version of kernel `name` ("fwd" or "grad_adam"), for CPU tests."""
+    """The numpy-interpreted version of kernel `name` ("fwd", "dgrad" or "gemm_adam"), for CPU tests."""
     if name not in _interpreted:
         from triton.runtime.interpreter import InterpretedFunction
 
-        _interpreted[name] = InterpretedFunction({"fwd": _fwd, "grad_adam": _grad_adam}[name])
+        _interpreted[name] = InterpretedFunction({"fwd": _fwd, "dgrad": _dgrad, "gemm_adam": _gemm_adam}[name])
     return _interpreted[name]

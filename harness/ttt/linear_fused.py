@@ -62,34 +62,55 @@ HEAD_TTT_ENGINES: Registry = Registry("head TTT engine")
 
 @dataclasses.dataclass(frozen=True)
 class FusedBlocks:
-    """Tile sizes and launch shapes of the two kernels."""
+    """Tile sizes and launch shapes of the three kernels."""
 
     fwd_bm: int = 64
     fwd_bn: int = 128
     fwd_bk: int = 32
     fwd_warps: int = 4
     fwd_stages: int = 3
-    grad_bc: int = 64
+    d_bc: int = 64
+    d_bk: int = 64
+    d_warps: int = 4
+    grad_bc: int = 128
     grad_bd: int = 128
     grad_bk: int = 32
     grad_warps: int = 8
     grad_stages: int = 3
+    x_t: bool = True  # the GEMM kernel reads a (B, d, k) copy of X: both of its dot operands are k-major
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(1, (n - 1).bit_length())
 
 
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
 class _Workspace:
-    """Device buffers for B heads: W, m, v (B, C, d), c, m_c, v_c (B, C), Z (B, k, C), row partials."""
+    """Device buffers for B heads: W, m, v (B, C, d), c, m_c, v_c, ∇c (B, C), Z (B, k, C), row partials
+    (B, k, nt), Dᵀ (B, C, k). Row strides are padded to multiples of 16 elements (Triton then knows the
+    rows are aligned and vectorises the loads)."""
 
     def __init__(self, B: int, k: int, C: int, d: int, z_dtype: torch.dtype, nt: int, device) -> None:
         f32 = dict(dtype=torch.float32, device=device)
         self.W, self.M, self.V = (torch.empty(B, C, d, **f32) for _ in range(3))
-        self.c, self.Mc, self.Vc = (torch.empty(B, C, **f32) for _ in range(3))
-        self.Z = torch.empty(B, k, C, dtype=z_dtype, device=device)
+        self.c, self.Mc, self.Vc, self.gc = (torch.empty(B, C, **f32) for _ in range(4))
+        self.Z = torch.empty(B, k, _round_up(C, 16), dtype=z_dtype, device=device)[:, :, :C]
+        self.DT = torch.empty(B, C, _round_up(k, 16), dtype=z_dtype, device=device)[:, :, :k]
         self.pmax = torch.empty(B, k, nt, **f32)
         self.psum = torch.empty(B, k, nt, **f32)
+
+
+def _x_for_gemm(x: torch.Tensor, blocks: "FusedBlocks") -> torch.Tensor:
+    """x (B, k, d) or, with blocks.x_t, the same values as a (B, k, d) view of a (B, d, k_padded) buffer."""
+    if not blocks.x_t:
+        return x
+    B, k, d = x.shape
+    xt = torch.empty(B, d, _round_up(k, 16), dtype=x.dtype, device=x.device)[:, :, :k]
+    xt.copy_(x.transpose(1, 2))
+    return xt.transpose(1, 2)
 
 
 def _default_z_dtype(precision: str) -> torch.dtype:
@@ -101,23 +122,70 @@ def _check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
+def _launch_fwd(fwd, x, W_in, wst, c_in, cst, ws: _Workspace, precision: str, blocks: FusedBlocks,
+                interpret: bool):
+    """Forward launch: ws.Z = x W_inᵀ + c_in and the row partials. Returns Triton's launch handle."""
+    B, k, d = x.shape
+    C = ws.Z.shape[2]
+    bf16 = precision == "bf16"
+    kw = {} if interpret else dict(num_warps=blocks.fwd_warps, num_stages=blocks.fwd_stages)
+    return fwd[(triton_cdiv(k, blocks.fwd_bm), ws.pmax.shape[2], B)](
+        x, W_in, c_in, ws.Z, ws.pmax, ws.psum,
+        k, C, d,
+        *x.stride(), *wst, *cst, *ws.Z.stride(), ws.pmax.stride(0), ws.pmax.stride(1),
+        BM=blocks.fwd_bm, BN=blocks.fwd_bn, BK=blocks.fwd_bk, PREC="tf32" if bf16 else precision, BF16=bf16,
+        EMU_BF16=interpret, **kw,
+    )
+
+
+def _launch_dgrad(dgrad, y, ws: _Workspace, blocks: FusedBlocks, interpret: bool):
+    """D launch: ws.DT = ((softmax(Z) - onehot(y)) / k)ᵀ and ws.gc = ∇c."""
+    B, k, C = ws.Z.shape
+    nt = ws.pmax.shape[2]
+    kw = {} if interpret else dict(num_warps=blocks.d_warps)
+    return dgrad[(triton_cdiv(C, blocks.d_bc), B)](
+        ws.Z, ws.pmax, ws.psum, y, ws.DT, ws.gc,
+        k, C, nt,
+        *ws.Z.stride(), ws.pmax.stride(0), ws.pmax.stride(1), *y.stride(), *ws.DT.stride(), ws.gc.stride(0),
+        1.0 / k,
+        BC=blocks.d_bc, BK=blocks.d_bk, NTP=_next_pow2(nt), **kw,
+    )
+
+
+def _launch_gemm(gemm, xg, W_in, wst, c_in, cst, ws: _Workspace, cfg: HeadTTTConfig, t: int, precision: str,
+                 blocks: FusedBlocks, interpret: bool):
+    """GEMM + Adam launch (Adam step number t >= 1) into ws.W, ws.M, ws.V, ws.c, ws.Mc, ws.Vc."""
+    B, k, d = xg.shape
+    C = ws.Z.shape[2]
+    bf16 = precision == "bf16"
+    b1, b2 = cfg.betas
+    kw = {} if interpret else dict(num_warps=blocks.grad_warps, num_stages=blocks.grad_stages)
+    return gemm[(triton_cdiv(C, blocks.grad_bc), triton_cdiv(d, blocks.grad_bd), B)](
+        xg, ws.DT, ws.gc,
+        W_in, ws.W, ws.M, ws.V, c_in, ws.c, ws.Mc, ws.Vc,
+        k, C, d,
+        *xg.stride(), *ws.DT.stride(), ws.gc.stride(0),
+        *wst, *ws.W.stride(), *cst, *ws.c.stride(),
+        -(cfg.lr / (1 - b1 ** t)), math.sqrt(1 - b2 ** t), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay,
+        BC=blocks.grad_bc, BD=blocks.grad_bd, BK=blocks.grad_bk,
+        PREC="tf32" if bf16 else precision, BF16=bf16, EMU_BF16=interpret, FIRST=(t == 1),
+        HAS_WD=cfg.weight_decay != 0, **kw,
+    )
+
+
+def _kernels(interpret: bool):
+    from harness.ttt import _linear_fused_kernels as K
+
+    if interpret:
+        return K.interpreted("fwd"), K.interpreted("dgrad"), K.interpreted("gemm_adam")
+    return K.fwd_kernel, K.dgrad_kernel, K.gemm_adam_kernel
+
+
 def _run_steps(weight, bias, x, y, ws: _Workspace, cfg: HeadTTTConfig, precision: str, blocks: FusedBlocks,
                interpret: bool) -> None:
     """cfg.steps Adam steps of all B heads into ws.W / ws.c (x: (B, k, d) fp32 or bf16, y: (B, k) int64)."""
-    from harness.ttt import _linear_fused_kernels as K
-
-    fwd = K.interpreted("fwd") if interpret else K.fwd_kernel
-    grad = K.interpreted("grad_adam") if interpret else K.grad_adam_kernel
-    B, k, d = x.shape
-    C = weight.shape[0]
-    nt = ws.pmax.shape[2]
-    bf16 = precision == "bf16"
-    prec = "tf32" if bf16 else precision
-    b1, b2 = cfg.betas
-    grid_f = (B, triton_cdiv(k, blocks.fwd_bm), nt)
-    grid_g = (B, triton_cdiv(C, blocks.grad_bc), triton_cdiv(d, blocks.grad_bd))
-    kw_f = {} if interpret else dict(num_warps=blocks.fwd_warps, num_stages=blocks.fwd_stages)
-    kw_g = {} if interpret else dict(num_warps=blocks.grad_warps, num_stages=blocks.grad_stages)
+    fwd, dgrad, gemm = _kernels(interpret)
+    xg = _x_for_gemm(x, blocks)
     for t in range(1, cfg.steps + 1):
         if t == 1:  # the global head, shared by all B points (batch stride 0)
             W_in, wst = weight, (0, weight.stride(0), weight.stride(1))
@@ -125,26 +193,9 @@ def _run_steps(weight, bias, x, y, ws: _Workspace, cfg: HeadTTTConfig, precision
         else:
             W_in, wst = ws.W, ws.W.stride()
             c_in, cst = ws.c, ws.c.stride()
-        fwd[grid_f](
-            x, W_in, c_in, ws.Z, ws.pmax, ws.psum,
-            k, C, d,
-            *x.stride(), *wst, *cst, *ws.Z.stride(), ws.pmax.stride(0), ws.pmax.stride(1),
-            BM=blocks.fwd_bm, BN=blocks.fwd_bn, BK=blocks.fwd_bk, PREC=prec, BF16=bf16, EMU_BF16=interpret,
-            **kw_f,
-        )
-        bc1 = 1 - b1 ** t
-        bc2 = 1 - b2 ** t
-        grad[grid_g](
-            x, ws.Z, ws.pmax, ws.psum, y,
-            W_in, ws.W, ws.M, ws.V, c_in, ws.c, ws.Mc, ws.Vc,
-            k, C, d, nt,
-            *x.stride(), *ws.Z.stride(), ws.pmax.stride(0), ws.pmax.stride(1), *y.stride(),
-            *wst, *ws.W.stride(), *cst, *ws.c.stride(),
-            1.0 / k, -(cfg.lr / bc1), math.sqrt(bc2), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay,
-            BC=blocks.grad_bc, BD=blocks.grad_bd, BK=blocks.grad_bk, NTP=_next_pow2(nt),
-            PREC=prec, BF16=bf16, EMU_BF16=interpret, FIRST=(t == 1), HAS_WD=cfg.weight_decay != 0,
-            **kw_g,
-        )
+        _launch_fwd(fwd, x, W_in, wst, c_in, cst, ws, precision, blocks, interpret)
+        _launch_dgrad(dgrad, y, ws, blocks, interpret)
+        _launch_gemm(gemm, xg, W_in, wst, c_in, cst, ws, cfg, t, precision, blocks, interpret)
 
 
 def triton_cdiv(a: int, b: int) -> int:

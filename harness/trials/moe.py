@@ -1,0 +1,101 @@
+"""S6 (MoE scaling on MNIST, paper §E.5 / Fig 7): one expert count E of the mixture of linear-head
+experts over a LeNet's features, evaluated on a fixed set of test points."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import polars as pl
+import torch
+
+from harness.data.mnist import ImageSplits
+from harness.models.lenet import lenet_for_size
+from harness.results.schema import RunInfo, config_hash, point_rows
+from harness.retrieval.kmeans import kmeans_centroids
+from harness.trials.mnist import MnistTrialConfig, mnist_features, test_subset
+from harness.ttt.linear import HeadTTTConfig
+from harness.ttt.moe import expert_neighbours, moe_logits, moe_spec, route_to_centroids
+
+
+@dataclasses.dataclass(frozen=True)
+class MoETrialConfig:
+    """One expert count E. None means Table 6's value for E (lr, epochs, neighbours)."""
+
+    experts: int
+    model_size: int = 1268  # the LeNet whose features and head the experts start from
+    seed: int = 0
+    epochs: int | None = None  # global CNN training epochs (None: Table 3)
+    test_points: int | None = None
+    lr: float | None = None
+    steps: int | None = None  # Table 6 "epochs" of full-batch Adam on the centroid's neighbours
+    neighbours: int | None = None
+    kmeans_iterations: int = 20
+    chunk: int = 1024  # experts fitted at once (bounds memory)
+    split: str = "test"
+    data_dir: str | None = None
+    retriever: str = "faiss"
+    device: str | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        lenet_for_size(self.model_size)
+        if self.experts < 1:
+            raise ValueError(f"experts must be >= 1, got {self.experts}")
+        if self.lr is None or self.steps is None or self.neighbours is None:
+            moe_spec(self.experts)  # raises unless Table 6 fills the gaps
+        for name in ("steps", "kmeans_iterations"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        for name in ("neighbours", "chunk"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if self.split not in ("test", "val"):
+            raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
+
+    def ttt_config(self) -> HeadTTTConfig:
+        spec = moe_spec(self.experts) if None in (self.lr, self.steps, self.neighbours) else None
+        return HeadTTTConfig(
+            lr=spec.lr if self.lr is None else self.lr,
+            steps=spec.epochs if self.steps is None else self.steps,
+            k=spec.neighbours if self.neighbours is None else self.neighbours,
+        )
+
+    def features_config(self) -> MnistTrialConfig:
+        """The S1 trial whose CNN (features + head) this MoE shares: same cache key, same model."""
+        return MnistTrialConfig(model_size=self.model_size, seed=self.seed, epochs=self.epochs,
+                                data_dir=self.data_dir, cache_dir=self.cache_dir)
+
+
+def moe_trial(cfg: MoETrialConfig, images: ImageSplits | None = None, study: str = "moe_scaling") -> pl.DataFrame:
+    """Per-point rows of method "moe" (error, cross_entropy) for E = cfg.experts."""
+    start = time.perf_counter()
+    feats, weight, bias = mnist_features(cfg.features_config(), images)
+    if cfg.experts > feats.train_x.shape[0]:
+        raise ValueError(f"experts = {cfg.experts} exceeds the {feats.train_x.shape[0]} training points")
+    ttt = cfg.ttt_config()
+    x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
+    subset = test_subset(x.shape[0], cfg.test_points)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    centroids = kmeans_centroids(feats.train_x, cfg.experts, cfg.kmeans_iterations, seed=cfg.seed)  # (E, d)
+    neighbours = expert_neighbours(feats.train_x, centroids, ttt.k, cfg.retriever)  # (E, k)
+    routes = route_to_centroids(x[subset], centroids, cfg.retriever)  # (n,)
+
+    def t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)
+
+    logits = moe_logits(t(weight), t(bias), t(feats.train_x), t(feats.train_y, torch.int64), t(centroids),
+                        t(neighbours, torch.int64), t(x[subset]), t(routes, torch.int64), ttt, cfg.chunk)
+    labels = t(y[subset], torch.int64)
+    run = RunInfo(study=study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=ttt.k,
+                  experts=cfg.experts, fraction=1.0, config_hash=config_hash(cfg), device=str(device),
+                  wall_time_s=time.perf_counter() - start)
+    hp = {"lr": ttt.lr, "steps": ttt.steps, "neighbours": ttt.k, "kmeans_iterations": cfg.kmeans_iterations}
+    error = (logits.argmax(1) != labels).double().cpu().numpy()
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
+    return pl.concat([point_rows(run, "moe", "error", error, subset, hparams=hp),
+                      point_rows(run, "moe", "cross_entropy", ce, subset, hparams=hp)])

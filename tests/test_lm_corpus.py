@@ -1,0 +1,108 @@
+"""Corpus readers, chunking, the S3 split rule, the test sample and bits per byte."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from harness.lm.corpus import CorruptLineError, chunk_document, read_corpus, read_jsonl
+from harness.lm.scoring import IGNORE, bits_per_byte, rolling_rows, training_rows
+from harness.lm.split import sample_test_indices, split_point, split_tokens
+
+
+def _write_pile(path, rows, corrupt_at=()):
+    lines = [json.dumps({"text": t, "meta": {"pile_set_name": s}}) for t, s in rows]
+    for i in corrupt_at:
+        lines.insert(i, '{"text": "cut off')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_jsonl_reader_counts_and_names_corrupt_lines(tmp_path):
+    rows = [("alpha beta", "Pile-CC"), ("gamma é", "Wikipedia (en)"), ("delta", "ArXiv")]
+    p = _write_pile(tmp_path / "a.jsonl", rows, corrupt_at=[1])
+    c = read_jsonl(p)
+    assert c.texts == ["alpha beta", "gamma é", "delta"]
+    assert c.subsets == ["Pile-CC", "Wikipedia (en)", "ArXiv"]
+    assert c.skipped_lines == [2]
+    with pytest.raises(CorruptLineError, match="line 2"):
+        read_jsonl(p, on_error="raise")
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"text": 5}\n{"no_text": "x"}\n{"text": "ok"}\n')
+    c = read_jsonl(bad)
+    assert c.texts == ["ok"] and c.skipped_lines == [1, 2]
+
+
+def test_jsonl_zst_reader_matches_plain(tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+    rows = [(f"document {i} " * 3, "Github") for i in range(50)]
+    plain = _write_pile(tmp_path / "p.jsonl", rows)
+    z = tmp_path / "p.jsonl.zst"
+    z.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    a, b = read_corpus(plain), read_corpus(z)
+    assert a.texts == b.texts and len(b) == 50 and b.subsets[0] == "Github"
+    assert len(read_corpus(z, limit=7)) == 7
+    with pytest.raises(FileNotFoundError):
+        read_corpus(tmp_path / "missing.jsonl")
+
+
+def test_chunk_document_bounds_and_order():
+    text = "one two three " * 40 + "x" * 25
+    units = chunk_document(text, 20)
+    assert all(1 <= len(u) <= 20 for u in units)
+    assert " ".join(units).replace(" ", "") == text.replace(" ", "")
+    assert chunk_document("   ", 10) == []
+    with pytest.raises(ValueError):
+        chunk_document("a", 0)
+
+
+@pytest.mark.parametrize("n, expected", [(2, 1), (7, 3), (2047, 1023), (2048, 1024), (5000, 1024)])
+def test_split_rule_point_and_no_overlap(n, expected):
+    ids = list(range(100, 100 + n))
+    assert split_point(n, 1024) == expected
+    q, e = split_tokens(ids, 1024)
+    assert q + e == ids  # a partition: every token in exactly one part, order kept
+    assert set(q).isdisjoint(e) and len(q) == expected and len(e) == n - expected
+
+
+def test_split_rule_rejects_too_short():
+    with pytest.raises(ValueError, match=">= 2 tokens"):
+        split_point(1)
+
+
+def test_test_sample_is_one_percent_seeded_distinct():
+    s = sample_test_indices(179_600, 0.01, seed=0)
+    assert s.size == 1796 and np.unique(s).size == 1796 and s.min() >= 0 and s.max() < 179_600
+    assert np.array_equal(s, sample_test_indices(179_600, 0.01, seed=0))
+    assert not np.array_equal(s, sample_test_indices(179_600, 0.01, seed=1))
+    with pytest.raises(ValueError):
+        sample_test_indices(10, 0.0)
+
+
+def test_bits_per_byte_formula():
+    assert bits_per_byte(math.log(2) * 12, 12) == pytest.approx(1.0)
+    assert bits_per_byte(10.0, 5) == pytest.approx(10 / 5 / math.log(2))
+    with pytest.raises(ValueError):
+        bits_per_byte(1.0, 0)
+
+
+def test_rolling_rows_score_every_token_once():
+    ids = list(range(1, 24))
+    rows = rolling_rows(ids, max_tokens=5, prefix_token=0)
+    scored = [y for _, lab in rows for y in lab if y != IGNORE]
+    assert scored == ids
+    assert all(len(x) <= 5 and len(x) == len(lab) for x, lab in rows)
+    x0, lab0 = rows[0]
+    assert x0[0] == 0 and lab0 == ids[:5]  # first block conditioned on the prefix token only
+    x1, lab1 = rows[1]
+    assert x1 == ids[4:9] and lab1 == ids[5:10]  # later blocks: the max_tokens tokens before them
+    with pytest.raises(ValueError):
+        rolling_rows([], 5, 0)
+
+
+def test_training_rows_chunk_long_neighbours():
+    rows = training_rows(list(range(10)), 4)  # chunks [0..3], [4..7], [8, 9]
+    assert [x for x, _ in rows] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert rows[0][1] == [1, 2, 3, IGNORE]
+    assert len(training_rows(list(range(9)), 4)) == 2  # a trailing 1-token chunk predicts nothing

@@ -1,0 +1,110 @@
+"""LoRA TTT: the peft loop, the batched multi-LoRA engine, their equality, no state leaks, bad input."""
+
+import zlib
+
+import pytest
+import torch
+
+from harness.lm.batched import BatchedLoRATTT
+from harness.lm.config import LMTTTConfig
+from harness.lm.model import load_causal_lm, load_tokenizer
+from harness.lm.synthetic import make_tiny_qwen2, topical_corpus
+from harness.lm.ttt import EmptyTextError, NoNeighboursError, PeftLoRATTT, prepare_sequences
+
+CFG = LMTTTConfig(rank=4, num_neighbours=3, max_tokens=32, max_query_tokens=16, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    texts, topics = topical_corpus(40, words_per_doc=40, seed=0)
+    path = str(make_tiny_qwen2(tmp_path_factory.mktemp("tinyq"), texts[:30]))
+    return path, load_tokenizer(path), texts
+
+
+def _neighbours(train):
+    """Deterministic stand-in retriever: 1..k texts chosen by a checksum of the query."""
+    def fn(queries, k):
+        out = []
+        for q in queries:
+            h = zlib.crc32(q.encode())
+            out.append([train[(h + 7 * j) % len(train)] for j in range(1 + h % k)])
+        return out
+    return fn
+
+
+@pytest.fixture(scope="module")
+def seqs(tiny):
+    _, tok, texts = tiny
+    s = prepare_sequences(tok, [(100 + i, t) for i, t in enumerate(texts[30:34])], _neighbours(texts[:30]), CFG)
+    assert len({len(q.train_rows) for q in s}) > 1  # differing step counts exercise the masked Adam path
+    return s
+
+
+def _by_id(results):
+    return {r.point_id: (r.bpb_global, r.bpb_ttt) for r in results}
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-8), (torch.float32, 1e-5)])
+def test_batched_engine_equals_peft_loop(tiny, seqs, dtype, tol):
+    path, tok, _ = tiny
+    loop = PeftLoRATTT(load_causal_lm(path, dtype=dtype), CFG, tok.eos_token_id)
+    ref = loop.run(seqs)
+    engine = BatchedLoRATTT(load_causal_lm(path, dtype=dtype), CFG, tok.eos_token_id, max_batch=3,
+                            init=loop.initial_adapter())
+    got = engine.run(seqs)
+    assert [r.point_id for r in got] == [s.point_id for s in seqs]
+    moved = 0.0
+    for a, b in zip(ref, got):
+        assert a.n_steps == b.n_steps == len(seqs[[s.point_id for s in seqs].index(a.point_id)].train_rows)
+        assert b.bpb_global == pytest.approx(a.bpb_global, abs=tol)
+        assert b.bpb_ttt == pytest.approx(a.bpb_ttt, abs=tol)
+        moved = max(moved, abs(a.bpb_ttt - a.bpb_global))
+    assert moved > 1e-3  # TTT changed the predictions, so the comparison is not vacuous
+
+
+def test_state_never_leaks_two_orders(tiny, seqs):
+    path, tok, _ = tiny
+    loop = PeftLoRATTT(load_causal_lm(path), CFG, tok.eos_token_id)
+    forward = _by_id(loop.run(seqs))
+    backward = _by_id(loop.run(list(reversed(seqs))))
+    assert forward.keys() == backward.keys()
+    for pid in forward:
+        assert backward[pid] == pytest.approx(forward[pid], abs=1e-12)
+    engine = BatchedLoRATTT(load_causal_lm(path), CFG, tok.eos_token_id, max_batch=2,
+                            init=loop.initial_adapter())
+    b1 = _by_id(engine.run(seqs))
+    b2 = _by_id(engine.run([seqs[2], seqs[0], seqs[3], seqs[1]]))  # other groups, other padding
+    for pid in forward:
+        assert b1[pid] == pytest.approx(b2[pid], abs=1e-6)
+        assert b1[pid] == pytest.approx(forward[pid], abs=2e-5)
+
+
+def test_ttt_on_retrieved_neighbours_lowers_bpb(tiny):
+    """With same-topic neighbours and a larger step, TTT must beat the global model on a topic corpus."""
+    path, tok, texts = tiny
+    topic_of = {t: i % 6 for i, t in enumerate(texts)}  # topical_corpus cycles through 6 topics
+    train = texts[:30]
+
+    def same_topic(queries, k):
+        return [[t for t in train if topic_of[t] == topic_of[full]][:k] for full in texts[30:36]][:len(queries)]
+
+    cfg = LMTTTConfig(rank=4, num_neighbours=4, max_tokens=64, max_query_tokens=16, lr=1e-2)
+    s = prepare_sequences(tok, [(i, t) for i, t in enumerate(texts[30:36])], same_topic, cfg)
+    res = BatchedLoRATTT(load_causal_lm(path), cfg, tok.eos_token_id, max_batch=6).run(s)
+    glob = sum(r.bpb_global for r in res) / len(res)
+    ttt = sum(r.bpb_ttt for r in res) / len(res)
+    assert ttt < glob - 0.05, (glob, ttt)
+
+
+def test_bad_inputs_give_clear_errors(tiny, tmp_path):
+    path, tok, texts = tiny
+    with pytest.raises(EmptyTextError, match="test sequence 7"):
+        prepare_sequences(tok, [(7, "")], _neighbours(texts), CFG)
+    with pytest.raises(NoNeighboursError, match="test sequence 3"):
+        prepare_sequences(tok, [(3, texts[31])], lambda q, k: [[] for _ in q], CFG)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_causal_lm(str(tmp_path / "no_model_here"))
+    with pytest.raises(FileNotFoundError, match="not available locally"):
+        load_causal_lm("Qwen/Qwen2.5-0.5B-never-cached")
+    with pytest.raises(ValueError, match="LMTTTConfig.max_tokens"):
+        LMTTTConfig(max_tokens=1)
