@@ -8,12 +8,14 @@ as kNN queries/s); the TTT timings start from pre-drawn neighbour indices (the f
 From the same run it prints test points/s of
   loop      `head_ttt_one_point` (nn.Linear + autograd + torch.optim.Adam), one point at a time, fp32
   batched   `batched_head_ttt` (B heads stacked, hand-written gradient), fp32, and with tf32 GEMMs
-  fused-*   `FusedHeadTTT` (harness/ttt/linear_fused.py: two Triton kernels a step, CUDA graph) in each
+  fused-*   `FusedHeadTTT` (harness/ttt/linear_fused.py: three Triton kernels a step, CUDA graph) in each
             precision mode and batch size
 with the ratio to the loop, and agreement with the fp32 references: the fraction of equal argmax
 predictions and max |Δlogit| against the loop (its points) and against fp32 `batched_head_ttt` (more points).
 
-    python benchmarks/ttt_linear.py --device cuda              # one GPU: the reported numbers
+    python benchmarks/ttt_linear_diag.py --best-json best.json && \
+      python benchmarks/ttt_linear.py --device cuda --blocks-json best.json   # one GPU: the reported numbers
+    python benchmarks/ttt_linear.py --device cuda              # one GPU, default tiles
     python benchmarks/ttt_linear.py --device cpu               # small shapes, seconds (fused = torch fallback)
     TRITON_INTERPRET=1 python benchmarks/ttt_linear.py --device cpu --interpret   # Triton kernels on CPU
 """
@@ -34,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from harness.retrieval.index import TorchExactRetriever  # noqa: E402
 from harness.ttt.linear import HeadTTTConfig, batched_head_ttt, head_ttt_one_point  # noqa: E402
-from harness.ttt.linear_fused import FusedBlocks, FusedHeadTTT, fused_head_ttt  # noqa: E402
+from harness.ttt.linear_fused import FusedBlocks, FusedHeadTTT, default_blocks, fused_head_ttt  # noqa: E402
 
 ROWS: list[dict] = []
 
@@ -296,7 +298,7 @@ def main() -> None:
             time_variant(f"{tag} {prec}", fn, args.fused_b[0], heads_fn=heads)
             continue
         bs = args.fused_b if prec in ("tf32", "bf16") else [max(b for b in args.fused_b if b <= 32)]
-        blocks = FusedBlocks(**tuned.get(prec, {}))
+        blocks = FusedBlocks(**tuned[prec]) if prec in tuned else default_blocks(prec)
         tag = " tuned" if prec in tuned else ""
         for B in bs:
             eng = FusedHeadTTT(W0, c0, cfg, batch=B, precision=prec, cuda_graph=not args.no_graph, blocks=blocks)
@@ -304,8 +306,9 @@ def main() -> None:
                          heads_fn=lambda f, y, q, eng=eng: eng(f, y, q, return_heads=True)[1])
             del eng
         if tag:  # the default tiles at one batch size, for comparison
-            eng = FusedHeadTTT(W0, c0, cfg, batch=32, precision=prec, cuda_graph=not args.no_graph)
-            time_variant(f"fused {prec} default tiles (graph)", eng, 32)
+            eng = FusedHeadTTT(W0, c0, cfg, batch=32, precision=prec, cuda_graph=not args.no_graph,
+                               blocks=FusedBlocks())
+            time_variant(f"fused {prec} FusedBlocks() tiles (graph)", eng, 32)
             del eng
     if gpu and args.block_sweep:
         best = {}

@@ -31,7 +31,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
         start_local = address is None
         ray.init(
-            address=address,
+            address="local" if start_local else address,  # "local": never join a stray cluster on this machine
             num_cpus=num_cpus if start_local else None,
             runtime_env=runtime_env,
             include_dashboard=False if start_local else None,

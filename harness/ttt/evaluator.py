@@ -14,7 +14,8 @@ import torch
 
 from harness.retrieval.index import build_retriever, check_features
 from harness.ttt.baselines import majority_vote
-from harness.ttt.linear import HeadTTTConfig, batched_head_ttt
+from harness.ttt.linear import HeadTTTConfig
+from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,8 @@ class HeadTTTEvaluator:
     """`__call__({"point_id": (B,), "feature": (B, d), "label": (B,)})` -> per-point columns:
     point_id, label, pred_{global,ttt,majority}, ce_{global,ttt}.
 
-    majority_k = 0 skips the majority baseline (its columns are then -1)."""
+    majority_k = 0 skips the majority baseline (its columns are then -1). engine names a head-TTT
+    engine of HEAD_TTT_ENGINES ("exact": the fp32 torch engine; "fused-tf32" etc.: Triton GPU paths)."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class HeadTTTEvaluator:
         metric: str = "l2",
         device: str | None = None,
         chunk: int = 256,
+        engine: str = "exact",
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         n = state.train_features.shape[0]
@@ -60,6 +63,7 @@ class HeadTTTEvaluator:
             if k > n:
                 raise ValueError(f"{name} = {k} is larger than the training set ({n} points)")
         self.ttt, self.majority_k, self.chunk = ttt, majority_k, chunk
+        self.engine = HEAD_TTT_ENGINES.get(engine)  # "exact" (default) or a fused GPU path, see linear_fused
         self.retriever = build_retriever(state.train_features, retriever, metric, str(self.device))
         self.train_features = torch.from_numpy(np.ascontiguousarray(state.train_features, np.float32)).to(self.device)
         self.train_labels = torch.from_numpy(state.train_labels.astype(np.int64)).to(self.device)
@@ -78,7 +82,7 @@ class HeadTTTEvaluator:
             nb = torch.from_numpy(neighbours[s : s + self.chunk]).to(self.device)  # (b, k_max)
             global_logits = q @ self.weight.T + self.bias  # (b, C)
             idx = nb[:, : self.ttt.k]
-            ttt_logits = batched_head_ttt(self.weight, self.bias, self.train_features[idx], self.train_labels[idx], q, self.ttt)
+            ttt_logits = self.engine(self.weight, self.bias, self.train_features[idx], self.train_labels[idx], q, self.ttt)
             if self.majority_k:
                 maj = majority_vote(self.train_labels[nb[:, : self.majority_k]], self.weight.shape[0])
             else:

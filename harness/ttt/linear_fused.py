@@ -1,48 +1,51 @@
 """Fused GPU fast path of batched linear-head TTT (Triton): the same maths as harness/ttt/linear.py.
 
 For B test points at once, heads W (B, C, d), c (B, C), neighbour features X (B, k, d), labels y (B, k),
-each of `steps` full-batch Adam steps is two kernels instead of ~10 torch ops:
+each of `steps` full-batch Adam steps is three kernels instead of ~10 torch ops:
 
-  forward  (grid B × ⌈k/BM⌉ × ⌈C/BN⌉):
-      Z = X Wᵀ + c                              stored once (fp32, or bf16 in the bf16 mode)
+  forward  (grid ⌈k/BM⌉ × ⌈C/BN⌉ × B):
+      Z = X Wᵀ + c                              stored once (fp32; bf16 in the bf16 mode)
       for each row i and column tile t: mx[i,t] = max_{c∈t} Z[i,c], s[i,t] = Σ_{c∈t} exp(Z[i,c] - mx[i,t])
-  gradient + Adam  (grid B × ⌈C/BC⌉ × ⌈d/BD⌉; each program owns one (BC × BD) tile of W, m, v):
+  D        (grid ⌈C/BC⌉ × B; each program runs down all k rows of one column tile):
       lse_i = M_i + log Σ_t s[i,t] exp(mx[i,t] - M_i),  M_i = max_t mx[i,t]    (from the partials, tiny)
-      D[i,c] = (exp(Z[i,c] - lse_i) - [y_i = c]) / k                          (in registers only)
-      ∇W tile = Σ_i D[i, tile_c]ᵀ X[i, tile_d]                                 (tensor-core dot, fp32 accum.)
-      ∇c tile = Σ_i D[i, tile_c]                                               (programs with tile_d = 0)
-      then, still in registers, torch.optim.Adam's update of that tile:
+      Dᵀ[c,i] = (exp(Z[i,c] - lse_i) - [y_i = c]) / k      stored k-major;  ∇c = Σ_i D[i,c] (no atomics)
+  GEMM + Adam  (grid ⌈C/BC⌉ × ⌈d/BD⌉ × B; each program owns one (BC × BD) tile of W, m, v):
+      ∇W tile = Σ_i Dᵀ[tile_c, i] X[i, tile_d]       (tensor-core dots, fp32 accumulation, plain k loop)
+      then, still in registers, torch.optim.Adam's update of that tile (and of c on the tile_d = 0 programs):
       m ← m + (1-β1)(g - m);  v ← β2 v + (1-β2) g²;  W ← W - lr/(1-β1^t) · m / (√v / √(1-β2^t) + eps)
-The gradient never touches device memory and neither do P or D. Step 1 reads the global head directly
-(batch stride 0: no B copies of W are made) and does not read m, v (they are zero). The prediction after
-the last step is one fp32 bmm, as in `batched_head_ttt`.
+∇W never touches device memory. Step 1 reads the global head directly (batch stride 0: no B copies of W
+are made) and does not read m, v (they are zero). The point index is the slowest grid axis, so all tiles
+of one point run together and share X, Z, Dᵀ through L2. Row strides of Z, Dᵀ and the k-major copy of X
+are padded to multiples of 16 elements (k = 600 and C = 1000 are not) so Triton can prove alignment.
+The prediction after the last step is one fp32 bmm, as in `batched_head_ttt`.
 
 Bytes of device memory per test point and step (C = 1000, d = 512, k = 600; fp32 = 4 B):
-  W, m, v read and written once: 6 × C·d·4 = 12.3 MB    (the irreducible part: fp32 optimiser state)
-  forward reads W once more: 2.0 MB (L2 hit when few points are in flight)
-  Z written once and read once: 2 × k·C·4 = 4.8 MB (fp32) / 2.4 MB (bf16)
-  X read by both kernels: 2 × k·d·4 = 2.5 MB (fp32) / 1.2 MB (bf16); repeated reads across tiles hit L2
-  total ≈ 21.6 MB (tf32 / ieee modes) or ≈ 18 MB (bf16 mode), against ≈ 16 MB for the SPEC's floor and
-  ≈ 2 × that for the torch formulation (∇W written then re-read by Adam, P and D materialised in fp32).
-  At ~3.0 TB/s (H100 copy bandwidth) 21.6 MB × 50 steps is 0.36 ms → ≈ 2.8k points/s if every byte
-  came from HBM; with few points in flight the 6 MB of W, m, v per point stay in the 50 MB L2.
-Arithmetic: 2 GEMMs of 2·k·C·d = 0.61 GFLOP each per step and point: 61 GFLOP per point for 50 steps,
-so ≈ 8k points/s at ~500 TFLOP/s (tf32 dense), ≈ 2.7k at 3×tf32 and ≈ 16k at bf16 (~800 TFLOP/s).
+  GEMM + Adam: W, m, v read and written once 6·C·d·4 = 12.3 MB (the irreducible fp32 optimiser state),
+               Dᵀ read 2.4 MB, X read 1.2 MB                                                  → 15.9 MB
+  forward:     W read 2.0 MB, X read 1.2 MB, Z written 2.4 MB                                 →  5.6 MB
+  D:           Z read 2.4 MB, Dᵀ written 2.4 MB                                                →  4.8 MB
+  total ≈ 26 MB (tf32 / tf32x3 / ieee; ≈ 21 MB with bf16 Z, Dᵀ, X) against ≈ 16 MB for the SPEC's floor
+  (W, m, v once, logits once) — so this design's own floor is 26 MB × 50 steps = 1.3 GB a point, ≈ 3.1k
+  points/s at 4 TB/s (H200), ≈ 2.3k at 3 TB/s (H100 copy bandwidth). Measured (H200, B = 128, tf32):
+  1,178 points/s, per point and step 4.3 µs forward + 2.8 µs D + 11.2 µs GEMM + Adam (that kernel runs at
+  ~1.4 TB/s: 255 registers, spills, one block per SM). See benchmarks/RESULTS_linear.md.
+Arithmetic: 2 GEMMs of 2·k·C·d = 0.61 GFLOP each per step and point: 61 GFLOP per point for 50 steps.
 
 Precision modes (`precision=`):
   "ieee"   fp32 FMA dots: the exact path (same function as the torch engine up to summation order).
   "tf32x3" 3-pass split-tf32 dots: ≈ fp32 accuracy, 3× the tensor-core work of tf32.
-  "tf32"   tf32 dots (10-bit mantissa operands, fp32 accumulation), fp32 Z.
-  "bf16"   bf16 operands (X cast once per batch, W and D cast in registers), bf16 Z, fp32 accumulation.
-W, m, v, c and all softmax / Adam arithmetic stay fp32 in every mode; only the dot operands (and Z in
+  "tf32"   tf32 dots (10-bit mantissa operands, fp32 accumulation), fp32 Z and Dᵀ.
+  "bf16"   bf16 operands (X cast once per batch, W cast in registers), bf16 Z and Dᵀ, fp32 accumulation.
+W, m, v, c and all softmax / Adam arithmetic stay fp32 in every mode; only the dot operands (and Z, Dᵀ in
 "bf16") are rounded, so non-ieee modes report agreement with the fp32 loop rather than equality.
 
 On a CPU tensor, `fused_head_ttt` runs `batched_head_ttt` (the exact torch engine) unless
-interpret=True, which runs the same Triton kernels under Triton's numpy interpreter (tests; slow).
+interpret=True, which runs the same Triton kernels under Triton's numpy interpreter (tests; slow; needs
+TRITON_INTERPRET=1 in the environment before triton is imported).
 Wiring: `fused_head_ttt(..., precision=...)` has `batched_head_ttt`'s signature plus keywords;
 `HEAD_TTT_ENGINES.get(name)` gives a callable with exactly that signature for "exact", "fused-ieee",
 "fused-tf32x3", "fused-tf32", "fused-bf16"; `FusedHeadTTT` keeps buffers for a fixed batch size and
-replays the whole TTT as one CUDA graph (the fastest form for repeated batches).
+replays the whole TTT as one CUDA graph (the fastest form for repeated batches; use batch 64-128).
 """
 
 from __future__ import annotations
@@ -78,6 +81,13 @@ class FusedBlocks:
     grad_warps: int = 8
     grad_stages: int = 3
     x_t: bool = True  # the GEMM kernel reads a (B, d, k) copy of X: both of its dot operands are k-major
+
+
+def default_blocks(precision: str) -> FusedBlocks:
+    """The fastest tiles measured per precision (H200, B = 32; benchmarks/ttt_linear_diag.py)."""
+    if precision == "bf16":
+        return FusedBlocks(d_bc=32, d_bk=128, x_t=False)
+    return FusedBlocks()
 
 
 def _next_pow2(n: int) -> int:
@@ -233,7 +243,7 @@ def fused_head_ttt(
     except ImportError:
         warnings.warn("triton is not installed: running the torch engine instead of the fused kernels")
         return batched_head_ttt(weight, bias, feats, labels, query, cfg, return_heads=return_heads)
-    blocks = blocks or FusedBlocks()
+    blocks = blocks or default_blocks(precision)
     B, k, d = feats.shape
     C = weight.shape[0]
     if cfg.steps == 0:
@@ -270,7 +280,7 @@ class FusedHeadTTT:
         if weight.device.type != "cuda":
             raise ValueError("FusedHeadTTT runs on CUDA tensors only; use fused_head_ttt / batched_head_ttt on CPU")
         self.cfg, self.batch, self.precision = cfg, batch, precision
-        self.blocks = blocks or FusedBlocks()
+        self.blocks = blocks or default_blocks(precision)
         self.cuda_graph = True if cuda_graph is None else cuda_graph
         C, d = weight.shape
         dev = weight.device
