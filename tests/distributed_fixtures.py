@@ -24,6 +24,8 @@ def ray_cluster():
 
     from harness.distributed.runtime import init_ray
 
+    if ray.is_initialized():  # a study run earlier in this session left its local Ray connected
+        ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1})
     cluster.add_node(num_cpus=1, num_gpus=1)
     cluster.wait_for_nodes()
@@ -46,3 +48,41 @@ def tiny_config(cache_dir: str, **overrides):
     from harness.trials.mnist import MnistTrialConfig
 
     return dataclasses.replace(MnistTrialConfig(**TINY, cache_dir=cache_dir), **overrides)
+
+
+def sleepy_trial(config: dict) -> "pl.DataFrame":
+    """A cheap pure trial for sweep tests: logs each call to config["calls_log"], sleeps, returns 3 rows
+    whose values are config["x"] (so the reported ttt_error equals x)."""
+    import time
+
+    import numpy as np
+
+    from harness.results.schema import RunInfo, point_rows
+
+    with open(config["calls_log"], "a") as f:
+        f.write(f"{config['x']}\n")
+    time.sleep(config["sleep"])
+    return point_rows(RunInfo(study="sweep_test", dataset="synthetic-val", seed=0), "ttt", "error",
+                      np.full(3, float(config["x"])), np.arange(3))
+
+
+def run_sleepy_sweep(storage: str, calls_log: str, resume: bool, xs: int = 6, sleep: float = 1.5) -> None:
+    """The sweep the resume test kills and restores (run in a subprocess: see __main__)."""
+    import json
+
+    import ray
+
+    from harness.distributed.sweep import SweepConfig, grid_space, run_sweep
+
+    sweep = SweepConfig("sleepy", storage, max_concurrent=1, verbose=0)
+    result = run_sweep(sleepy_trial, grid_space({"x": list(range(xs))}, {"sleep": sleep, "calls_log": calls_log}),
+                       sweep, resume=resume)
+    print("RESULT " + json.dumps({"trials": len(result.grid), "rows": result.rows.height,
+                                  "xs": sorted(result.trials["config/x"].to_list())}), flush=True)
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    import sys
+
+    run_sleepy_sweep(sys.argv[1], sys.argv[2], resume="--resume" in sys.argv)

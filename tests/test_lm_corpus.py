@@ -106,3 +106,13 @@ def test_training_rows_chunk_long_neighbours():
     assert [x for x, _ in rows] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert rows[0][1] == [1, 2, 3, IGNORE]
     assert len(training_rows(list(range(9)), 4)) == 2  # a trailing 1-token chunk predicts nothing
+
+
+def test_plain_text_file_packs_paragraphs(tmp_path):
+    p = tmp_path / "book.txt"
+    p.write_text("In the beginning.\n\nAnd the earth was\nwithout form.\n\n\n" + "word " * 500, encoding="utf-8")
+    from harness.lm.corpus import read_text_file
+
+    c = read_text_file(p, doc_chars=100)
+    assert c.texts[0] == "In the beginning. And the earth was without form."
+    assert len(c) == 2 and len(c.texts[1]) == len(("word " * 500).strip())

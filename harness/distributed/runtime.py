@@ -17,28 +17,29 @@ import ray
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> dict:
-    """Connect to Ray once per process and return the cluster's total resources.
+def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> bool:
+    """Connect to Ray once per process; True if this call connected (the caller then owns `ray.shutdown()`).
 
     address: None joins RAY_ADDRESS if set (ray submit / ray job submit), else starts a local Ray;
     "auto" joins the cluster this machine belongs to; "ray://..." or "host:port" joins that one.
     Workers get this checkout on PYTHONPATH, so `harness` imports without installing it (clusters
     built from cluster.yaml install it on every node anyway).
     """
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
-        start_local = address is None
-        ray.init(
-            address="local" if start_local else address,  # "local": never join a stray cluster on this machine
-            num_cpus=num_cpus if start_local else None,
-            runtime_env=runtime_env,
-            include_dashboard=False if start_local else None,
-            log_to_driver=kwargs.pop("log_to_driver", True),
-            **kwargs,
-        )
-    return ray.cluster_resources()
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
+    start_local = address is None
+    ray.init(
+        address="local" if start_local else address,  # "local": never join a stray cluster on this machine
+        num_cpus=num_cpus if start_local else None,
+        runtime_env=runtime_env,
+        include_dashboard=False if start_local else None,
+        log_to_driver=kwargs.pop("log_to_driver", True),
+        **kwargs,
+    )
+    return True
 
 
 def _node_totals() -> list[dict[str, float]]:

@@ -100,6 +100,7 @@ def evaluate_sharded(
     majority_k: int = 0,
     retriever: str = "faiss",
     metric: str = "l2",
+    engine: str = "exact",
     evaluator_cls: type = HeadTTTEvaluator,
 ) -> dict[str, np.ndarray]:
     """Evaluate test points (features (n, d), labels (n,), unique point_ids (n,)) on a Ray actor pool.
@@ -130,7 +131,8 @@ def evaluate_sharded(
     with warnings.catch_warnings():  # Ray 2.60 takes actor restart options only as ray_remote_args
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         evaluated = _map_replicas(ds, state_ref, ttt, evaluator_cls, sharding, gpus,
-                                  {"majority_k": majority_k, "retriever": retriever, "metric": metric, "device": device})
+                                  {"majority_k": majority_k, "retriever": retriever, "metric": metric, "device": device,
+                                   "engine": engine})
     parts = list(evaluated.iter_batches(batch_size=None, batch_format="numpy"))
     out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     order = np.argsort(out["point_id"], kind="stable")

@@ -33,6 +33,7 @@ def mnist_trial_sharded(cfg: MnistTrialConfig, sharding: ShardingConfig, images:
         HeadState(feats.train_x, feats.train_y, weight, bias),
         HeadTTTConfig(lr=cfg.ttt_lr, steps=cfg.ttt_steps, k=cfg.ttt_k),
         x[subset], y[subset], subset, sharding, majority_k=cfg.majority_k, retriever=cfg.retriever,
+        engine=cfg.engine,
     )
     devices = sorted(set(out.pop("device").tolist()))
     run = RunInfo(

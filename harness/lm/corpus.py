@@ -104,12 +104,32 @@ def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_fiel
     return Corpus(texts, subsets, [], source=str(path))
 
 
+def read_text_file(path: str | os.PathLike, doc_chars: int = 2000) -> Corpus:
+    """A plain-text file (e.g. Debian's bible-kjv) as documents: blank-line paragraphs packed to <= doc_chars."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"corpus file {p} does not exist")
+    paragraphs = [" ".join(par.split()) for par in p.read_text(encoding="utf-8", errors="replace").split("\n\n")]
+    docs, current = [], ""
+    for par in filter(None, paragraphs):
+        if current and len(current) + 1 + len(par) > doc_chars:
+            docs.append(current)
+            current = par
+        else:
+            current = f"{current} {par}" if current else par
+    if current:
+        docs.append(current)
+    return Corpus(docs, [""] * len(docs), [], source=str(p))
+
+
 def read_corpus(path: str | os.PathLike, on_error: str = "skip", split: str | None = None,
                 limit: int | None = None) -> Corpus:
-    """Dispatch on the path: a file ending .jsonl / .jsonl.zst / .json, else a HF dataset folder."""
+    """Dispatch on the path: .jsonl / .jsonl.zst / .json, a .txt file, else a HF dataset folder."""
     p = Path(path)
     if p.is_dir():
         return read_hf_dataset(p, split=split)
+    if p.name.endswith(".txt"):
+        return read_text_file(p)
     if p.name.endswith((".jsonl", ".jsonl.zst", ".json", ".zst")):
         return read_jsonl(p, on_error=on_error, limit=limit)
     raise ValueError(f"cannot read corpus {p}: expected a .jsonl / .jsonl.zst file or a HF dataset folder")

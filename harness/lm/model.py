@@ -6,7 +6,6 @@ message that says how to provide it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch

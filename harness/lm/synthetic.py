@@ -72,3 +72,29 @@ def make_tiny_qwen2(out_dir: str | os.PathLike, texts: list[str], hidden: int = 
     Qwen2ForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+def pretrain_globally(model, tokenizer, texts: list[str], steps: int = 150, lr: float = 3e-3,
+                      batch: int = 8, max_tokens: int = 128, seed: int = 0) -> list[float]:
+    """A short full-parameter AdamW run on `texts`: the demo's "globally trained" model. -> losses."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in texts]
+    ids = [x for x in ids if len(x) >= 2]
+    model.requires_grad_(True)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        pick = torch.randint(len(ids), (batch,), generator=g).tolist()
+        t = min(len(ids[i]) for i in pick)
+        x = torch.tensor([ids[i][:t] for i in pick])
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    model.requires_grad_(False)
+    return losses

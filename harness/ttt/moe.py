@@ -113,9 +113,18 @@ def iter_expert_chunks(
         yield start, W, c
 
 
-def fit_experts(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_experts(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    centroids: torch.Tensor,
+    neighbours: torch.Tensor,
+    cfg: HeadTTTConfig,
+    chunk: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All experts' heads W (E, C, d), c (E, C): `iter_expert_chunks` concatenated (small E only)."""
-    parts = list(iter_expert_chunks(*args, **kwargs))
+    parts = list(iter_expert_chunks(weight, bias, train_features, train_labels, centroids, neighbours, cfg, chunk))
     return torch.cat([w for _, w, _ in parts]), torch.cat([c for _, _, c in parts])
 
 

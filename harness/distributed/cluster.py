@@ -1,0 +1,128 @@
+"""Check a Ray cluster launcher YAML (cluster.yaml, cluster.local.yaml) before `ray up` starts anything.
+
+`ray submit cluster.yaml studies/x.py` copies only the script, so every node must get the project
+from the YAML itself: a file mount of the checkout and a setup command that pip-installs it. This
+checks that, the keys the launcher needs for the provider (AWS region, local head_ip, ...), the node
+types, and finally Ray's own JSON schema. Every problem is reported at once, each naming its key.
+
+    python -m harness.distributed.cluster check cluster.yaml cluster.local.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROVIDER_KEYS = {"aws": ("region",), "gcp": ("region", "project_id"), "azure": ("location", "resource_group"),
+                 "local": ("head_ip",)}
+START_KEYS = ("head_start_ray_commands", "worker_start_ray_commands")
+PROJECT_MARKER = "pyproject.toml"  # what a mounted checkout of this project holds
+
+
+def cluster_config_problems(config: Any, base_dir: Path) -> list[str]:
+    """Every problem found in a parsed cluster YAML, each naming its key; [] when it looks launchable."""
+    if not isinstance(config, dict):
+        return [f"the file must hold a YAML mapping, got {type(config).__name__}"]
+    problems = []
+    for key in ("cluster_name", "provider", "auth", "setup_commands", "file_mounts", *START_KEYS):
+        if key not in config:
+            problems.append(f"{key} is missing")
+    provider = config.get("provider") or {}
+    ptype = provider.get("type")
+    if "provider" in config and ptype not in PROVIDER_KEYS:
+        problems.append(f"provider.type must be one of {sorted(PROVIDER_KEYS)}, got {ptype!r}")
+    for key in PROVIDER_KEYS.get(ptype, ()):
+        if not provider.get(key):
+            problems.append(f"provider.{key} is missing (required for provider.type {ptype!r})")
+    if ptype == "local" and not isinstance(provider.get("worker_ips", []), list):
+        problems.append("provider.worker_ips must be a list of addresses")
+    if "auth" in config and not (config.get("auth") or {}).get("ssh_user"):
+        problems.append("auth.ssh_user is missing")
+
+    node_types = config.get("available_node_types")
+    if ptype == "local":  # the launcher derives the node types from head_ip / worker_ips
+        if node_types is not None:
+            problems.append("available_node_types is not supported for provider.type 'local' (list hosts in "
+                            "provider.head_ip / provider.worker_ips instead)")
+    elif not isinstance(node_types, dict) or not node_types:
+        problems.append("available_node_types is missing or empty")
+    else:
+        head = config.get("head_node_type")
+        if head not in node_types:
+            problems.append(f"head_node_type {head!r} is not one of available_node_types {sorted(node_types)}")
+        for name, spec in node_types.items():
+            spec = spec or {}
+            if "node_config" not in spec:
+                problems.append(f"available_node_types.{name}.node_config is missing")
+            lo, hi = spec.get("min_workers", 0), spec.get("max_workers", 0)
+            if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
+                problems.append(f"available_node_types.{name}: need 0 <= min_workers <= max_workers, got {lo} and {hi}")
+
+    mounts = config.get("file_mounts") or {}
+    project_mounts = []
+    for remote, local in mounts.items():
+        path = Path(str(local)).expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        if not path.exists():
+            problems.append(f"file_mounts[{remote!r}]: local path {local!r} does not exist (relative to {base_dir})")
+        elif (path / PROJECT_MARKER).exists():
+            project_mounts.append(str(remote))
+    if "file_mounts" in config and not project_mounts:
+        problems.append("file_mounts must mount the project checkout (a folder holding pyproject.toml) on every node")
+    setup = [str(c) for c in config.get("setup_commands") or []]
+    if project_mounts and not any("pip install" in c and any(m in c for m in project_mounts) for c in setup):
+        problems.append(f"setup_commands must pip-install the mounted project ({project_mounts[0]}) on every node: "
+                        "ray submit copies only the script")
+    for key in START_KEYS:
+        if key in config and not any("ray start" in str(c) for c in config.get(key) or []):
+            problems.append(f"{key} must run `ray start`")
+    if not problems:  # the launcher's own schema, once ours passes (it reports one problem at a time)
+        try:
+            from ray.autoscaler._private.util import prepare_config, validate_config
+
+            validate_config(prepare_config(config))  # the launcher's defaults merged in, as `ray up` does
+        except ImportError:
+            pass
+        except Exception as err:  # jsonschema.ValidationError / ValueError
+            problems.append(f"Ray's cluster schema: {str(err).splitlines()[0]}")
+    return problems
+
+
+def check_cluster_yaml(path: str | Path) -> dict:
+    """Parse and check a cluster YAML; return the config, or raise ValueError listing every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"cluster config {path} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    problems = cluster_config_problems(config, path.resolve().parent)
+    if problems:
+        raise ValueError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["check"])
+    p.add_argument("paths", nargs="+", help="cluster YAML files")
+    a = p.parse_args(argv)
+    failed = 0
+    for path in a.paths:
+        try:
+            config = check_cluster_yaml(path)
+            nodes = sorted(config.get("available_node_types") or [config["provider"].get("head_ip")])
+            print(f"{path}: ok ({config['provider']['type']} provider, nodes {nodes})")
+        except (ValueError, FileNotFoundError) as err:
+            print(err, file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

