@@ -28,7 +28,7 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.data.mnist import load_mnist  # noqa: E402
-from harness.distributed.runtime import init_ray  # noqa: E402
+from harness.distributed.runtime import init_ray, require_resources  # noqa: E402
 from harness.distributed.sharding import ShardingConfig  # noqa: E402
 from harness.distributed.sweep import SweepConfig, grid_space, run_sweep  # noqa: E402
 from harness.distributed.trials import mnist_config_from_dict, mnist_sweep_trial  # noqa: E402
@@ -115,9 +115,12 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     sweep = cfg.sweep()
     connected_here = init_ray(cfg.address)
     try:
+        if cfg.actors:  # GPUs asked for where none exist: fail now, naming the option
+            require_resources(cfg.gpus_per_actor, ShardingConfig().cpus_per_actor)
         result = run_sweep(
             mnist_sweep_trial,
-            grid_space({"model_size": list(cfg.sizes), "seed": list(cfg.seeds)}, fixed=cfg.fixed()),
+            grid_space({"model_size": sorted(cfg.sizes, reverse=True),  # largest first: 2 CPUs pack better
+                        "seed": list(cfg.seeds)}, fixed=cfg.fixed()),
             sweep, resume=cfg.resume, shared={"images": load_mnist(cfg.data_dir)},
         )
     finally:

@@ -52,7 +52,8 @@ class TuneTTTConfig:
 
     def fixed(self, size: int) -> dict:
         return {"model_size": size, "seed": self.seed, "epochs": self.epochs, "test_points": self.val_points,
-                "fraction": self.fraction, "split": "val", "study": "tune_ttt"}
+                "fraction": self.fraction, "split": "val", "study": "tune_ttt",
+                "cache_dir": str(Path(self.out_dir).resolve() / "features")}  # trials of a size share one CNN
 
 
 SMOKE = TuneTTTConfig(sizes=(280,), samples=3, concurrent=2, epochs=1, val_points=100, fraction=0.2,

@@ -51,10 +51,16 @@ def test_cluster_yaml_without_the_project_or_a_mapping(tmp_path):
     config = yaml.safe_load((ROOT / "cluster.local.yaml").read_text())
     config["file_mounts"] = {"/srv/x": "."}  # "." is tmp_path here: no pyproject.toml
     config["available_node_types"] = {"a": {"node_config": {}}}
+    config["rsync_exclude"] = ["results"]
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError) as err:
         check_cluster_yaml(tmp_path / "c.yaml")
     assert "file_mounts must mount the project checkout" in str(err.value)
     assert "available_node_types is not supported for provider.type 'local'" in str(err.value)
+    real_mount = {**config, "file_mounts": {"/srv/x": str(ROOT)}}
+    real_mount.pop("available_node_types")
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump(real_mount))
+    with pytest.raises(ValueError, match=r"rsync_exclude 'results' also drops harness/results .* anchor it as '/results'"):
+        check_cluster_yaml(tmp_path / "d.yaml")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_cluster_yaml(tmp_path / "missing.yaml")

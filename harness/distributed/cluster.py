@@ -63,7 +63,7 @@ def cluster_config_problems(config: Any, base_dir: Path) -> list[str]:
                 problems.append(f"available_node_types.{name}: need 0 <= min_workers <= max_workers, got {lo} and {hi}")
 
     mounts = config.get("file_mounts") or {}
-    project_mounts = []
+    project_mounts, project_dirs = [], []
     for remote, local in mounts.items():
         path = Path(str(local)).expanduser()
         path = path if path.is_absolute() else base_dir / path
@@ -71,6 +71,14 @@ def cluster_config_problems(config: Any, base_dir: Path) -> list[str]:
             problems.append(f"file_mounts[{remote!r}]: local path {local!r} does not exist (relative to {base_dir})")
         elif (path / PROJECT_MARKER).exists():
             project_mounts.append(str(remote))
+            project_dirs.append(path)
+    for pattern in config.get("rsync_exclude") or []:  # rsync matches an unanchored name at any depth
+        pattern = str(pattern)
+        tops = [t for d in project_dirs for t in d.iterdir() if t.is_dir() and not t.name.startswith(".")]
+        hits = [str(p.relative_to(t.parent)) for t in tops if "/" not in pattern for p in t.rglob(pattern)]
+        if hits:
+            problems.append(f"rsync_exclude {pattern!r} also drops {hits[0]} from the mounted project; "
+                            f"anchor it as '/{pattern}'")
     if "file_mounts" in config and not project_mounts:
         problems.append("file_mounts must mount the project checkout (a folder holding pyproject.toml) on every node")
     setup = [str(c) for c in config.get("setup_commands") or []]

@@ -74,3 +74,16 @@ def require_resources(gpus_per_actor: float, cpus_per_actor: float, on_missing_g
     if cpus_per_actor > most_cpus:
         raise ValueError(f"cpus_per_actor = {cpus_per_actor} but the largest node of this Ray cluster has {most_cpus:g} CPUs")
     return gpus_per_actor
+
+
+def require_bundle(bundle: dict[str, float], what: str) -> None:
+    """Raise naming `what` if no alive node offers every resource of `bundle` ({"CPU": 1, "GPU": 0.5, ...}):
+    Ray would otherwise wait forever for an infeasible request. GPUs pass on autoscaling clusters
+    (TTT_HARNESS_GPUS_MAY_AUTOSCALE=1)."""
+    nodes = _node_totals()
+    wanted = {k: v for k, v in bundle.items() if v > 0}
+    if os.environ.get("TTT_HARNESS_GPUS_MAY_AUTOSCALE") == "1":
+        wanted.pop("GPU", None)
+    if wanted and not any(all(n.get(k, 0.0) >= v for k, v in wanted.items()) for n in nodes):
+        offered = [{k: n.get(k, 0.0) for k in wanted} for n in nodes]
+        raise ValueError(f"{what} = {wanted} fits on no node of this Ray cluster (nodes offer {offered})")

@@ -30,7 +30,7 @@ import polars as pl
 import pyarrow.fs as pafs
 from ray import tune
 
-from harness.distributed.runtime import init_ray
+from harness.distributed.runtime import init_ray, require_bundle
 from harness.results.schema import config_hash
 
 TrialFn = Callable[..., pl.DataFrame]
@@ -178,11 +178,13 @@ def run_sweep(
     retries; the finished trials' Parquet files stay, and a resumed sweep skips them.
     """
     init_ray(address)
+    head = {"CPU": sweep.cpus_per_trial, "GPU": sweep.gpus_per_trial}
+    for i, bundle in enumerate([head, *sweep.child_bundles]):  # refuse infeasible trials before any work
+        require_bundle(bundle, "SweepConfig.cpus_per_trial/gpus_per_trial" if i == 0 else f"SweepConfig.child_bundles[{i - 1}]")
     trainable = tune.with_parameters(
         _run_trial, trial_fn=trial_fn, rows_path=sweep.rows_path, summarise=summarise, require_split=require_split,
         **dict(shared or {}),
     )
-    head = {"CPU": sweep.cpus_per_trial, "GPU": sweep.gpus_per_trial}
     trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([head, *sweep.child_bundles]))
     if resume and tune.Tuner.can_restore(sweep.experiment_path):
         tuner = tune.Tuner.restore(sweep.experiment_path, trainable=trainable, resume_unfinished=True,
