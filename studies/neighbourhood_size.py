@@ -73,6 +73,14 @@ def parse_args(argv: list[str] | None) -> NeighbourhoodSizeConfig:
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def global_at_every_k(rows: pl.DataFrame, ks: tuple[int, ...]) -> pl.DataFrame:
+    """The global head does not depend on k (every trial evaluates the same one): its rows once per point,
+    repeated at each k so the figure and table show it as a flat reference line."""
+    glob = rows.filter(pl.col("method") == "global").unique(subset=["point_id", "metric"], keep="first").drop("k")
+    grid = pl.DataFrame({"k": list(ks)}, schema={"k": rows.schema["k"]})
+    return pl.concat([rows.filter(pl.col("method") != "global"), glob.join(grid, how="cross").select(rows.columns)])
+
+
 def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse_args(argv)
     trials = cfg.trials()
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     rows = run_trials(trials, lambda t: embedding_head_trial(t, splits, study="neighbourhood_size"), cfg.out_dir,
                       name=lambda t: f"k-{t.ttt_k}", desc="neighbourhood-size trials")
     outputs = finish_study(
-        rows.filter(pl.col("metric") == "error"), cfg.out_dir, by=["k", "method", "metric"],
+        global_at_every_k(rows.filter(pl.col("metric") == "error"), cfg.ks), cfg.out_dir, by=["k", "method", "metric"],
         figure={"metric": "error", "x": "k", "xlabel": "Number of neighbours k", "ylabel": "Test error",
                 "title": "Neighbourhood size (S5)", "percent": True},
     )

@@ -116,3 +116,34 @@ def test_plain_text_file_packs_paragraphs(tmp_path):
     c = read_text_file(p, doc_chars=100)
     assert c.texts[0] == "In the beginning. And the earth was without form."
     assert len(c) == 2 and len(c.texts[1]) == len(("word " * 500).strip())
+
+
+def test_hf_dataset_reader_round_trip(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from harness.lm.corpus import read_hf_dataset
+
+    texts = ["alpha beta", "gamma é", None, "delta"]  # a null text is a skipped row, like a corrupt line
+    metas = [{"pile_set_name": "Pile-CC"}, {"pile_set_name": "ArXiv"}, None, {"pile_set_name": None}]
+    ds = datasets.Dataset.from_dict({"text": texts, "meta": metas, "n": [1, 2, 3, 4]})
+    ds.save_to_disk(str(tmp_path / "one"))
+    c = read_hf_dataset(tmp_path / "one")
+    assert c.texts == ["alpha beta", "gamma é", "delta"] and len(c) == 3
+    assert c.subsets == ["Pile-CC", "ArXiv", ""]  # a null pile_set_name reads as "", never None
+    assert c.skipped_lines == [3] and c.source == str(tmp_path / "one")
+    assert read_corpus(tmp_path / "one", limit=2).texts == ["alpha beta", "gamma é"]  # dispatch on a folder
+    with pytest.raises(CorruptLineError, match="row 3"):
+        read_hf_dataset(tmp_path / "one", on_error="raise")
+
+    plain = datasets.Dataset.from_dict({"body": ["x y", "z"]})  # no meta column; text under another name
+    datasets.DatasetDict({"train": plain, "test": plain.select([1])}).save_to_disk(str(tmp_path / "dd"))
+    c = read_hf_dataset(tmp_path / "dd", split="test", text_field="body")
+    assert c.texts == ["z"] and c.subsets == [""] and c.skipped_lines == []
+    assert len(read_hf_dataset(tmp_path / "dd", split="train", text_field="body")) == 2
+    with pytest.raises(KeyError, match="pass split"):
+        read_corpus(tmp_path / "dd")  # a DatasetDict needs a split
+    with pytest.raises(KeyError, match="no column 'text'"):
+        read_corpus(tmp_path / "dd", split="train")
+    with pytest.raises(TypeError, match="not a string column"):
+        read_hf_dataset(tmp_path / "one", text_field="n")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_hf_dataset(tmp_path / "missing")

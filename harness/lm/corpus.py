@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -82,8 +83,16 @@ def read_jsonl(path: str | os.PathLike, on_error: str = "skip", limit: int | Non
     return corpus
 
 
-def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_field: str = "text") -> Corpus:
-    """Read a HF `datasets` dataset saved with `save_to_disk` (needs the `datasets` package)."""
+def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_field: str = "text",
+                    on_error: str = "skip", limit: int | None = None) -> Corpus:
+    """Read a HF `datasets` dataset saved with `save_to_disk` (needs the `datasets` package).
+
+    Like `read_jsonl`: a row whose text is not a string (null) is skipped and its 1-based row number
+    recorded in `skipped_lines` (on_error="skip"), or raises CorruptLineError (on_error="raise");
+    `limit` stops after that many good texts. Subsets come from a `meta.pile_set_name` column ("" if absent/null).
+    """
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     try:
         import datasets
     except ImportError as e:  # optional dependency
@@ -98,10 +107,22 @@ def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_fiel
         ds = ds[split]
     if text_field not in ds.column_names:
         raise KeyError(f"{path} has no column {text_field!r} (columns: {ds.column_names})")
-    texts = list(ds[text_field])
-    subsets = [m.get("pile_set_name", "") if isinstance(m, dict) else "" for m in ds["meta"]] \
-        if "meta" in ds.column_names else [""] * len(texts)
-    return Corpus(texts, subsets, [], source=str(path))
+    feature = ds.features[text_field]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise TypeError(f"{path}: column {text_field!r} is {feature}, not a string column")
+    metas = ds["meta"] if "meta" in ds.column_names else itertools.repeat(None)
+    corpus = Corpus([], [], [], source=str(path))
+    for i, (text, m) in enumerate(zip(ds[text_field], metas)):
+        if not isinstance(text, str):
+            if on_error == "raise":
+                raise CorruptLineError(f"{path}: row {i + 1} has no {text_field!r} text ({text!r})")
+            corpus.skipped_lines.append(i + 1)
+            continue
+        corpus.texts.append(text)
+        corpus.subsets.append((m.get("pile_set_name") or "") if isinstance(m, dict) else "")
+        if limit is not None and len(corpus.texts) >= limit:
+            break
+    return corpus
 
 
 def read_text_file(path: str | os.PathLike, doc_chars: int = 2000) -> Corpus:
@@ -127,7 +148,7 @@ def read_corpus(path: str | os.PathLike, on_error: str = "skip", split: str | No
     """Dispatch on the path: .jsonl / .jsonl.zst / .json, a .txt file, else a HF dataset folder."""
     p = Path(path)
     if p.is_dir():
-        return read_hf_dataset(p, split=split)
+        return read_hf_dataset(p, split=split, on_error=on_error, limit=limit)
     if p.name.endswith(".txt"):
         return read_text_file(p)
     if p.name.endswith((".jsonl", ".jsonl.zst", ".json", ".zst")):
