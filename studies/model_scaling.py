@@ -3,7 +3,7 @@
 Every (size, seed) cell is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no
 cluster is given. Run (from the repository root):
     python studies/model_scaling.py                  # embedded default: real MNIST, 4 sizes, 1 seed,
-                                                     # 1000 test points, 3 epochs; ~2 min on a 2-core CPU
+                                                     # 1000 test points, 3 epochs; ~1.5 min on a 2-core CPU
     python studies/model_scaling.py --resume         # finish a killed run; finished trials are not redone
     python studies/model_scaling.py --actors 2       # each trial shards its test points over 2 Ray Data actors
     python studies/model_scaling.py --paper          # the paper's setting: 10 sizes x 5 seeds, full test

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import ray
 
-from distributed_fixtures import ray_cluster, tiny_trial  # noqa: F401  (pytest fixtures)
+from distributed_fixtures import assert_same_table, ray_cluster, tiny_trial  # noqa: F401  (pytest fixtures)
 from harness.distributed.runtime import require_resources
 from harness.distributed.sharding import ShardingConfig, evaluate_sharded
 from harness.distributed.trials import mnist_trial_sharded
@@ -18,22 +18,6 @@ from harness.trials.mnist import mnist_features
 from harness.trials.mnist import test_subset as seeded_subset
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator
 from harness.ttt.linear import HeadTTTConfig
-
-KEYS = ["method", "metric", "point_id"]
-
-
-def assert_same_table(a: pl.DataFrame, b: pl.DataFrame) -> None:
-    """Equal row for row except wall time; cross-entropies may differ in the last float32 bits
-    (the global logits' GEMM blocks differently for batches of other sizes), errors exactly equal."""
-    a, b = a.sort(KEYS), b.sort(KEYS)
-    assert a.height == b.height
-    same = [c for c in a.columns if c not in ("wall_time_s", "value")]
-    assert a.select(same).equals(b.select(same))
-    is_ce = (a["metric"] == "cross_entropy").to_numpy()
-    va, vb = a["value"].to_numpy(), b["value"].to_numpy()
-    np.testing.assert_array_equal(va[~is_ce], vb[~is_ce])
-    np.testing.assert_allclose(va[is_ce], vb[is_ce], rtol=1e-5, atol=1e-6)
-
 
 def test_two_node_sharded_trial_equals_in_process(ray_cluster, tiny_trial, mnist):
     cfg, in_process = tiny_trial

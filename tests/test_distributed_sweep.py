@@ -16,7 +16,7 @@ import pytest
 from ray import tune
 
 import distributed_fixtures
-from distributed_fixtures import TINY, ray_cluster, tiny_trial  # noqa: F401  (pytest fixtures)
+from distributed_fixtures import TINY, assert_same_table, ray_cluster, tiny_trial  # noqa: F401  (pytest fixtures)
 from harness.distributed.sweep import SweepConfig, grid_space, optuna_search, run_sweep
 from harness.distributed.trials import mnist_sweep_trial
 
@@ -35,8 +35,7 @@ def test_grid_sweep_of_mnist_trials_writes_rows_and_reports(ray_cluster, tiny_tr
                                   & (pl.col("metric") == "error"))
         assert rows.height == 100 and trial["ttt_error"] == pytest.approx(rows["value"].mean())
     # k = 200 is the paper's value for this size, so that trial reproduces the in-process table exactly
-    k200 = result.rows.filter(pl.col("config_hash") == in_process["config_hash"][0]).sort("method", "metric", "point_id")
-    assert k200.drop("wall_time_s").equals(in_process.sort("method", "metric", "point_id").drop("wall_time_s"))
+    assert_same_table(result.rows.filter(pl.col("config_hash") == in_process["config_hash"][0]), in_process)
 
 
 def _rows_files(storage: Path) -> dict[str, float]:
