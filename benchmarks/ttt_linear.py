@@ -29,7 +29,6 @@ import sys
 import time
 import traceback
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))

@@ -4,8 +4,11 @@ the global least-squares model's error approaches 1 - d2/d1 while TTT's error st
 Run:
     python studies/theory_check.py                 # default grid, seconds on a CPU
     python studies/theory_check.py --d1 256 1024 4096 --d2 8 16 32 64 128 --k 10 40 --noise 0.1
-    ray submit cluster.yaml studies/theory_check.py
-Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs d2/d1 with the prediction).
+    python studies/theory_check.py --resume        # finish a killed run; finished trials are not redone
+    ray submit cluster.yaml studies/theory_check.py -- --d1 256 1024 4096 --address auto
+Every (d1, d2, s, k) cell is one Ray Tune trial; a local Ray starts when no cluster is given.
+Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs d2/d1 with the prediction); each
+trial's rows under <out-dir>/sweeps/theory_check/rows/ (or under --storage-path).
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import sys
 from pathlib import Path
 
 import polars as pl
-from tqdm import tqdm
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data.synthetic import LRHConfig  # noqa: E402
+from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args  # noqa: E402
 from harness.report import finish_study  # noqa: E402
+from harness.trials.local_loop import run_trials  # noqa: E402
 from harness.trials.lrh import TheoryTrialConfig, global_error_prediction, lrh_trial, ttt_rate  # noqa: E402
 
 
@@ -37,6 +40,7 @@ class TheoryCheckConfig:
     n_test: int = 400
     seed: int = 0
     out_dir: str = "results/theory_check"
+    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume
 
     def trials(self) -> list[TheoryTrialConfig]:
         out = []
@@ -57,15 +61,20 @@ def parse_args(argv: list[str] | None) -> TheoryCheckConfig:
     p.add_argument("--n-test", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--out-dir")
-    a = vars(p.parse_args(argv))
-    over = {k: (tuple(v) if isinstance(v, list) else v) for k, v in a.items() if v is not None}
+    add_sweep_args(p)
+    args = p.parse_args(argv)
+    sweep = sweep_options_from_args(args)
+    a = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TheoryCheckConfig)}}
+    over = {k: (tuple(v) if isinstance(v, list) else v) for k, v in a.items() if v is not None} | {"sweep": sweep}
     return dataclasses.replace(TheoryCheckConfig(), **over)
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse_args(argv)
     trials = cfg.trials()
-    rows = pl.concat([lrh_trial(t) for t in tqdm(trials, desc="theory-check trials", unit="trial")])
+    rows = run_trials(trials, lrh_trial, cfg.sweep.sweep("theory_check", cfg.out_dir), resume=cfg.sweep.resume,
+                      address=cfg.sweep.address,
+                      name=lambda t: f"d1-{t.data.d1}-d2-{t.data.d2}-s-{t.data.s}-k-{t.k}")
     outputs = finish_study(rows, cfg.out_dir, by=["dataset", "model_size", "k", "method", "metric"])
     table = outputs.table.with_columns(
         d1=pl.col("dataset").str.extract(r"d1=(\d+)").cast(pl.Int64),

@@ -123,30 +123,40 @@ def mnist_features(cfg: MnistTrialConfig, images: ImageSplits | None = None,
     return splits, head["w"], head["b"]
 
 
+Evaluate = Callable[[HeadState, HeadTTTConfig, np.ndarray, np.ndarray, np.ndarray, MnistTrialConfig],
+                    tuple[dict[str, np.ndarray], str]]
+
+
+def evaluate_in_process(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
+                        cfg: MnistTrialConfig) -> tuple[dict[str, np.ndarray], str]:
+    """Per-point prediction columns of one evaluator in this process, and the device it ran on."""
+    evaluator = HeadTTTEvaluator(state, ttt, majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
+                                 engine=cfg.engine)
+    return evaluator({"point_id": point_ids, "feature": x, "label": y}), str(evaluator.device)
+
+
 def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, study: str = "model_scaling",
-                on_epoch: Callable[[int, float], None] | None = None) -> pl.DataFrame:
-    """Per-point rows (global / ttt / majority x error / cross-entropy) of one (size, seed) cell."""
+                on_epoch: Callable[[int, float], None] | None = None,
+                evaluate: Evaluate = evaluate_in_process) -> pl.DataFrame:
+    """Per-point rows (global / ttt / majority x error / cross-entropy) of one (size, seed) cell.
+
+    `evaluate` runs the test points (in this process by default; harness.distributed shards them
+    over Ray actors): training, features and rows are the same either way."""
     start = time.perf_counter()
     cfg = cfg.resolved()
     feats, weight, bias = mnist_features(cfg, images, on_epoch)
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
-    evaluator = HeadTTTEvaluator(
-        HeadState(feats.train_x, feats.train_y, weight, bias),
-        HeadTTTConfig(lr=cfg.ttt_lr, steps=cfg.ttt_steps, k=cfg.ttt_k),
-        majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device, engine=cfg.engine,
-    )
-    out = evaluator({"point_id": subset, "feature": x[subset], "label": y[subset]})
+    out, device = evaluate(HeadState(feats.train_x, feats.train_y, weight, bias),
+                           HeadTTTConfig(lr=cfg.ttt_lr, steps=cfg.ttt_steps, k=cfg.ttt_k), x[subset], y[subset], subset, cfg)
     run = RunInfo(
         study=study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=cfg.ttt_k,
-        fraction=cfg.fraction, config_hash=config_hash(cfg), device=str(evaluator.device),
-        wall_time_s=time.perf_counter() - start,
+        fraction=cfg.fraction, config_hash=config_hash(cfg), device=device, wall_time_s=time.perf_counter() - start,
     )
     hp = {"ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k},
           "global": {"epochs": cfg.epochs}}
-    frames = [
-        point_rows(run, method, metric, values, out["point_id"], hparams=hp[method],
-                   k={"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}[method])
+    ks = {"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}
+    return pl.concat([
+        point_rows(run, method, metric, values, out["point_id"], hparams=hp[method], k=ks[method])
         for method, metric, values in prediction_metrics(out)
-    ]
-    return pl.concat(frames)
+    ])

@@ -28,7 +28,7 @@ Bytes of device memory per test point and step (C = 1000, d = 512, k = 600; fp32
   (W, m, v once, logits once) — so this design's own floor is 26 MB × 50 steps = 1.3 GB a point, ≈ 3.1k
   points/s at 4 TB/s (H200), ≈ 2.3k at 3 TB/s (H100 copy bandwidth). Measured (H200, B = 128, tf32):
   1,178 points/s, per point and step 4.3 µs forward + 2.8 µs D + 11.2 µs GEMM + Adam (that kernel runs at
-  ~1.4 TB/s: 255 registers, spills, one block per SM). See benchmarks/RESULTS_linear.md.
+  ~1.4 TB/s: 255 registers, spills, one block per SM). See benchmarks/RESULTS.md.
 Arithmetic: 2 GEMMs of 2·k·C·d = 0.61 GFLOP each per step and point: 61 GFLOP per point for 50 steps.
 
 Precision modes (`precision=`):
