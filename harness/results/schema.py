@@ -1,0 +1,168 @@
+"""One row schema for every study, atomic Parquet writing, Polars aggregation with bootstrap CIs.
+
+A result row is one metric of one test point under one method and run:
+    study, dataset, model_size, method, seed, k, experts, fraction, point_id, metric, value
+plus run metadata (hparams as JSON, config hash, git sha, device, wall time) so tables from
+different runs join. Columns that do not apply to a study are null (e.g. `experts` in S1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from harness.eval.metrics import bootstrap_ci
+from harness.results.atomic import atomic_path
+
+RESULT_SCHEMA: dict[str, pl.DataType] = {
+    "study": pl.Utf8,
+    "dataset": pl.Utf8,
+    "model_size": pl.Int64,  # parameter count (S1, S3), hidden dim (S2, S10), d2 (S11)
+    "method": pl.Utf8,  # "global", "ttt", "majority", "moe", ...
+    "seed": pl.Int64,
+    "k": pl.Int64,
+    "experts": pl.Int64,
+    "fraction": pl.Float64,
+    "point_id": pl.Int64,
+    "metric": pl.Utf8,  # "error", "cross_entropy", "bits_per_byte", "squared_error", ...
+    "value": pl.Float64,
+    "hparams": pl.Utf8,  # JSON of the method's hyperparameters
+    "config_hash": pl.Utf8,
+    "git_sha": pl.Utf8,
+    "device": pl.Utf8,
+    "wall_time_s": pl.Float64,
+}
+
+_GIT_SHA: str | None = None
+_FROM_RUN = object()  # point_rows' default for k: take it from the RunInfo
+
+
+def git_sha() -> str:
+    """The code version: HEAD's sha (with '-dirty' for uncommitted changes), or 'unknown'."""
+    global _GIT_SHA
+    if _GIT_SHA is None:
+        here = Path(__file__).resolve().parent
+        try:
+            sha = subprocess.run(
+                ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+            ).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True).stdout.strip()
+            _GIT_SHA = sha + ("-dirty" if dirty else "")
+        except (OSError, subprocess.CalledProcessError):
+            _GIT_SHA = "unknown"
+    return _GIT_SHA
+
+
+def config_hash(config: object) -> str:
+    """Stable 12-hex hash of a dataclass or JSON-able config."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    blob = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What identifies a block of rows: the study's coordinates plus run metadata."""
+
+    study: str
+    dataset: str
+    model_size: int | None = None
+    seed: int | None = None
+    k: int | None = None
+    experts: int | None = None
+    fraction: float | None = None
+    config_hash: str = ""
+    device: str = "cpu"
+    wall_time_s: float | None = None
+
+
+def point_rows(
+    run: RunInfo,
+    method: str,
+    metric: str,
+    values: np.ndarray,
+    point_ids: np.ndarray,
+    hparams: dict | None = None,
+    k: int | None | object = _FROM_RUN,
+) -> pl.DataFrame:
+    """Rows for one metric of one method: values (n,) and point_ids (n,).
+
+    `k` overrides run.k for this method (None: not applicable, e.g. the global model)."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    point_ids = np.asarray(point_ids, dtype=np.int64).reshape(-1)
+    if values.shape != point_ids.shape:
+        raise ValueError(f"values shape {values.shape} differs from point_ids shape {point_ids.shape}")
+    n = values.size
+    columns = {
+        "study": [run.study] * n,
+        "dataset": [run.dataset] * n,
+        "model_size": [run.model_size] * n,
+        "method": [method] * n,
+        "seed": [run.seed] * n,
+        "k": [run.k if k is _FROM_RUN else k] * n,
+        "experts": [run.experts] * n,
+        "fraction": [run.fraction] * n,
+        "point_id": point_ids,
+        "metric": [metric] * n,
+        "value": values,
+        "hparams": [json.dumps(hparams or {}, sort_keys=True)] * n,
+        "config_hash": [run.config_hash] * n,
+        "git_sha": [git_sha()] * n,
+        "device": [run.device] * n,
+        "wall_time_s": [run.wall_time_s] * n,
+    }
+    return pl.DataFrame(columns, schema=RESULT_SCHEMA)
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: str | os.PathLike) -> Path:
+    """Write `df` to `path` atomically (see harness.results.atomic): never half-written."""
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
+    return Path(path)
+
+
+def read_results(path: str | os.PathLike) -> pl.DataFrame:
+    """Read one Parquet file or every `*.parquet` below a folder into one frame."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise FileNotFoundError(f"no .parquet result files under {path}")
+        return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    if not path.exists():
+        raise FileNotFoundError(f"result file {path} does not exist")
+    return pl.read_parquet(path)
+
+
+def summarise(
+    df: pl.DataFrame,
+    by: list[str],
+    resamples: int = 1000,
+    level: float = 0.90,
+    group_resample_by: str | None = "seed",
+) -> pl.DataFrame:
+    """Mean and bootstrap CI of `value` per group of `by` columns.
+
+    With `group_resample_by` (default "seed"), points are resampled within each seed and the
+    resamples pooled (the paper: 5 seeds x 200 = 1000). Returns columns by + [mean, ci_low, ci_high, n].
+    """
+    missing = [c for c in by if c not in df.columns]
+    if missing:
+        raise KeyError(f"summarise: columns {missing} not in the results table (have {df.columns})")
+    out = []
+    for key, part in df.group_by(by, maintain_order=True):
+        groups = None
+        if group_resample_by and group_resample_by not in by and part[group_resample_by].null_count() == 0:
+            groups = part[group_resample_by].to_numpy()
+        mean, low, high = bootstrap_ci(part["value"].to_numpy(), groups, resamples=resamples, level=level)
+        out.append({**dict(zip(by, key)), "mean": mean, "ci_low": low, "ci_high": high, "n": part.height})
+    return pl.DataFrame(out).sort(by)
