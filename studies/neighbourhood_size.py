@@ -10,7 +10,10 @@ Run (from the repository root):
     python studies/neighbourhood_size.py         # embedded default: MNIST pixels, k = 3..1000, 2 epochs,
                                                  # 500 test points; a few minutes on a laptop CPU
     python studies/neighbourhood_size.py --embeddings imagenet_train.npy imagenet_val.npy --paper
-    ray submit cluster.yaml studies/neighbourhood_size.py -- --paper --embeddings train.parquet val.parquet
+    python studies/neighbourhood_size.py --resume  # finish a killed run; finished trials are not redone
+    ray submit cluster.yaml studies/neighbourhood_size.py -- --paper --embeddings train.parquet val.parquet --address auto
+Every trial is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no cluster is given,
+and finished trials' rows (under <out-dir>/sweeps/ or --storage-path) are reused, never recomputed.
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs k), the table printed.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.data.embeddings import EmbeddingSource, add_embedding_arguments, embedding_source_from_args  # noqa: E402
+from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args  # noqa: E402
 from harness.report import finish_study, format_table  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
 from harness.trials.local_loop import run_trials  # noqa: E402
@@ -42,6 +47,7 @@ class NeighbourhoodSizeConfig:
     source: EmbeddingSource = EmbeddingSource()
     out_dir: str = "results/neighbourhood_size"
     device: str | None = None
+    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def trials(self) -> list[EmbeddingHeadConfig]:
         return [EmbeddingHeadConfig(source=self.source, hidden=None, seed=self.seed, epochs=self.epochs, ttt_k=k,
@@ -64,12 +70,13 @@ def parse_args(argv: list[str] | None) -> NeighbourhoodSizeConfig:
     add_embedding_arguments(p)
     p.add_argument("--out-dir")
     p.add_argument("--device")
+    add_sweep_args(p)
     a = p.parse_args(argv)
     base = PAPER if a.paper else NeighbourhoodSizeConfig()
     out_dir = a.out_dir or base.out_dir
     overrides = {"ks": tuple(a.ks) if a.ks else None, "seed": a.seed, "epochs": a.epochs,
                  "test_points": a.test_points, "out_dir": a.out_dir, "device": a.device,
-                 "source": embedding_source_from_args(a, f"{out_dir}/clip")}
+                 "source": embedding_source_from_args(a, f"{out_dir}/clip"), "sweep": sweep_options_from_args(a)}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -85,8 +92,9 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse_args(argv)
     trials = cfg.trials()
     splits = cfg.source.load()
-    rows = run_trials(trials, lambda t: embedding_head_trial(t, splits, study="neighbourhood_size"), cfg.out_dir,
-                      name=lambda t: f"k-{t.ttt_k}", desc="neighbourhood-size trials")
+    rows = run_trials(trials, functools.partial(embedding_head_trial, study="neighbourhood_size"),
+                      cfg.sweep.sweep("neighbourhood_size", cfg.out_dir, cfg.device), name=lambda t: f"k-{t.ttt_k}",
+                      shared={"splits": splits}, resume=cfg.sweep.resume, address=cfg.sweep.address)
     outputs = finish_study(
         global_at_every_k(rows.filter(pl.col("metric") == "error"), cfg.ks), cfg.out_dir, by=["k", "method", "metric"],
         figure={"metric": "error", "x": "k", "xlabel": "Number of neighbours k", "ylabel": "Test error",

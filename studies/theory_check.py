@@ -2,7 +2,8 @@
 the global least-squares model's error approaches 1 - d2/d1 while TTT's error stays at σ² s log(d1/s)/k.
 
 Run:
-    python studies/theory_check.py                 # default grid, seconds on a CPU
+    python studies/theory_check.py                 # default grid, about a minute on a 2-core CPU (Ray start,
+                                                   # one Tune trial per cell)
     python studies/theory_check.py --d1 256 1024 4096 --d2 8 16 32 64 128 --k 10 40 --noise 0.1
     python studies/theory_check.py --resume        # finish a killed run; finished trials are not redone
     ray submit cluster.yaml studies/theory_check.py -- --d1 256 1024 4096 --address auto
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data.synthetic import LRHConfig  # noqa: E402

@@ -28,17 +28,23 @@ class SweepOptions:
     resume: bool = False  # restore the killed sweep (Tuner.restore); finished trials are never redone anyway
     storage_path: str | None = None  # Ray Tune storage (shared folder or bucket URI); None: <out_dir>/sweeps
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: 1 when the study's device is "cuda", else 0
 
     def __post_init__(self) -> None:
-        if self.cpus_per_trial < 0 or self.gpus_per_trial < 0:
+        if self.cpus_per_trial < 0 or (self.gpus_per_trial or 0.0) < 0:
             raise ValueError(f"SweepOptions.cpus_per_trial and gpus_per_trial must be >= 0, got "
                              f"{self.cpus_per_trial} and {self.gpus_per_trial}")
 
-    def sweep(self, name: str, out_dir: str) -> SweepConfig:
-        """The study's SweepConfig: `<storage_path or out_dir/sweeps>/<name>`."""
+    def sweep(self, name: str, out_dir: str, device: str | None = None, metric: str = "n_rows",
+              mode: str = "max") -> SweepConfig:
+        """The study's SweepConfig: `<storage_path or out_dir/sweeps>/<name>`. A grid has no objective, so
+        Tune's metric defaults to `n_rows`, which every trial reports (studies differ in their metrics).
+        device "cuda" reserves one GPU per trial unless gpus_per_trial says otherwise (Ray hides GPUs from
+        trials that reserve none)."""
         storage = self.storage_path or str(Path(out_dir) / "sweeps")
-        return SweepConfig(name, storage, cpus_per_trial=self.cpus_per_trial, gpus_per_trial=self.gpus_per_trial)
+        gpus = self.gpus_per_trial if self.gpus_per_trial is not None else (1.0 if device == "cuda" else 0.0)
+        return SweepConfig(name, storage, cpus_per_trial=self.cpus_per_trial, gpus_per_trial=gpus,
+                           metric=metric, mode=mode)
 
 
 def add_sweep_args(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +54,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="restore the killed sweep and finish it")
     g.add_argument("--storage-path", help="Ray Tune storage: shared folder or s3://... (default: <out-dir>/sweeps)")
     g.add_argument("--cpus-per-trial", type=float, help="CPUs each trial reserves (default 1)")
-    g.add_argument("--gpus-per-trial", type=float, help="GPUs each trial reserves (default 0; fractions share a GPU)")
+    g.add_argument("--gpus-per-trial", type=float, help="GPUs each trial reserves (default: 1 with --device cuda, else 0; fractions share a GPU)")
 
 
 def sweep_options_from_args(args: argparse.Namespace) -> SweepOptions:
