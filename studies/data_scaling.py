@@ -34,10 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from harness.data.embeddings import EmbeddingSource, add_embedding_arguments, embedding_source_from_args  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
-from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args  # noqa: E402
+from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
 from harness.report import finish_study, format_table  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
-from harness.trials.local_loop import run_trials  # noqa: E402
 from harness.trials.mnist import MnistTrialConfig, mnist_trial  # noqa: E402
 
 MNIST_TTT = {"ttt_k": 80, "ttt_lr": 0.02, "ttt_steps": 500}  # §E.4, dataset scaling

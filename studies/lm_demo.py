@@ -17,17 +17,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
 import numpy as np
 
-from harness.eval.metrics import bootstrap_ci
-from harness.lm.batched import BatchedLoRATTT
-from harness.lm.config import LMTTTConfig
-from harness.lm.corpus import chunk_document, read_corpus
-from harness.lm.embedder import SentenceEmbedder
-from harness.lm.index import Retrieval, build_text_index
-from harness.lm.model import load_causal_lm, load_tokenizer
-from harness.lm.synthetic import make_tiny_qwen2, pretrain_globally, topical_corpus
-from harness.lm.ttt import prepare_sequences
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from harness.eval.metrics import bootstrap_ci  # noqa: E402
+from harness.lm.batched import BatchedLoRATTT  # noqa: E402
+from harness.lm.config import LMTTTConfig  # noqa: E402
+from harness.lm.corpus import chunk_document, read_corpus  # noqa: E402
+from harness.lm.embedder import SentenceEmbedder  # noqa: E402
+from harness.lm.index import Retrieval, build_text_index  # noqa: E402
+from harness.lm.model import load_causal_lm, load_tokenizer  # noqa: E402
+from harness.lm.synthetic import make_tiny_qwen2, pretrain_globally, topical_corpus  # noqa: E402
+from harness.lm.ttt import prepare_sequences  # noqa: E402
 
 
 def smollm2_gguf() -> tuple[str, str]:

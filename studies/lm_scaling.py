@@ -28,13 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
 import numpy as np
 
-from harness.lm.config import LMTTTConfig
-from harness.lm.corpus import chunk_document, read_corpus
-from harness.lm.sharded import ActorSpec, embed_corpus_ray, run_ttt_ray
-from harness.lm.split import sample_test_indices
-from harness.results.schema import RunInfo, config_hash, point_rows, summarise, write_parquet_atomic
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from harness.lm.config import LMTTTConfig  # noqa: E402
+from harness.lm.corpus import chunk_document, read_corpus  # noqa: E402
+from harness.lm.sharded import ActorSpec, embed_corpus_ray, run_ttt_ray  # noqa: E402
+from harness.lm.split import sample_test_indices  # noqa: E402
+from harness.results.schema import RunInfo, config_hash, point_rows, summarise, write_parquet_atomic  # noqa: E402
 
 GPUS_PER_ACTOR = {"32B": 2, "Qwen/Qwen2.5-32B": 2}  # others: 1
 

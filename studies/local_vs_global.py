@@ -25,10 +25,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.data.mnist import load_mnist  # noqa: E402
-from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args  # noqa: E402
+from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
 from harness.report import finish_study  # noqa: E402
 from harness.results.atomic import atomic_path  # noqa: E402
-from harness.trials.local_loop import run_trials  # noqa: E402
 from harness.trials.local_vs_global import PAPER_TABLE2, LocalVsGlobalConfig, local_vs_global_trial  # noqa: E402
 
 COLUMNS = (("global", "accuracy", "Global"), ("ttt", "accuracy", "TTT on test sample"),

@@ -28,10 +28,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.data.mnist import load_mnist  # noqa: E402
-from harness.distributed.study_sweep import (SweepOptions, add_sweep_args, ray_session,  # noqa: E402
+from harness.distributed.study_sweep import (SweepOptions, add_sweep_args, ray_session, run_trials,  # noqa: E402
                                              sweep_options_from_args)
 from harness.report import finish_study, format_table  # noqa: E402
-from harness.trials.local_loop import run_trials  # noqa: E402
 from harness.trials.mnist import MnistTrialConfig, mnist_trial  # noqa: E402
 from harness.trials.moe import MoETrialConfig, moe_trial  # noqa: E402
 from harness.ttt.moe import MOE_SPECS  # noqa: E402

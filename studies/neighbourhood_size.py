@@ -30,10 +30,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.data.embeddings import EmbeddingSource, add_embedding_arguments, embedding_source_from_args  # noqa: E402
-from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args  # noqa: E402
+from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
 from harness.report import finish_study, format_table  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
-from harness.trials.local_loop import run_trials  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,9 +25,8 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.data.synthetic import LRHConfig  # noqa: E402
-from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args  # noqa: E402
+from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
 from harness.report import finish_study  # noqa: E402
-from harness.trials.local_loop import run_trials  # noqa: E402
 from harness.trials.lrh import TheoryTrialConfig, global_error_prediction, lrh_trial, ttt_rate  # noqa: E402
 
 
