@@ -296,7 +296,7 @@ def main() -> None:
             tag = "fused (Triton interpreter)" if args.interpret else "fused (CPU: torch fallback)"
             time_variant(f"{tag} {prec}", fn, args.fused_b[0], heads_fn=heads)
             continue
-        bs = args.fused_b if prec in ("tf32", "bf16") else [max(b for b in args.fused_b if b <= 32)]
+        bs = args.fused_b if prec in ("tf32", "bf16") else [max((b for b in args.fused_b if b <= 32), default=min(args.fused_b))]
         blocks = FusedBlocks(**tuned[prec]) if prec in tuned else default_blocks(prec)
         tag = " tuned" if prec in tuned else ""
         for B in bs:
