@@ -8,6 +8,7 @@ without the adapter). Uses only torch / transformers / peft (runs on the GPU mac
     python benchmarks/lm_ttt.py --device cuda --batch 24 32 --compile   # one H100: the best reported numbers
     python benchmarks/lm_ttt.py --device cuda --batch 8 16 24           # eager
     python benchmarks/lm_ttt.py --device cpu --tiny --batch 2 4         # smoke test of the same code path
+    python benchmarks/lm_ttt.py --device cuda --batch 32 --compile --fuse none both   # opt-in fused loss + Adam
 
 Prints seconds per test sequence for both engines and their ratio (the SPEC's loop reference: 9.9 s).
 """
@@ -91,6 +92,9 @@ def main() -> None:
     ap.add_argument("--chunk-tokens", type=int, default=8192, help="LM-head chunk of the fused loss")
     ap.add_argument("--skip-loop", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile each decoder layer of the batched engine")
+    ap.add_argument("--fuse", nargs="+", default=["none"], choices=["none", "loss", "adam", "both"],
+                    help="opt-in fused paths of the batched engine to time, in order, on one engine: "
+                         "loss = compiled LM-head softmax maths, adam = compiled clip + masked Adam")
     ap.add_argument("--profile", action="store_true", help="print the top kernels of 3 batched steps")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
@@ -148,9 +152,24 @@ def main() -> None:
         key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60))
     result["batched"] = {}
-    for b in args.batch:
-        result["batched"][b] = time_batched(engine, b, steps, tokens, vocab, device,
-                                            result.get("loop_s_per_seq", float("nan")))
+    loop_s = result.get("loop_s_per_seq", float("nan"))
+    table = []
+    for variant in args.fuse:
+        engine.fuse_loss, engine.fuse_adam = variant in ("loss", "both"), variant in ("adam", "both")
+        print(f"-- batched, fuse = {variant}", flush=True)
+        for b in args.batch:
+            r = time_batched(engine, b, steps, tokens, vocab, device, loop_s)
+            result["batched"][b if args.fuse == ["none"] else f"{variant}/{b}"] = r
+            table.append((variant, b, r))
+    print(f"\n{name}; compile = {args.compile}; peft loop {loop_s:.3f} s per test sequence")
+    print("| fuse | B | s / test sequence | peak GiB | loop / batched | bpb ttt (seq 0) |")
+    print("|---|---|---|---|---|---|")
+    for variant, b, r in table:
+        if isinstance(r, dict):
+            print(f"| {variant} | {b} | {r['s_per_seq']:.3f} | {r['peak_gib']:.1f} | {loop_s / r['s_per_seq']:.1f}x | "
+                  f"{r['bpb_ttt_first']:.5f} |")
+        else:
+            print(f"| {variant} | {b} | {r} | - | - | - |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -62,6 +62,21 @@ def test_batched_engine_equals_peft_loop(tiny, seqs, dtype, tol):
     assert moved > 1e-3  # TTT changed the predictions, so the comparison is not vacuous
 
 
+def test_fused_loss_and_adam_equal_peft_loop(tiny, seqs):
+    """The opt-in compiled paths (fuse_loss, fuse_adam) compute the same TTT as the peft loop, in fp64."""
+    path, tok, _ = tiny
+    loop = PeftLoRATTT(load_causal_lm(path, dtype=torch.float64), CFG, tok.eos_token_id)
+    ref = loop.run(seqs)
+    engine = BatchedLoRATTT(load_causal_lm(path, dtype=torch.float64), CFG, tok.eos_token_id, max_batch=3,
+                            init=loop.initial_adapter(), fuse_loss=True, fuse_adam=True)
+    got = engine.run(seqs)
+    assert [r.point_id for r in got] == [s.point_id for s in seqs]
+    for a, b in zip(ref, got):
+        assert b.bpb_ttt == pytest.approx(a.bpb_ttt, abs=1e-8)
+        assert b.bpb_global == pytest.approx(a.bpb_global, abs=1e-8)
+    assert max(abs(a.bpb_ttt - a.bpb_global) for a in ref) > 1e-3
+
+
 def test_state_never_leaks_two_orders(tiny, seqs):
     path, tok, _ = tiny
     loop = PeftLoRATTT(load_causal_lm(path), CFG, tok.eos_token_id)

@@ -27,7 +27,14 @@ import torch
 from torch import nn
 
 from harness.lm.config import LMTTTConfig
-from harness.lm.scoring import IGNORE, Row, pad_rows, row_nll, weighted_token_loss
+from harness.lm.scoring import (
+    IGNORE,
+    Row,
+    ce_chunk_loss_grad,
+    pad_rows,
+    row_nll,
+    weighted_token_loss,
+)
 from harness.lm.ttt import PreparedSequence, SequenceResult, eval_rows
 
 
@@ -81,13 +88,40 @@ def kaiming_adapter_init(shapes: dict[str, tuple[int, int]], rank: int, seed: in
     return out
 
 
+def _row_sq_norm(g: torch.Tensor) -> torch.Tensor:
+    """(n, ...) -> (n,) squared norm of each adapter's slice (one read of g once compiled)."""
+    return g.flatten(1).pow(2).sum(1)
+
+
+def _masked_adam_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, coef: torch.Tensor,
+                  keep: torch.Tensor, step_size: torch.Tensor, bc2_sqrt: torch.Tensor,
+                  b1: float, b2: float, eps: float) -> None:
+    """One Adam step of the adapters with keep[a] (torch.optim.Adam maths), grad scaled by coef[a] (the clip).
+
+    All per-adapter vectors are (n,) tensors, so the compiled kernel never recompiles over steps;
+    once compiled it reads p, g, m, v and writes p, m, v once each.
+    """
+    shape = (-1,) + (1,) * (p.dim() - 1)
+    g = g * coef.view(shape)
+    m_new = m * b1 + g * (1 - b1)
+    v_new = v * b2 + g * g * (1 - b2)
+    update = step_size.view(shape) * m_new / (v_new.sqrt() / bc2_sqrt.view(shape) + eps)
+    k = keep.view(shape)
+    m.copy_(torch.where(k, m_new, m))
+    v.copy_(torch.where(k, v_new, v))
+    p.sub_(torch.where(k, update, torch.zeros_like(update)))
+
+
 class BatchedLoRATTT:
     """Runs LoRA TTT for groups of up to `max_batch` test sequences at once. Modifies `model` in place."""
 
     def __init__(self, model: nn.Module, cfg: LMTTTConfig, prefix_token: int, max_batch: int,
                  init: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
                  chunk_tokens: int = 4096, eval_batch: int | None = None, pad_id: int = 0,
-                 compile_layers: bool = False) -> None:
+                 compile_layers: bool = False, fuse_loss: bool = False, fuse_adam: bool = False) -> None:
+        """fuse_loss / fuse_adam (opt-in speed paths, default off; attributes, so they can be toggled):
+        torch.compile the LM-head loss's per-chunk softmax maths into one element-wise pass without
+        fp32 (chunk, V) tensors, and the gradient clip + masked Adam into one kernel per adapter tensor."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.model, self.cfg, self.prefix_token = model, cfg, prefix_token
@@ -124,6 +158,15 @@ class BatchedLoRATTT:
             for layer in self.decoder.layers:
                 layer.compile(dynamic=True)
         self.device = self.params[0].device
+        self.fuse_loss, self.fuse_adam = fuse_loss, fuse_adam
+        self._compiled: dict[str, object] = {}
+
+    def _fn(self, name: str):
+        """The torch.compile'd helper `name` (built on first use)."""
+        if name not in self._compiled:
+            fn = {"ce": ce_chunk_loss_grad, "sq": _row_sq_norm, "adam": _masked_adam_}[name]
+            self._compiled[name] = torch.compile(fn)
+        return self._compiled[name]
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -175,6 +218,9 @@ class BatchedLoRATTT:
         """
         cfg, (b1, b2) = self.cfg, self.cfg.adam_betas
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.fuse_adam:
+            self._fused_adam_step(active, grads)
+            return
         if cfg.grad_clip is not None:  # per-adapter total norm, as clip_grad_norm_ on one adapter alone
             sq = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (n,)
             coef = (cfg.grad_clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
@@ -211,6 +257,31 @@ class BatchedLoRATTT:
         for p in self.params:
             p.grad = None
 
+    @torch.no_grad()
+    def _fused_adam_step(self, active: list[int], grads: list[torch.Tensor]) -> None:
+        """_adam_step with fuse_adam: the same maths, per-adapter scalars as (n,) device tensors."""
+        cfg, (b1, b2) = self.cfg, self.cfg.adam_betas
+        dtype = self.params[0].dtype
+        if cfg.grad_clip is not None:
+            sq_fn = self._fn("sq")
+            sq = torch.stack([sq_fn(g) for g in grads]).sum(0)  # (n,)
+            coef = (cfg.grad_clip / (sq.sqrt() + 1e-6)).clamp(max=1.0).to(dtype)
+        else:
+            coef = torch.ones(self.max_batch, dtype=dtype, device=self.device)
+        for b in active:
+            self._step_count[b] += 1
+        keep = torch.zeros(self.max_batch, dtype=torch.bool)
+        keep[active] = True
+        t = torch.tensor(self._step_count, dtype=torch.float64).clamp(min=1)
+        step_size = (cfg.lr / (1 - b1 ** t)).to(dtype)
+        bc2_sqrt = (1 - b2 ** t).sqrt().to(dtype)
+        keep, step_size, bc2_sqrt = (x.to(self.device, non_blocking=True) for x in (keep, step_size, bc2_sqrt))
+        adam = self._fn("adam")
+        for p, g, m, v in zip(self.params, grads, self._m, self._v):
+            adam(p, g, m, v, coef, keep, step_size, bc2_sqrt, b1, b2, cfg.adam_eps)
+        for p in self.params:
+            p.grad = None
+
     def train_group(self, group: Sequence[PreparedSequence]) -> None:
         """Fresh adapters 0..len(group)-1, then step j trains every sequence's chunk j (if any)."""
         self.reset()
@@ -221,7 +292,8 @@ class BatchedLoRATTT:
             counts = torch.tensor([sum(1 for y in lab if y != IGNORE) for _, lab in rows],
                                   dtype=torch.float32, device=self.device)
             hidden, lab = self._hidden(rows, active)  # (N, T, d)
-            loss = weighted_token_loss(hidden, self.head.weight, lab, 1.0 / counts, self.chunk_tokens)
+            loss = weighted_token_loss(hidden, self.head.weight, lab, 1.0 / counts, self.chunk_tokens,
+                                       self._fn("ce") if self.fuse_loss else None)
             loss.backward()  # sum of per-row mean NLLs: each adapter gets the grad of its own mean
             self._adam_step(active)
 
