@@ -12,7 +12,7 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -131,15 +131,7 @@ def read_text_file(path: str | os.PathLike, doc_chars: int = 2000) -> Corpus:
     if not p.exists():
         raise FileNotFoundError(f"corpus file {p} does not exist")
     paragraphs = [" ".join(par.split()) for par in p.read_text(encoding="utf-8", errors="replace").split("\n\n")]
-    docs, current = [], ""
-    for par in filter(None, paragraphs):
-        if current and len(current) + 1 + len(par) > doc_chars:
-            docs.append(current)
-            current = par
-        else:
-            current = f"{current} {par}" if current else par
-    if current:
-        docs.append(current)
+    docs = _pack(filter(None, paragraphs), doc_chars)
     return Corpus(docs, [""] * len(docs), [], source=str(p))
 
 
@@ -164,21 +156,20 @@ def chunk_document(text: str, max_chars: int) -> list[str]:
     """
     if max_chars < 1:
         raise ValueError(f"max_chars must be >= 1, got {max_chars}")
-    units, current = [], ""
-    for word in text.split():
-        while len(word) > max_chars:
-            if current:
-                units.append(current)
-                current = ""
-            units.append(word[:max_chars])
-            word = word[max_chars:]
-        if not word:
-            continue
-        if current and len(current) + 1 + len(word) > max_chars:
-            units.append(current)
-            current = word
+    pieces = (word[i : i + max_chars] for word in text.split() for i in range(0, len(word), max_chars))
+    return _pack(pieces, max_chars)
+
+
+def _pack(pieces: Iterable[str], limit: int) -> list[str]:
+    """Greedily join pieces with single spaces into strings of at most `limit` characters (a piece
+    longer than `limit` stands alone), in order."""
+    out, current = [], ""
+    for piece in pieces:
+        if current and len(current) + 1 + len(piece) > limit:
+            out.append(current)
+            current = piece
         else:
-            current = f"{current} {word}" if current else word
+            current = f"{current} {piece}" if current else piece
     if current:
-        units.append(current)
-    return units
+        out.append(current)
+    return out
