@@ -33,9 +33,16 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from harness.retrieval.index import TorchExactRetriever  # noqa: E402
-from harness.ttt.linear import HeadTTTConfig, batched_head_ttt, head_ttt_one_point  # noqa: E402
-from harness.ttt.linear_fused import FusedBlocks, FusedHeadTTT, default_blocks, fused_head_ttt  # noqa: E402
+from harness.retrieval.index import TorchExactRetriever
+from harness.ttt import linear_fused as LF
+from harness.ttt.linear import HeadTTTConfig, batched_head_ttt, head_ttt_one_point
+from harness.ttt.linear_fused import (
+    FlashBlocks,
+    FusedBlocks,
+    FusedHeadTTT,
+    default_blocks,
+    fused_head_ttt,
+)
 
 ROWS: list[dict] = []
 
@@ -80,7 +87,7 @@ def bench_knn(args, train_x: torch.Tensor, test_x: torch.Tensor) -> torch.Tensor
     _, idx = retr.search(q_np, k)
     sync(device)
     dt = time.perf_counter() - t
-    ROWS.append(dict(variant="kNN retriever.search (l2, fp32, host tie-break)", points_s=len(q_np) / dt))
+    ROWS.append({"variant": "kNN retriever.search (l2, fp32, host tie-break)", "points_s": len(q_np) / dt})
     log(f"kNN TorchExactRetriever.search: {len(q_np)} queries in {dt:.3f} s = {len(q_np) / dt:,.0f} queries/s")
     feats = retr.features
     sq = retr.sq_norms
@@ -102,7 +109,7 @@ def bench_knn(args, train_x: torch.Tensor, test_x: torch.Tensor) -> torch.Tensor
         finally:
             torch.backends.cuda.matmul.allow_tf32 = prev
         name = f"kNN GEMM + top-k on device ({'tf32' if tf32 else 'fp32'})"
-        ROWS.append(dict(variant=name, points_s=len(test_x) / dt))
+        ROWS.append({"variant": name, "points_s": len(test_x) / dt})
         log(f"{name}: {len(test_x) / dt:,.0f} queries/s")
     del retr
     return torch.from_numpy(idx).to(device)
@@ -118,13 +125,13 @@ def selfcheck(device: torch.device, interpret: bool) -> None:
         y = torch.randint(0, C, (B, k), generator=g)
         q = torch.randn(B, d, generator=g)
         cfg = HeadTTTConfig(lr=0.02, steps=steps, k=k, weight_decay=wd)
-        r64, W64, c64 = batched_head_ttt(W.double(), c.double(), X.double(), y, q.double(), cfg, return_heads=True)
-        r32, W32, _ = batched_head_ttt(W, c, X, y, q, cfg, return_heads=True)
-        line = [f"selfcheck B={B} k={k} C={C} d={d} steps={steps} wd={wd}: torch fp32 vs f64 |ΔW| "
-                f"{(W32 - W64).abs().max():.1e}"]
-        for prec in ("ieee", "tf32x3", "tf32", "bf16"):
+        r64, W64, _c64 = batched_head_ttt(W.double(), c.double(), X.double(), y, q.double(), cfg, return_heads=True)
+        _r32, W32, _ = batched_head_ttt(W, c, X, y, q, cfg, return_heads=True)
+        line = [(f"selfcheck B={B} k={k} C={C} d={d} steps={steps} wd={wd}: torch fp32 vs f64 |ΔW| "
+                f"{(W32 - W64).abs().max():.1e}")]
+        for prec in ("ieee", "tf32x3", "tf32", "bf16", "fp16"):
             try:
-                out, FW, Fc = fused_head_ttt(W.to(device), c.to(device), X.to(device), y.to(device), q.to(device),
+                out, FW, _Fc = fused_head_ttt(W.to(device), c.to(device), X.to(device), y.to(device), q.to(device),
                                              cfg, True, precision=prec, interpret=interpret)
                 sync(device)
                 line.append(f"{prec}: |ΔW| {(FW.cpu().double() - W64).abs().max():.1e} "
@@ -134,6 +141,52 @@ def selfcheck(device: torch.device, interpret: bool) -> None:
                 line.append(f"{prec}: FAILED {type(e).__name__}: {e}")
                 traceback.print_exc()
         log("; ".join(line))
+
+
+FLASH_SWEEP = [  # the default first; then without the second stream; then Adam in the gradient kernel
+    FlashBlocks(),
+    FlashBlocks(streams=1),
+    FlashBlocks(separate_adam=False, bkk=32, streams=1),
+]
+
+
+def flash_breakdown(eng: FusedHeadTTT, device: torch.device, reps: int = 3) -> str:
+    """µs per point and step of each flash kernel (all steps of one batch, kernel by kernel), regs, spills."""
+    out = []
+    for only in ("lse", "flash"):
+        def go(only=only):
+            LF._run_flash_steps(eng.weight, eng.weight_h, eng.bias, eng.x, eng.y, eng.ws, eng.cfg, eng.blocks,
+                                False, only=only)
+        go()
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            go()
+        sync(device)
+        us = (time.perf_counter() - t) / reps / eng.cfg.steps / eng.batch * 1e6
+        h = LF.LAST_LAUNCH.get("lse" if only == "lse" else "flash4_adam")
+        regs = f"{getattr(h, 'n_regs', '?')} regs, {getattr(h, 'n_spills', '?')} spills" if h is not None else ""
+        out.append(f"{only} {us:.2f} us/point-step ({regs})")
+    return "; ".join(out)
+
+
+def flash_sweep(args, W0, c0, cfg, time_variant, batch) -> None:
+    device = W0.device
+    B = max(args.fused_b)
+    for bl in FLASH_SWEEP:
+        diff = {k: v for k, v in vars(bl).items() if v != getattr(FlashBlocks(), k)}
+        try:
+            eng = FusedHeadTTT(W0, c0, cfg, batch=B, precision="fp16", blocks=bl, cuda_graph=not bl.diag)
+            if not bl.diag:  # diag kernels skip work: their outputs are not TTT results
+                time_variant(f"fused fp16 (graph) {diff}", eng, B)
+            else:
+                eng(*batch(0, B))
+            log(f"  breakdown {diff}: {flash_breakdown(eng, device)}")
+            del eng
+        except Exception as e:
+            log(f"fused fp16 {diff}: FAILED {type(e).__name__}: {e}")
+            traceback.print_exc()
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -151,7 +204,9 @@ def main() -> None:
     ap.add_argument("--agree-points", type=int, default=None, help="points compared with fp32 batched_head_ttt")
     ap.add_argument("--batched-b", type=int, nargs="+", default=None)
     ap.add_argument("--fused-b", type=int, nargs="+", default=None)
-    ap.add_argument("--precisions", nargs="+", default=["tf32", "bf16", "tf32x3", "ieee"])
+    ap.add_argument("--precisions", nargs="+", default=["fp16", "tf32", "bf16", "tf32x3", "ieee"])
+    ap.add_argument("--flash-sweep", action="store_true",
+                    help="fp16 flash design: per-kernel times and a sweep of FlashBlocks at the largest --fused-b")
     ap.add_argument("--min-time", type=float, default=0.4, help="seconds of timed batches per variant (at least)")
     ap.add_argument("--knn-chunk", type=int, default=1024)
     ap.add_argument("--no-graph", action="store_true", help="fused path without CUDA graphs")
@@ -164,10 +219,10 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    full = dict(n_train=1_230_000, d=512, classes=1000, k=600, test_points=1024, loop_points=20, agree_points=256,
-                batched_b=[64], fused_b=[8, 16, 32, 64, 128])
-    small = dict(n_train=5000, d=32, classes=20, k=50, test_points=64, loop_points=8, agree_points=32,
-                 batched_b=[16], fused_b=[8, 16])
+    full = {"n_train": 1_230_000, "d": 512, "classes": 1000, "k": 600, "test_points": 1024, "loop_points": 20, "agree_points": 256,
+                "batched_b": [64], "fused_b": [8, 16, 32, 64, 128]}
+    small = {"n_train": 5000, "d": 32, "classes": 20, "k": 50, "test_points": 64, "loop_points": 8, "agree_points": 32,
+                 "batched_b": [16], "fused_b": [8, 16]}
     for key, val in (full if gpu else small).items():
         if getattr(args, key) is None:
             setattr(args, key, val)
@@ -215,7 +270,7 @@ def main() -> None:
     loop_pps = L / (time.perf_counter() - t)
     loop_logits = torch.stack(loop_logits)
     loop_W = torch.stack(loop_W)
-    ROWS.append(dict(variant="loop: head_ttt_one_point (fp32)", points_s=loop_pps, ratio=1.0, agree_loop=1.0))
+    ROWS.append({"variant": "loop: head_ttt_one_point (fp32)", "points_s": loop_pps, "ratio": 1.0, "agree_loop": 1.0})
     log(f"loop: {loop_pps:,.1f} points/s ({L} points)")
 
     # ---- fp32 batched reference on the agreement points --------------------------------------------
@@ -251,8 +306,8 @@ def main() -> None:
             outs = torch.cat([fn(*batch(s, min(s + B, A)))[: min(s + B, A) - s] for s in range(0, A, B)])
             ag_ref, dl_ref = agreement(outs, ref_logits)
             ag_loop, dl_loop = agreement(outs[:L], loop_logits)
-            row = dict(variant=name, B=B, points_s=pps, ratio=pps / loop_pps, agree_loop=ag_loop,
-                       dlogit_loop=dl_loop, agree_ref=ag_ref, dlogit_ref=dl_ref, n_ref=A)
+            row = {"variant": name, "B": B, "points_s": pps, "ratio": pps / loop_pps, "agree_loop": ag_loop,
+                       "dlogit_loop": dl_loop, "agree_ref": ag_ref, "dlogit_ref": dl_ref, "n_ref": A}
             if heads_fn is not None:
                 Wh = torch.cat([heads_fn(*batch(s, min(s + B, L)))[: min(s + B, L) - s] for s in range(0, L, B)])
                 dW = (Wh - loop_W).abs()
@@ -264,7 +319,7 @@ def main() -> None:
         except Exception as e:
             log(f"{name} B={B}: FAILED {type(e).__name__}: {e}")
             traceback.print_exc()
-            ROWS.append(dict(variant=name, B=B, error=f"{type(e).__name__}: {e}"[:200]))
+            ROWS.append({"variant": name, "B": B, "error": f"{type(e).__name__}: {e}"[:200]})
         finally:
             if gpu:
                 torch.cuda.empty_cache()
@@ -296,19 +351,22 @@ def main() -> None:
             tag = "fused (Triton interpreter)" if args.interpret else "fused (CPU: torch fallback)"
             time_variant(f"{tag} {prec}", fn, args.fused_b[0], heads_fn=heads)
             continue
-        bs = args.fused_b if prec in ("tf32", "bf16") else [max((b for b in args.fused_b if b <= 32), default=min(args.fused_b))]
-        blocks = FusedBlocks(**tuned[prec]) if prec in tuned else default_blocks(prec)
+        bs = args.fused_b if prec in ("tf32", "bf16", "fp16") else [max((b for b in args.fused_b if b <= 32), default=min(args.fused_b))]
+        blocks = ((FlashBlocks if prec in LF.FLASH_PRECISIONS else FusedBlocks)(**tuned[prec]) if prec in tuned
+                  else default_blocks(prec))
         tag = " tuned" if prec in tuned else ""
         for B in bs:
             eng = FusedHeadTTT(W0, c0, cfg, batch=B, precision=prec, cuda_graph=not args.no_graph, blocks=blocks)
             time_variant(f"fused {prec}{tag}" + (" (no graph)" if args.no_graph else " (graph)"), eng, B,
                          heads_fn=lambda f, y, q, eng=eng: eng(f, y, q, return_heads=True)[1])
             del eng
-        if tag:  # the default tiles at one batch size, for comparison
+        if tag and prec not in LF.FLASH_PRECISIONS:  # the default tiles at one batch size, for comparison
             eng = FusedHeadTTT(W0, c0, cfg, batch=32, precision=prec, cuda_graph=not args.no_graph,
                                blocks=FusedBlocks())
             time_variant(f"fused {prec} FusedBlocks() tiles (graph)", eng, 32)
             del eng
+    if gpu and args.flash_sweep:
+        flash_sweep(args, W0, c0, cfg, time_variant, batch)
     if gpu and args.block_sweep:
         best = {}
         for r in ROWS:
@@ -341,8 +399,8 @@ def main() -> None:
             + (f"{r['dlogit_ref']:>10.1e}" if "dlogit_ref" in r else ""))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(args=vars(args), rows=ROWS,
-                           device=torch.cuda.get_device_name(device) if gpu else "cpu"), fh, indent=1)
+            json.dump({"args": vars(args), "rows": ROWS,
+                           "device": torch.cuda.get_device_name(device) if gpu else "cpu"}, fh, indent=1)
 
 
 if __name__ == "__main__":

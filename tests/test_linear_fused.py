@@ -30,7 +30,7 @@ def test_cpu_fallback_is_the_exact_engine():
     X, y, q = torch.randn(B, k, d, generator=g), torch.randint(0, C, (B, k), generator=g), torch.randn(B, d, generator=g)
     cfg = HeadTTTConfig(lr=0.02, steps=5, k=k)
     ref = batched_head_ttt(W, c, X, y, q, cfg)
-    for name in ("exact", "fused-tf32", "fused-bf16", "fused-ieee", "fused-tf32x3"):
+    for name in ("exact", "fused-tf32", "fused-bf16", "fused-ieee", "fused-tf32x3", "fused-fp16"):
         assert torch.equal(HEAD_TTT_ENGINES.get(name)(W, c, X, y, q, cfg), ref)
     with pytest.raises(ValueError, match="precision"):
         fused_head_ttt(W, c, X, y, q, cfg, precision="fp8")
@@ -59,6 +59,66 @@ def test_triton_kernels_in_interpreter_match_torch():
             out, FW, _ = fused_head_ttt(W, c, X, y, q, cfg, True, precision="bf16", interpret=True, blocks=blocks)
             assert torch.isfinite(FW).all() and float((out.double() - r64).abs().max()) < 0.5
         print("OK")
+    """)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_fp16_flash_kernels_match_an_fp16_emulation():
+    """The fp16 flash design (lse kernel, gradient kernel, streaming Adam; and the in-kernel Adam variant)
+    equals a float64 torch emulation of the same roundings (W and X to fp16 as dot operands, P to fp16
+    before the ∇W dot) as closely as that emulation run in float32 does; bad ranges are refused."""
+    code = textwrap.dedent("""
+        import torch
+        from harness.ttt.linear import HeadTTTConfig
+        from harness.ttt.linear_fused import FlashBlocks, fused_head_ttt
+
+        def emulate(W, c, X, y, cfg, dt):
+            W, c = W.to(dt), c.to(dt)
+            Xh = X.half().to(dt)
+            b1, b2 = cfg.betas
+            B, k, _ = X.shape
+            W = W.expand(B, *W.shape).clone()
+            c = c.expand(B, *c.shape).clone()
+            m, v, mc, vc = (torch.zeros_like(W), torch.zeros_like(W), torch.zeros_like(c), torch.zeros_like(c))
+            onehot = torch.nn.functional.one_hot(y, W.shape[1]).to(dt)
+            for t in range(1, cfg.steps + 1):
+                S = Xh @ W.half().to(dt).transpose(1, 2) + c[:, None, :]
+                P = torch.softmax(S, -1) - onehot
+                g = P.half().to(dt).transpose(1, 2) @ Xh / k + cfg.weight_decay * W
+                gc = P.sum(1) / k + cfg.weight_decay * c
+                for p, gp, mm, vv in ((W, g, m, v), (c, gc, mc, vc)):
+                    mm.lerp_(gp, 1 - b1)
+                    vv.mul_(b2).addcmul_(gp, gp, value=1 - b2)
+                    p.sub_(cfg.lr / (1 - b1 ** t) * mm / (vv.sqrt() / (1 - b2 ** t) ** 0.5 + cfg.eps))
+            return W, c
+
+        g = torch.Generator().manual_seed(0)
+        B, k, C, d = 2, 70, 150, 140
+        W, c = torch.randn(C, d, generator=g) * 0.1, torch.randn(C, generator=g) * 0.1
+        X = torch.nn.functional.normalize(torch.randn(B, k, d, generator=g), dim=-1)
+        y, q = torch.randint(0, C, (B, k), generator=g), torch.randn(B, d, generator=g)
+        cfg = HeadTTTConfig(lr=0.02, steps=4, k=k, weight_decay=0.01)
+        W64, c64 = emulate(W, c, X, y, cfg, torch.float64)
+        W32, _ = emulate(W, c, X, y, cfg, torch.float32)
+        tol = 4 * float((W32.double() - W64).abs().max()) + 1e-6
+        small = dict(lse_bm=32, lse_bn=64, lse_bk=32, bc=64, bkk=32, adam_block=256)
+        for blocks in (FlashBlocks(**small), FlashBlocks(**small, separate_adam=False)):
+            out, FW, Fc = fused_head_ttt(W, c, X, y, q, cfg, True, precision="fp16", interpret=True, blocks=blocks)
+            err = float((FW.double() - W64).abs().max())
+            assert err <= tol, (blocks, err, tol)
+            assert float((Fc.double() - c64).abs().max()) <= 1e-5
+            ref = torch.einsum("bd,bcd->bc", q.double(), W64) + c64
+            assert torch.equal(out.argmax(1), ref.argmax(1))
+        try:
+            fused_head_ttt(W, c, X * 1e6, y, q, cfg, precision="fp16", interpret=True)
+        except ValueError as e:
+            assert "feats" in str(e) and "fp16" in str(e), e
+        else:
+            raise AssertionError("out-of-range fp16 input accepted")
+        print("OK", tol)
     """)
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)

@@ -31,11 +31,29 @@ Bytes of device memory per test point and step (C = 1000, d = 512, k = 600; fp32
   ~1.4 TB/s: 255 registers, spills, one block per SM). See benchmarks/RESULTS.md.
 Arithmetic: 2 GEMMs of 2·k·C·d = 0.61 GFLOP each per step and point: 61 GFLOP per point for 50 steps.
 
+The "fp16" mode runs a second design, "flash" (kernels `_lse`, `_flash4_adam`, `_adam_elem`), that never
+stores Z or D: per step
+  lse      (grid ⌈k/64⌉ × B):  lse_i = log Σ_c exp(X_i W_cᵀ + c_c), an online softmax over class tiles;
+  gradient (grid ⌈C/64⌉ × B; a program owns 64 classes × all d):  for each 64-row chunk of neighbours,
+           S = W X_chunkᵀ + c, P = exp(S - lse) - onehot (registers only), ∇W += P X_chunk, ∇c += Σ P;
+           ∇W / k is stored (fp32), and ∇c's Adam step runs here;
+  Adam     (elementwise, streaming): W, m, v updated from ∇W, plus an fp16 copy of the new W (the dot operand
+           of the next step; two copies alternate, as do two copies of c, so no program reads a tile another
+           program of its launch is writing).
+Bytes per point and step: ~16 MB (W, m, v read and written, ∇W written and read, fp16 W and X) and three
+GEMM-sized products (S twice, ∇W once) in fp16 tensor-core dots with fp32 accumulation. fp16 operands have
+tf32's 10-bit mantissa, so results agree with the fp32 loop as tf32's do; inputs must stay below 60,000 in
+magnitude (checked). FusedHeadTTT runs the batch as two halves on two streams so that one half's streaming
+Adam overlaps the other half's dots. Measured on an H100 (B = 256): 1,506 points/s, 1.3× fused tf32 in the
+same run; lse 2.0 µs, gradient + Adam 11.5 µs per point and step (benchmarks/RESULTS.md).
+
 Precision modes (`precision=`):
   "ieee"   fp32 FMA dots: the exact path (same function as the torch engine up to summation order).
   "tf32x3" 3-pass split-tf32 dots: ≈ fp32 accuracy, 3× the tensor-core work of tf32.
   "tf32"   tf32 dots (10-bit mantissa operands, fp32 accumulation), fp32 Z and Dᵀ.
   "bf16"   bf16 operands (X cast once per batch, W cast in registers), bf16 Z and Dᵀ, fp32 accumulation.
+  "fp16"   the flash design above: fp16 operands (X cast once per batch, W's fp16 copy written by Adam), fp16 P
+           as the ∇W dot operand, fp32 accumulation; the fastest mode.
 W, m, v, c and all softmax / Adam arithmetic stay fp32 in every mode; only the dot operands (and Z, Dᵀ in
 "bf16") are rounded, so non-ieee modes report agreement with the fp32 loop rather than equality.
 
@@ -44,7 +62,7 @@ interpret=True, which runs the same Triton kernels under Triton's numpy interpre
 TRITON_INTERPRET=1 in the environment before triton is imported).
 Wiring: `fused_head_ttt(..., precision=...)` has `batched_head_ttt`'s signature plus keywords;
 `HEAD_TTT_ENGINES.get(name)` gives a callable with exactly that signature for "exact", "fused-ieee",
-"fused-tf32x3", "fused-tf32", "fused-bf16"; `FusedHeadTTT` keeps buffers for a fixed batch size and
+"fused-tf32x3", "fused-tf32", "fused-bf16", "fused-fp16"; `FusedHeadTTT` keeps buffers for a fixed batch size and
 replays the whole TTT as one CUDA graph (the fastest form for repeated batches; use batch 64-128).
 """
 
@@ -59,7 +77,9 @@ import torch
 from harness.registry import Registry
 from harness.ttt.linear import HeadTTTConfig, _check_shapes, batched_head_ttt
 
-PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16")
+PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16", "fp16")
+FLASH_PRECISIONS = ("fp16",)  # modes that run the two-kernel "flash" design
+FP16_MAX = 60000.0  # inputs of the fp16 mode must stay below fp16's largest finite value (65504)
 HEAD_TTT_ENGINES: Registry = Registry("head TTT engine")
 
 
@@ -83,8 +103,31 @@ class FusedBlocks:
     x_t: bool = True  # the GEMM kernel reads a (B, d, k) copy of X: both of its dot operands are k-major
 
 
-def default_blocks(precision: str) -> FusedBlocks:
+@dataclasses.dataclass(frozen=True)
+class FlashBlocks:
+    """Tile sizes and launch shapes of the flash design (precision "fp16"); defaults: fastest measured on an
+    H100 (benchmarks/ttt_linear_flash_diag.py, benchmarks/RESULTS.md)."""
+
+    lse_bm: int = 64  # lse kernel: neighbour rows per program
+    lse_bn: int = 256  # classes per inner tile
+    lse_bk: int = 32
+    lse_warps: int = 4
+    lse_stages: int = 3
+    bc: int = 64  # gradient kernel: classes per program (it owns all d of each)
+    bkk: int = 64  # neighbour rows per inner step
+    warps: int = 8
+    stages: int = 2
+    separate_adam: bool = True  # ∇W to memory, then the streaming Adam kernel (False: in-kernel epilogue)
+    adam_block: int = 2048  # elements per program of the Adam kernel
+    adam_warps: int = 8
+    streams: int = 2  # FusedHeadTTT: run the batch as two halves on two streams (kernels of one overlap the other)
+    diag: int = 0  # timing diagnostics only (see _flash4_adam); outputs are then not TTT results
+
+
+def default_blocks(precision: str) -> FusedBlocks | FlashBlocks:
     """The fastest tiles measured per precision (H200, B = 32; benchmarks/ttt_linear_diag.py)."""
+    if precision in FLASH_PRECISIONS:
+        return FlashBlocks()
     if precision == "bf16":
         return FusedBlocks(d_bc=32, d_bk=128, x_t=False)
     return FusedBlocks()
@@ -104,7 +147,7 @@ class _Workspace:
     rows are aligned and vectorises the loads)."""
 
     def __init__(self, B: int, k: int, C: int, d: int, z_dtype: torch.dtype, nt: int, device) -> None:
-        f32 = dict(dtype=torch.float32, device=device)
+        f32 = {"dtype": torch.float32, "device": device}
         self.W, self.M, self.V = (torch.empty(B, C, d, **f32) for _ in range(3))
         self.c, self.Mc, self.Vc, self.gc = (torch.empty(B, C, **f32) for _ in range(4))
         self.Z = torch.empty(B, k, _round_up(C, 16), dtype=z_dtype, device=device)[:, :, :C]
@@ -113,7 +156,7 @@ class _Workspace:
         self.psum = torch.empty(B, k, nt, **f32)
 
 
-def _x_for_gemm(x: torch.Tensor, blocks: "FusedBlocks") -> torch.Tensor:
+def _x_for_gemm(x: torch.Tensor, blocks: FusedBlocks) -> torch.Tensor:
     """x (B, k, d) or, with blocks.x_t, the same values as a (B, k, d) view of a (B, d, k_padded) buffer."""
     if not blocks.x_t:
         return x
@@ -138,7 +181,7 @@ def _launch_fwd(fwd, x, W_in, wst, c_in, cst, ws: _Workspace, precision: str, bl
     B, k, d = x.shape
     C = ws.Z.shape[2]
     bf16 = precision == "bf16"
-    kw = {} if interpret else dict(num_warps=blocks.fwd_warps, num_stages=blocks.fwd_stages)
+    kw = {} if interpret else {"num_warps": blocks.fwd_warps, "num_stages": blocks.fwd_stages}
     return fwd[(triton_cdiv(k, blocks.fwd_bm), ws.pmax.shape[2], B)](
         x, W_in, c_in, ws.Z, ws.pmax, ws.psum,
         k, C, d,
@@ -152,7 +195,7 @@ def _launch_dgrad(dgrad, y, ws: _Workspace, blocks: FusedBlocks, interpret: bool
     """D launch: ws.DT = ((softmax(Z) - onehot(y)) / k)ᵀ and ws.gc = ∇c."""
     B, k, C = ws.Z.shape
     nt = ws.pmax.shape[2]
-    kw = {} if interpret else dict(num_warps=blocks.d_warps)
+    kw = {} if interpret else {"num_warps": blocks.d_warps}
     return dgrad[(triton_cdiv(C, blocks.d_bc), B)](
         ws.Z, ws.pmax, ws.psum, y, ws.DT, ws.gc,
         k, C, nt,
@@ -169,7 +212,7 @@ def _launch_gemm(gemm, xg, W_in, wst, c_in, cst, ws: _Workspace, cfg: HeadTTTCon
     C = ws.Z.shape[2]
     bf16 = precision == "bf16"
     b1, b2 = cfg.betas
-    kw = {} if interpret else dict(num_warps=blocks.grad_warps, num_stages=blocks.grad_stages)
+    kw = {} if interpret else {"num_warps": blocks.grad_warps, "num_stages": blocks.grad_stages}
     return gemm[(triton_cdiv(C, blocks.grad_bc), triton_cdiv(d, blocks.grad_bd), B)](
         xg, ws.DT, ws.gc,
         W_in, ws.W, ws.M, ws.V, c_in, ws.c, ws.Mc, ws.Vc,
@@ -208,6 +251,110 @@ def _run_steps(weight, bias, x, y, ws: _Workspace, cfg: HeadTTTConfig, precision
         _launch_gemm(gemm, xg, W_in, wst, c_in, cst, ws, cfg, t, precision, blocks, interpret)
 
 
+class _FlashWorkspace:
+    """Buffers of the flash design for B heads: W, m, v (B, C, d) fp32 (updated in place); two fp16 copies of W
+    (the dot operand; step t reads one and writes the other, so no program reads a tile another program of
+    the same launch is writing); c twice (same reason), m_c, v_c (B, C); lse (B, k)."""
+
+    def __init__(self, B: int, k: int, C: int, d: int, device) -> None:
+        f32 = {"dtype": torch.float32, "device": device}
+        self.W, self.M, self.V = (torch.empty(B, C, d, **f32) for _ in range(3))
+        dpad = _round_up(d, 16)
+        self.Wh = torch.empty(2, B, C, dpad, dtype=torch.float16, device=device)[..., :d]
+        self.c2 = torch.empty(2, B, C, **f32)
+        self.Mc, self.Vc = (torch.empty(B, C, **f32) for _ in range(2))
+        self.lse = torch.empty(B, _round_up(k, 16), **f32)
+        self.c = self.c2[0]  # the final bias, set by _run_flash_steps
+        self.G = None  # ∇W buffer of the separate-Adam variant, made on first use
+
+    def grad_buffer(self) -> torch.Tensor:
+        if self.G is None:
+            self.G = torch.empty_like(self.W)
+        return self.G
+
+    def part(self, lo: int, hi: int) -> _FlashWorkspace:
+        """The same buffers for points lo..hi-1 (views)."""
+        sub = object.__new__(_FlashWorkspace)
+        sub.W, sub.M, sub.V = self.W[lo:hi], self.M[lo:hi], self.V[lo:hi]
+        sub.Wh, sub.c2 = self.Wh[:, lo:hi], self.c2[:, lo:hi]
+        sub.Mc, sub.Vc, sub.lse = self.Mc[lo:hi], self.Vc[lo:hi], self.lse[lo:hi]
+        sub.c = self.c[lo:hi]
+        sub.G = None if self.G is None else self.G[lo:hi]
+        return sub
+
+
+def _check_fp16_range(t: torch.Tensor, what: str) -> None:
+    big = float(t.detach().abs().amax()) if t.numel() else 0.0
+    if not big <= FP16_MAX:  # also catches NaN
+        raise ValueError(f"precision 'fp16' needs |{what}| <= {FP16_MAX:g} (fp16 operands); got max {big:g}. "
+                         "Use precision 'tf32' for inputs of this range")
+
+
+LAST_LAUNCH: dict = {}  # kernel name -> Triton's handle of its latest launch (registers, spills; diagnostics)
+
+
+def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: HeadTTTConfig, blocks: FlashBlocks,
+                     interpret: bool, only: str | None = None) -> None:
+    """cfg.steps Adam steps of all B heads by the flash design into ws.W / ws.c (x: (B, k, d) fp16).
+
+    only="lse" or "flash" launches just that part at every step (per-kernel timing; not a valid TTT)."""
+    from harness.ttt import _linear_fused_kernels as K
+
+    lse_k = K.interpreted("lse") if interpret else K.lse_kernel
+    grad_k = K.interpreted("flash4_adam") if interpret else K.flash4_adam_kernel
+    adam_k = K.interpreted("adam_elem") if interpret else K.adam_elem_kernel
+    B, k, d = x.shape
+    C = weight.shape[0]
+    dch = max(16, _next_pow2(-(-d // 4)))
+    b1, b2 = cfg.betas
+    kw_l = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
+    kw_f = {} if interpret else {"num_warps": blocks.warps, "num_stages": blocks.stages}
+    G = ws.grad_buffer() if blocks.separate_adam else ws.W
+    for t in range(1, cfg.steps + 1):
+        if t == 1:  # the global head, shared by all B points (batch stride 0)
+            W_in, wst = weight, (0, *weight.stride())
+            Wh_in, hst = weight_h, (0, *weight_h.stride())
+            c_in, cst = bias, (0, bias.stride(0))
+        else:
+            W_in, wst = ws.W, ws.W.stride()
+            Wh_in = ws.Wh[(t - 1) % 2]
+            hst = Wh_in.stride()
+            c_in = ws.c2[(t - 1) % 2]
+            cst = c_in.stride()
+        Wh_out, c_out = ws.Wh[t % 2], ws.c2[t % 2]
+        adam = (-(cfg.lr / (1 - b1 ** t)), math.sqrt(1 - b2 ** t), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay)
+        flags = {"FIRST": t == 1, "HAS_WD": cfg.weight_decay != 0, "WRITE_WH": t < cfg.steps}
+        if only != "flash":
+            LAST_LAUNCH["lse"] = lse_k[(triton_cdiv(k, blocks.lse_bm), B)](
+                x, Wh_in, c_in, ws.lse,
+                k, C, d,
+                *x.stride(), *hst, *cst, ws.lse.stride(0),
+                BM=blocks.lse_bm, BN=blocks.lse_bn, BK=blocks.lse_bk, PREC="tf32", EMU=interpret, **kw_l,
+            )
+        if only == "lse":
+            continue
+        LAST_LAUNCH["flash4_adam"] = grad_k[(triton_cdiv(C, blocks.bc), B)](
+            x, Wh_in, ws.lse, y,
+            W_in, ws.W, Wh_out, ws.M, ws.V, c_in, c_out, ws.Mc, ws.Vc, G,
+            k, C, d,
+            *x.stride(), *hst, ws.lse.stride(0), *y.stride(),
+            *wst, *ws.W.stride(), *Wh_out.stride(), *cst, *c_out.stride(),
+            1.0 / k, *adam,
+            BC=blocks.bc, DCH=dch, BKK=blocks.bkk, EMU=interpret, GRAD_OUT=blocks.separate_adam,
+            **({"DIAG": blocks.diag} if blocks.diag else {}), **flags, **kw_f,
+        )
+        if blocks.separate_adam:
+            n = C * d
+            LAST_LAUNCH["adam_elem"] = adam_k[(triton_cdiv(n, blocks.adam_block), B)](
+                G, W_in, ws.W, Wh_out, ws.M, ws.V,
+                n, d,
+                wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1),
+                *adam,
+                BLOCK=blocks.adam_block, **flags, **({} if interpret else {"num_warps": blocks.adam_warps}),
+            )
+    ws.c = ws.c2[cfg.steps % 2]
+
+
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -227,7 +374,7 @@ def fused_head_ttt(
     *,
     precision: str = "tf32",
     z_dtype: torch.dtype | None = None,
-    blocks: FusedBlocks | None = None,
+    blocks: FusedBlocks | FlashBlocks | None = None,
     interpret: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`batched_head_ttt` through the fused Triton kernels (see the module docstring).
@@ -250,6 +397,15 @@ def fused_head_ttt(
         return batched_head_ttt(weight, bias, feats, labels, query, cfg, return_heads=return_heads)
     weight = weight.detach().float().contiguous()
     bias = bias.detach().float().contiguous()
+    if precision in FLASH_PRECISIONS:
+        _check_fp16_range(feats, "feats")
+        _check_fp16_range(weight, "weight")
+        ws = _FlashWorkspace(B, k, C, d, feats.device)
+        x = torch.empty(B, k, _round_up(d, 16), dtype=torch.float16, device=feats.device)[..., :d]
+        x.copy_(feats.detach())
+        _run_flash_steps(weight, weight.half(), bias, x, labels.contiguous(), ws, cfg, blocks, interpret)
+        logits = _predict(ws.W, ws.c, query.detach().float())
+        return (logits, ws.W, ws.c) if return_heads else logits
     x = feats.detach().to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()
     y = labels.contiguous()
     ws = _Workspace(B, k, C, d, z_dtype or _default_z_dtype(precision), triton_cdiv(C, blocks.fwd_bn), feats.device)
@@ -271,7 +427,7 @@ class FusedHeadTTT:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, cfg: HeadTTTConfig, batch: int,
                  precision: str = "tf32", z_dtype: torch.dtype | None = None, cuda_graph: bool | None = None,
-                 blocks: FusedBlocks | None = None) -> None:
+                 blocks: FusedBlocks | FlashBlocks | None = None, check_range: bool = True) -> None:
         _check_precision(precision)
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
@@ -279,24 +435,49 @@ class FusedHeadTTT:
             raise ValueError("FusedHeadTTT needs cfg.steps >= 1 (use batched_head_ttt for 0 steps)")
         if weight.device.type != "cuda":
             raise ValueError("FusedHeadTTT runs on CUDA tensors only; use fused_head_ttt / batched_head_ttt on CPU")
-        self.cfg, self.batch, self.precision = cfg, batch, precision
+        self.cfg, self.batch, self.precision, self.check_range = cfg, batch, precision, check_range
         self.blocks = blocks or default_blocks(precision)
         self.cuda_graph = True if cuda_graph is None else cuda_graph
         C, d = weight.shape
         dev = weight.device
         self.weight = weight.detach().float().clone().contiguous()
         self.bias = bias.detach().float().clone().contiguous()
-        self.x = torch.zeros(batch, cfg.k, d, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
-                             device=dev)
+        self.flash = precision in FLASH_PRECISIONS
         self.y = torch.zeros(batch, cfg.k, dtype=torch.int64, device=dev)
         self.q = torch.zeros(batch, d, dtype=torch.float32, device=dev)
-        self.ws = _Workspace(batch, cfg.k, C, d, z_dtype or _default_z_dtype(precision),
-                             triton_cdiv(C, self.blocks.fwd_bn), dev)
+        if self.flash:
+            _check_fp16_range(self.weight, "weight")
+            self.weight_h = self.weight.half()
+            self.x = torch.zeros(batch, cfg.k, _round_up(d, 16), dtype=torch.float16, device=dev)[..., :d]
+            self.ws = _FlashWorkspace(batch, cfg.k, C, d, dev)
+        else:
+            self.x = torch.zeros(batch, cfg.k, d, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+                                 device=dev)
+            self.ws = _Workspace(batch, cfg.k, C, d, z_dtype or _default_z_dtype(precision),
+                                 triton_cdiv(C, self.blocks.fwd_bn), dev)
         self.logits = torch.empty(batch, C, dtype=torch.float32, device=dev)
         self._graph: torch.cuda.CUDAGraph | None = None
 
     def _body(self) -> None:
-        _run_steps(self.weight, self.bias, self.x, self.y, self.ws, self.cfg, self.precision, self.blocks, False)
+        if self.flash and self.blocks.streams > 1 and self.batch > 1:
+            # two halves of the batch on two streams: one half's memory-bound kernels can run beside the
+            # other half's compute-bound ones
+            h = self.batch // 2
+            main = torch.cuda.current_stream()
+            side = self._side_stream = getattr(self, "_side_stream", None) or torch.cuda.Stream()
+            side.wait_stream(main)
+            _run_flash_steps(self.weight, self.weight_h, self.bias, self.x[:h], self.y[:h], self.ws.part(0, h),
+                             self.cfg, self.blocks, False)
+            with torch.cuda.stream(side):
+                _run_flash_steps(self.weight, self.weight_h, self.bias, self.x[h:], self.y[h:],
+                                 self.ws.part(h, self.batch), self.cfg, self.blocks, False)
+            main.wait_stream(side)
+            self.ws.c = self.ws.c2[self.cfg.steps % 2]
+        elif self.flash:
+            _run_flash_steps(self.weight, self.weight_h, self.bias, self.x, self.y, self.ws, self.cfg, self.blocks,
+                             False)
+        else:
+            _run_steps(self.weight, self.bias, self.x, self.y, self.ws, self.cfg, self.precision, self.blocks, False)
         self.logits.copy_(_predict(self.ws.W, self.ws.c, self.q))
 
     def __call__(self, feats: torch.Tensor, labels: torch.Tensor, query: torch.Tensor,
@@ -306,6 +487,8 @@ class FusedHeadTTT:
         if b > self.batch or feats.shape[1] != self.cfg.k:
             raise ValueError(f"feats has shape {tuple(feats.shape)}; this engine takes at most "
                              f"({self.batch}, {self.cfg.k}, d)")
+        if self.flash and self.check_range:
+            _check_fp16_range(feats, "feats")
         self.x[:b].copy_(feats)
         self.y[:b].copy_(labels)
         self.q[:b].copy_(query)
