@@ -121,6 +121,8 @@ class FlashBlocks:
     adam_block: int = 2048  # elements per program of the Adam kernel
     adam_warps: int = 8
     streams: int = 2  # FusedHeadTTT: run the batch as two halves on two streams (kernels of one overlap the other)
+    maxnreg: int = 0  # register cap of the gradient kernel (0: Triton's choice); lower lets Adam programs of
+    # the other stream share its SMs
     diag: int = 0  # timing diagnostics only (see _flash4_adam); outputs are then not TTT results
 
 
@@ -308,7 +310,8 @@ def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
     dch = max(16, _next_pow2(-(-d // 4)))
     b1, b2 = cfg.betas
     kw_l = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
-    kw_f = {} if interpret else {"num_warps": blocks.warps, "num_stages": blocks.stages}
+    kw_f = {} if interpret else {"num_warps": blocks.warps, "num_stages": blocks.stages,
+                                 **({"maxnreg": blocks.maxnreg} if blocks.maxnreg else {})}
     G = ws.grad_buffer() if blocks.separate_adam else ws.W
     for t in range(1, cfg.steps + 1):
         if t == 1:  # the global head, shared by all B points (batch stride 0)
