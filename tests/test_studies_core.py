@@ -72,4 +72,7 @@ def test_bad_study_config_fails_before_work(tmp_path):
         study.main(["--sizes", "123", "--out-dir", str(tmp_path)])
     with pytest.raises(ValueError, match="fraction must be in"):
         MnistTrialConfig(model_size=280, fraction=0.0)
+    with pytest.raises(ValueError, match="engine must be one of .*'fused-fp16'.*got 'fast'"):
+        study.main(["--engine", "fast", "--out-dir", str(tmp_path)])
     assert not any(tmp_path.iterdir())
+    assert {t["engine"] for t in study.parse_args(["--engine", "fused-fp16"]).trials()} == {"fused-fp16"}

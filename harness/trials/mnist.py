@@ -21,6 +21,7 @@ from harness.results.atomic import atomic_path
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
+from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 
 TEST_SUBSET_SEED = 12345  # every trial evaluates the same test points, whatever its own seed
 
@@ -53,6 +54,8 @@ class MnistTrialConfig:
             raise ValueError(f"test_points must be >= 1, got {self.test_points}")
         if self.split not in ("test", "val"):
             raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
+        if self.engine not in HEAD_TTT_ENGINES:
+            raise ValueError(f"engine must be one of {HEAD_TTT_ENGINES.names()}, got {self.engine!r}")
         for name in ("epochs", "ttt_steps"):
             v = getattr(self, name)
             if v is not None and v < 0:
