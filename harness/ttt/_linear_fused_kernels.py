@@ -113,6 +113,36 @@ def _dgrad(
     tl.store(GC + rc, gc, mask=mask_c)
 
 
+def _adam_step_py(
+    g, WP, MP, VP, WOUTP, mask,
+    neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
+    FIRST: tl.constexpr, HAS_WD: tl.constexpr,
+):
+    """torch.optim.Adam's update at pointers of any shape (step size and bias corrections precomputed on the
+    host; omb1 = 1-β1, omb2 = 1-β2 rounded from double as torch does):
+      m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²;  w = w - step (m / (sqrt(v)/sqrt(1-β2^t) + eps))
+    g is the gradient without weight decay; m, v are stored in place; returns the new w (also stored)."""
+    if HAS_WD:
+        g = g + wd * tl.load(WP, mask=mask, other=0.0)
+    if FIRST:
+        m = omb1 * g
+        v = omb2 * g * g
+    else:
+        m = tl.load(MP, mask=mask, other=0.0)
+        m = m + omb1 * (g - m)
+        v = tl.load(VP, mask=mask, other=0.0)
+        v = v * beta2 + omb2 * g * g
+    tl.store(MP, m, mask=mask)
+    tl.store(VP, v, mask=mask)
+    upd = tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
+    w = tl.load(WP, mask=mask, other=0.0) + neg_step * upd
+    tl.store(WOUTP, w, mask=mask)
+    return w
+
+
+_adam_step = triton.jit(_adam_step_py)
+
+
 def _gemm_adam(
     X, DT, GC,
     WIN, WOUT, M, V, CIN, COUT, MC, VC,
@@ -168,48 +198,13 @@ def _gemm_adam(
         ap += BK * sdk
         xp += BK * sxk
 
-    # Adam (torch.optim.Adam's formulas; step size and bias corrections precomputed on the host;
-    # omb1 = 1-β1, omb2 = 1-β2 rounded from double as torch does):
-    #   m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²;  w = w - step (m / (sqrt(v)/sqrt(1-β2^t) + eps))
     wmask = mask_c[:, None] & mask_d[None, :]
-    win = WIN + rc[:, None] * swic + rd[None, :] * swid
-    offs = rc[:, None] * swc + rd[None, :] * swd
-    g = acc
-    if HAS_WD:
-        g = g + wd * tl.load(win, mask=wmask, other=0.0)
-    if FIRST:
-        m = omb1 * g
-        v = omb2 * g * g
-    else:
-        m = tl.load(M + offs, mask=wmask, other=0.0)
-        m = m + omb1 * (g - m)
-        v = tl.load(V + offs, mask=wmask, other=0.0)
-        v = v * beta2 + omb2 * g * g
-    tl.store(M + offs, m, mask=wmask)
-    tl.store(V + offs, v, mask=wmask)
-    upd = tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
-    w = tl.load(win, mask=wmask, other=0.0)
-    tl.store(WOUT + offs, w + neg_step * upd, mask=wmask)
-
+    _adam_step(acc, WIN + rc[:, None] * swic + rd[None, :] * swid, M + rc[:, None] * swc + rd[None, :] * swd,
+               V + rc[:, None] * swc + rd[None, :] * swd, WOUT + rc[:, None] * swc + rd[None, :] * swd, wmask,
+               neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD)
     if pd == 0:
-        cw = tl.load(CIN + rc * scic, mask=mask_c, other=0.0)
-        g1 = tl.load(GC + rc, mask=mask_c, other=0.0)
-        if HAS_WD:
-            g1 = g1 + wd * cw
-        coffs = rc * scc
-        if FIRST:
-            mc = omb1 * g1
-            vc = omb2 * g1 * g1
-        else:
-            mc = tl.load(MC + coffs, mask=mask_c, other=0.0)
-            vc = tl.load(VC + coffs, mask=mask_c, other=0.0)
-            mc = mc + omb1 * (g1 - mc)
-            vc = vc * beta2 + omb2 * g1 * g1
-        cden = tl.div_rn(tl.sqrt_rn(vc), bc2_sqrt) + eps
-        cw = cw + neg_step * tl.div_rn(mc, cden)
-        tl.store(COUT + coffs, cw, mask=mask_c)
-        tl.store(MC + coffs, mc, mask=mask_c)
-        tl.store(VC + coffs, vc, mask=mask_c)
+        _adam_step(tl.load(GC + rc, mask=mask_c, other=0.0), CIN + rc * scic, MC + rc * scc, VC + rc * scc,
+                   COUT + rc * scc, mask_c, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD)
 
 
 # ---- the "flash" design: two launches a step (fp16 operands) ---------------------------------------------
@@ -273,24 +268,9 @@ def _adam_tile_py(
     """torch.optim.Adam's update of the (rc × rd) tile of W, m, v from the summed gradient `acc` (÷ k here);
     also writes the fp16 operand copy of the new W when WRITE_WH."""
     wmask = mask_c[:, None] & mask_d[None, :]
-    win = WIN + rc[:, None] * swic + rd[None, :] * swid
     offs = rc[:, None] * swc + rd[None, :] * swd
-    g = acc * inv_k
-    if HAS_WD:
-        g = g + wd * tl.load(win, mask=wmask, other=0.0)
-    if FIRST:
-        m = omb1 * g
-        v = omb2 * g * g
-    else:
-        m = tl.load(M + offs, mask=wmask, other=0.0)
-        m = m + omb1 * (g - m)
-        v = tl.load(V + offs, mask=wmask, other=0.0)
-        v = v * beta2 + omb2 * g * g
-    tl.store(M + offs, m, mask=wmask)
-    tl.store(V + offs, v, mask=wmask)
-    upd = tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
-    w = tl.load(win, mask=wmask, other=0.0) + neg_step * upd
-    tl.store(WOUT + offs, w, mask=wmask)
+    w = _adam_step(acc * inv_k, WIN + rc[:, None] * swic + rd[None, :] * swid, M + offs, V + offs, WOUT + offs, wmask,
+                   neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD)
     if WRITE_WH:
         tl.store(WHOUT + rc[:, None] * shoc + rd[None, :] * shod, w.to(WHOUT.dtype.element_ty), mask=wmask)
 
@@ -432,23 +412,8 @@ def _flash4_adam(
         _adam_tile(acc3, rc, r3, mask_c, m3, WIN, WOUT, WHOUT, M, V, swic, swid, swc, swd, shoc, shod,
                    inv_k, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD, WRITE_WH)
 
-    cw = tl.load(CIN + rc * scic, mask=mask_c, other=0.0)
-    g1 = gc * inv_k
-    if HAS_WD:
-        g1 = g1 + wd * cw
-    coffs = rc * scc
-    if FIRST:
-        mc = omb1 * g1
-        vc = omb2 * g1 * g1
-    else:
-        mc = tl.load(MC + coffs, mask=mask_c, other=0.0)
-        vc = tl.load(VC + coffs, mask=mask_c, other=0.0)
-        mc = mc + omb1 * (g1 - mc)
-        vc = vc * beta2 + omb2 * g1 * g1
-    cden = tl.div_rn(tl.sqrt_rn(vc), bc2_sqrt) + eps
-    tl.store(COUT + coffs, cw + neg_step * tl.div_rn(mc, cden), mask=mask_c)
-    tl.store(MC + coffs, mc, mask=mask_c)
-    tl.store(VC + coffs, vc, mask=mask_c)
+    _adam_step(gc * inv_k, CIN + rc * scic, MC + rc * scc, VC + rc * scc, COUT + rc * scc, mask_c,
+               neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD)
 
 
 
@@ -464,22 +429,9 @@ def _adam_elem(
     b = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    g = tl.load(G + b * swb + offs, mask=mask, other=0.0)
-    w = tl.load(WIN + b * swib + offs, mask=mask, other=0.0)
-    if HAS_WD:
-        g = g + wd * w
-    if FIRST:
-        m = omb1 * g
-        v = omb2 * g * g
-    else:
-        m = tl.load(M + b * swb + offs, mask=mask, other=0.0)
-        m = m + omb1 * (g - m)
-        v = tl.load(V + b * swb + offs, mask=mask, other=0.0)
-        v = v * beta2 + omb2 * g * g
-    tl.store(M + b * swb + offs, m, mask=mask)
-    tl.store(V + b * swb + offs, v, mask=mask)
-    w = w + neg_step * tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
-    tl.store(WOUT + b * swb + offs, w, mask=mask)
+    w = _adam_step(tl.load(G + b * swb + offs, mask=mask, other=0.0), WIN + b * swib + offs, M + b * swb + offs,
+                   V + b * swb + offs, WOUT + b * swb + offs, mask,
+                   neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD)
     if WRITE_WH:
         row = offs // d
         tl.store(WHOUT + b * shob + row * shoc + (offs - row * d), w.to(WHOUT.dtype.element_ty), mask=mask)
