@@ -153,7 +153,7 @@ FLASH_SWEEP = [  # the default first; then without the second stream; then Adam 
 def flash_breakdown(eng: FusedHeadTTT, device: torch.device, reps: int = 3) -> str:
     """µs per point and step of each flash kernel (all steps of one batch, kernel by kernel), regs, spills."""
     out = []
-    for only in ("lse", "flash"):
+    for only in ("lse", "grad", "flash") if eng.blocks.separate_adam else ("lse", "flash"):
         def go(only=only):
             LF._run_flash_steps(eng.weight, eng.weight_h, eng.bias, eng.x, eng.y, eng.ws, eng.cfg, eng.blocks,
                                 False, only=only)
@@ -165,6 +165,7 @@ def flash_breakdown(eng: FusedHeadTTT, device: torch.device, reps: int = 3) -> s
         sync(device)
         us = (time.perf_counter() - t) / reps / eng.cfg.steps / eng.batch * 1e6
         h = LF.LAST_LAUNCH.get("lse" if only == "lse" else "flash4_adam")
+        h = None if only == "flash" and eng.blocks.separate_adam else h
         regs = f"{getattr(h, 'n_regs', '?')} regs, {getattr(h, 'n_spills', '?')} spills" if h is not None else ""
         out.append(f"{only} {us:.2f} us/point-step ({regs})")
     return "; ".join(out)

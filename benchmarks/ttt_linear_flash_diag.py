@@ -43,6 +43,7 @@ def main() -> None:
     q = torch.nn.functional.normalize(torch.randn(args.b, d, generator=g, device=dev), dim=1)
     cfg = HeadTTTConfig(lr=0.02, steps=50, k=k)
     print(f"device {torch.cuda.get_device_name(dev)}; B={args.b}", flush=True)
+    ref = None  # logits of the first variant without diag: the others are compared with it
     for v in args.variants:
         bl = FlashBlocks(**json.loads(v))
         try:
@@ -50,14 +51,19 @@ def main() -> None:
             msg = ""
             if not bl.diag:  # end to end through the CUDA graph (streams included)
                 eng = FusedHeadTTT(W0, c0, cfg, batch=args.b, precision="fp16", blocks=bl)
-                eng(feats, labels, q)
+                out = eng(feats, labels, q)
+                if ref is None:
+                    ref = out
+                else:
+                    msg = (f"vs first: argmax agree {float((out.argmax(1) == ref.argmax(1)).float().mean()):.4f}, "
+                           f"max |dlogit| {float((out - ref).abs().max()):.1e}; ")
                 torch.cuda.synchronize()
                 t = time.perf_counter()
                 for _ in range(args.reps):
                     eng(feats, labels, q)
                 torch.cuda.synchronize()
                 pps = args.reps * args.b / (time.perf_counter() - t)
-                msg = f"{pps:,.0f} points/s end to end; "
+                msg = f"{pps:,.0f} points/s end to end; " + msg
                 del eng
             eng = FusedHeadTTT(W0, c0, cfg, batch=args.b, precision="fp16", blocks=bl, cuda_graph=False)
             eng(feats, labels, q)

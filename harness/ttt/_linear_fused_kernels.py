@@ -420,21 +420,345 @@ def _flash4_adam(
 def _adam_elem(
     G, WIN, WOUT, WHOUT, M, V,
     n, d,
-    swib, swb, shob, shoc,
+    swib, swb, shob, shoc, sgb, sgr,
     neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
     BLOCK: tl.constexpr, FIRST: tl.constexpr, HAS_WD: tl.constexpr, WRITE_WH: tl.constexpr,
 ):
-    """torch.optim.Adam's step of W, m, v (B × n elements, rows of d contiguous) from the gradient G (same
-    layout as W); streams at copy bandwidth, and writes the fp16 operand copy of the new W."""
+    """torch.optim.Adam's step of W, m, v (B × n elements, rows of d contiguous) from the gradient G (rows of
+    d at row stride sgr); streams at copy bandwidth, and writes the fp16 operand copy of the new W."""
     b = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    w = _adam_step(tl.load(G + b * swb + offs, mask=mask, other=0.0), WIN + b * swib + offs, M + b * swb + offs,
-                   V + b * swb + offs, WOUT + b * swb + offs, mask,
+    row = offs // d
+    col = offs - row * d
+    w = _adam_step(tl.load(G + b * sgb + row * sgr + col, mask=mask, other=0.0), WIN + b * swib + offs,
+                   M + b * swb + offs, V + b * swb + offs, WOUT + b * swb + offs, mask,
                    neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD)
     if WRITE_WH:
-        row = offs // d
-        tl.store(WHOUT + b * shob + row * shoc + (offs - row * d), w.to(WHOUT.dtype.element_ty), mask=mask)
+        tl.store(WHOUT + b * shob + row * shoc + col, w.to(WHOUT.dtype.element_ty), mask=mask)
+
+
+
+# ---- the "rows" design: two GEMM launches a step (fp16 operands), Z never stored in fp32 ------------------
+
+
+def _rows_fwd(
+    X, WH, CB, ET, AL,
+    k, C, d,
+    sxb, sxk, sxd,
+    shb, shc, shd,
+    scb, scc,
+    seb, sec, sek,
+    sab, sat, sak,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, TP: tl.constexpr,
+    EMU: tl.constexpr,
+):
+    """For BM neighbour rows of one point and every column tile t of BN classes:
+
+        S = X[rows] WH[t]ᵀ + c[t];   m_t = max_c S;   Eᵀ[t, rows] = exp(S - m_t)   (fp16, in (0, 1])
+    and, after the last tile, α[t, rows] = exp(m_t - lse) (lse from an online softmax over the tiles), so
+    softmax(S)[i, c] = α[t(c), i] · E[i, c]. Eᵀ is stored class-major (the gradient kernel's A operand).
+    EMU (interpreter) upcasts the fp16 operands and dots them in fp32 (exact products)."""
+    pm = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    X += b * sxb
+    WH += b * shb
+    CB += b * scb
+    ET += b * seb
+    AL += b * sab
+    rm = pm * BM + tl.arange(0, BM)
+    rk = tl.arange(0, BK)
+    rt = tl.arange(0, TP)
+    mask_m = rm < k
+    run_max = tl.full((BM,), float("-inf"), dtype=tl.float32)
+    run_sum = tl.zeros((BM,), dtype=tl.float32)
+    tmax = tl.zeros((BM, TP), dtype=tl.float32)
+    for n0 in range(0, C, BN):
+        rn = n0 + tl.arange(0, BN)
+        mask_n = rn < C
+        xp = X + rm[:, None] * sxk + rk[None, :] * sxd  # (BM, BK)
+        wp = WH + rn[None, :] * shc + rk[:, None] * shd  # (BK, BN) = Wᵀ tile
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, d, BK):
+            kmask = (k0 + rk) < d
+            x = tl.load(xp, mask=mask_m[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(wp, mask=kmask[:, None] & mask_n[None, :], other=0.0)
+            if EMU:
+                acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            else:
+                acc = tl.dot(x, w, acc)
+            xp += BK * sxd
+            wp += BK * shd
+        bias = tl.load(CB + rn * scc, mask=mask_n, other=0.0)
+        z = tl.where(mask_n[None, :], acc + bias[None, :], float("-inf"))
+        mt = tl.max(z, axis=1)
+        e = tl.exp(z - mt[:, None])
+        tl.store(ET + rn[None, :] * sec + rm[:, None] * sek, e.to(ET.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
+        new_max = tl.maximum(run_max, mt)
+        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(e, axis=1) * tl.exp(mt - new_max)
+        run_max = new_max
+        tmax = tl.where(rt[None, :] == n0 // BN, mt[:, None], tmax)
+    lse = run_max + tl.log(run_sum)
+    tl.store(AL + rt[None, :] * sat + rm[:, None] * sak, tl.exp(tmax - lse[:, None]),
+             mask=mask_m[:, None] & (rt[None, :] * BN < C))
+
+
+def _rows_grad(
+    X, ET, AL, Y,
+    WIN, WOUT, WHOUT, M, V, CIN, COUT, MC, VC, G,
+    k, C, d,
+    sxb, sxk, sxd,
+    seb, sec, sek,
+    sab, sat, sak,
+    syb, syk,
+    swib, swic, swid,
+    swb, swc, swd,
+    shob, shoc, shod,
+    scib, scic,
+    scb, scc,
+    inv_k, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
+    BC: tl.constexpr, BD: tl.constexpr, BKK: tl.constexpr, TPB: tl.constexpr,
+    EMU: tl.constexpr, FIRST: tl.constexpr, HAS_WD: tl.constexpr, WRITE_WH: tl.constexpr,
+    GRAD_OUT: tl.constexpr,
+):
+    """One (BC × BD) tile of ∇W = Pᵀ X / k, a plain GEMM over the k neighbours whose A operand is built in
+    registers from `_rows_fwd`'s output: Pᵀ[c, i] = α[t(c), i] Eᵀ[c, i] - [y_i = c] (rounded to fp16, as in
+    the flash design). Then torch.optim.Adam's step of that tile of W, m, v (and the fp16 copy of the new W),
+    or with GRAD_OUT ∇W to G for `_adam_elem`. ∇c = Σ_i Pᵀ[c, i] / k and its Adam step: dcol-tile-0 programs.
+    TPB = column tiles of this kernel per column tile of `_rows_fwd` (its BN / this BC)."""
+    pc = tl.program_id(0)
+    pd = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    X += b * sxb
+    ET += b * seb
+    AL += b * sab + (pc // TPB) * sat
+    Y += b * syb
+    WIN += b * swib
+    WOUT += b * swb
+    WHOUT += b * shob
+    M += b * swb
+    V += b * swb
+    rc = pc * BC + tl.arange(0, BC)
+    rd = pd * BD + tl.arange(0, BD)
+    ri = tl.arange(0, BKK)
+    mask_c = rc < C
+    mask_d = rd < d
+    acc = tl.zeros((BC, BD), dtype=tl.float32)
+    gc = tl.zeros((BC,), dtype=tl.float32)
+    # Eᵀ chunks are prefetched one step ahead by hand (Triton does not pipeline a load that becomes a register
+    # dot operand)
+    e_next = tl.load(ET + rc[:, None] * sec + ri[None, :] * sek, mask=mask_c[:, None] & (ri < k)[None, :], other=0.0)
+    for i0 in range(0, k, BKK):
+        rows = i0 + ri
+        mrow = rows < k
+        e = e_next
+        nmask = mask_c[:, None] & (rows + BKK < k)[None, :]
+        e_next = tl.load(ET + rc[:, None] * sec + (rows + BKK)[None, :] * sek, mask=nmask, other=0.0)
+        a = tl.load(AL + rows * sak, mask=mrow, other=0.0)
+        y = tl.load(Y + rows * syk, mask=mrow, other=-1)
+        p = e.to(tl.float32) * a[None, :] - tl.where(rc[:, None] == y[None, :], 1.0, 0.0)
+        gc += tl.sum(p, axis=1)
+        x = tl.load(X + rows[:, None] * sxk + rd[None, :] * sxd, mask=mrow[:, None] & mask_d[None, :], other=0.0)
+        if EMU:
+            acc += tl.dot(p.to(tl.float16).to(tl.float32), x.to(tl.float32), input_precision="ieee")
+        else:
+            acc = tl.dot(p.to(x.dtype), x, acc)
+    if GRAD_OUT:  # ∇W to G (W's layout); `_adam_elem` steps W, m, v
+        tl.store(G + b * swb + rc[:, None] * swc + rd[None, :] * swd, acc * inv_k,
+                 mask=mask_c[:, None] & mask_d[None, :])
+    else:
+        _adam_tile(acc, rc, rd, mask_c, mask_d, WIN, WOUT, WHOUT, M, V, swic, swid, swc, swd, shoc, shod,
+                   inv_k, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD, WRITE_WH)
+    if pd == 0:
+        _adam_step(gc * inv_k, CIN + b * scib + rc * scic, MC + b * scb + rc * scc, VC + b * scb + rc * scc,
+                   COUT + b * scb + rc * scc, mask_c, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST,
+                   HAS_WD)
+
+
+
+# ---- the "split" design: softmax rows with a fixed reference, then a plain GEMM with Adam in its epilogue ---
+
+
+def _split_fwd(
+    X, WH, CB, Y, R, E, XB, OVF, EY,
+    k, C, d,
+    sxb, sxk, sxd,
+    shb, shc, shd,
+    scb, scc,
+    syb, syk,
+    srb,
+    seb, sek, sec,
+    sqb, sqk,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, BX: tl.constexpr, DX: tl.constexpr,
+    EMU: tl.constexpr, TMA: tl.constexpr = False, DIAG: tl.constexpr = 0,
+):
+    """For BM neighbour rows of one point, with the reference r_i = R[i] (the previous step's log-sum-exp):
+
+        E[i, c] = exp(S[i, c] - r_i),  S = X WHᵀ + c          (fp16, row-major, every column tile)
+        L_i = Σ_c E[i, c];  R[i] ← r_i + log L_i                (this step's lse: the next step's reference)
+        XB[i, :d] = X[i] / L_i;  XB[i, d] = 1 / L_i;  XB[i, d+1:DX] = 0
+        EY[i] = E[i, y_i] - L_i                                  (`_split_label` writes it into E[i, y_i])
+
+    so that (softmax - onehot)[i, c] = E[i, c] / L_i and ∇W·k, ∇c·k are the columns of Eᵀ XB, one plain
+    GEMM with both operands in memory. E is clamped at exp(11) (fp16's range); OVF[b] is raised when
+    |lse - r| > 11 (10.9 upwards), i.e. when the reference was too far off (the caller recomputes that point).
+    TMA: E is a (B, k, C_padded) tensor descriptor with block (1, BM, BN) and its tiles are stored by the
+    copy engine (asynchronous); otherwise E is a pointer with strides seb, sek, sec."""
+    pm = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    X += b * sxb
+    WH += b * shb
+    CB += b * scb
+    Y += b * syb
+    R += b * srb
+    EY += b * srb
+    XB += b * sqb
+    rm = pm * BM + tl.arange(0, BM)
+    rk = tl.arange(0, BK)
+    mask_m = rm < k
+    r = tl.load(R + rm, mask=mask_m, other=0.0)
+    y = tl.load(Y + rm * syk, mask=mask_m, other=-1).to(tl.int32)
+    tot = tl.zeros((BM,), dtype=tl.float32)
+    ey = tl.zeros((BM,), dtype=tl.float32)
+    for n0 in range(0, C, BN):
+        rn = n0 + tl.arange(0, BN)
+        mask_n = rn < C
+        xp = X + rm[:, None] * sxk + rk[None, :] * sxd  # (BM, BK)
+        wp = WH + rn[None, :] * shc + rk[:, None] * shd  # (BK, BN) = Wᵀ tile
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, d, BK):
+            kmask = (k0 + rk) < d
+            x = tl.load(xp, mask=mask_m[:, None] & kmask[None, :], other=0.0)
+            w = tl.load(wp, mask=kmask[:, None] & mask_n[None, :], other=0.0)
+            if EMU:
+                acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+            else:
+                acc = tl.dot(x, w, acc)
+            xp += BK * sxd
+            wp += BK * shd
+        bias = tl.load(CB + rn * scc, mask=mask_n, other=0.0)
+        z = acc + bias[None, :] - r[:, None]
+        e = tl.where(mask_n[None, :], tl.exp(tl.minimum(z, 11.0)), 0.0)
+        if DIAG % 2 == 0:  # DIAG (timing only): 1 skips these stores, 2 the XB tail, 3 both
+            if TMA:
+                E.store([b.to(tl.int32), pm * BM, n0], e.to(tl.float16)[None, :, :])
+            else:
+                tl.store(E + b * seb + rm[:, None] * sek + rn[None, :] * sec, e.to(E.dtype.element_ty),
+                         mask=mask_m[:, None] & mask_n[None, :])
+        tot += tl.sum(e, axis=1)
+        ey += tl.sum(tl.where(rn[None, :] == y[:, None], e, 0.0), axis=1)
+    lse = r + tl.log(tot)
+    tl.store(R + rm, lse, mask=mask_m)
+    tl.store(EY + rm, ey - tot, mask=mask_m)
+    # every S - r <= log Σ exp(S - r) = lse - r, so lse - r <= 10.9 means no value was clamped
+    bad = tl.max(tl.where(mask_m & ((lse - r > 10.9) | (lse - r < -11.0)), 1, 0), axis=0)
+    tl.atomic_max(OVF + b, bad)
+    inv = 1.0 / tot
+    rx = tl.arange(0, BX)
+    for j0 in range(0, DX if DIAG < 2 else 0, BX):
+        cols = j0 + rx
+        xv = tl.load(X + rm[:, None] * sxk + cols[None, :] * sxd, mask=mask_m[:, None] & (cols < d)[None, :],
+                     other=0.0).to(tl.float32)
+        xv = tl.where((cols == d)[None, :], 1.0, xv) * inv[:, None]
+        tl.store(XB + rm[:, None] * sqk + cols[None, :], xv.to(XB.dtype.element_ty),
+                 mask=mask_m[:, None] & (cols < DX)[None, :])
+
+
+def _split_label(
+    E, EY, Y, n, k,
+    seb, sek, srb, syb,
+    BLOCK: tl.constexpr,
+):
+    """E[b, i, y_i] = EY[b, i] (the one-hot term of `_split_fwd`, after its tiles are stored); n = B·k rows."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    b = (offs // k).to(tl.int64)
+    i = offs - b * k
+    y = tl.load(Y + b * syb + i, mask=mask, other=0)
+    ey = tl.load(EY + b * srb + i, mask=mask, other=0.0)
+    tl.store(E + b * seb + i * sek + y, ey.to(E.dtype.element_ty), mask=mask)
+
+
+def _split_grad(
+    E, XB,
+    WIN, WOUT, WHOUT, M, V, CIN, COUT, MC, VC, G,
+    k, C, d,
+    seb, sek, sec,
+    sqb, sqk,
+    swib, swic, swid,
+    swb, swc, swd,
+    shob, shoc, shod,
+    scib, scic,
+    scb, scc,
+    sgb, sgc,
+    inv_k, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
+    BC: tl.constexpr, BD: tl.constexpr, BKK: tl.constexpr,
+    EMU: tl.constexpr, FIRST: tl.constexpr, HAS_WD: tl.constexpr, WRITE_WH: tl.constexpr,
+    GRAD_OUT: tl.constexpr,
+):
+    """One (BC × BD) tile of Eᵀ XB (a plain pipelined GEMM over the k neighbours, both operands fp16 from
+    memory): columns < d are ∇W·k, column d is ∇c·k (`_split_fwd`). Then torch.optim.Adam's step of that
+    tile of W, m, v plus the fp16 copy of the new W; with GRAD_OUT the tile goes to G (W's layout) for
+    `_adam_elem` / `_adam_persist` instead. The program holding column d steps c, m_c, v_c either way."""
+    pc = tl.program_id(0)
+    pd = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    E += b * seb
+    XB += b * sqb
+    rc = pc * BC + tl.arange(0, BC)
+    rd = pd * BD + tl.arange(0, BD)
+    ri = tl.arange(0, BKK)
+    mask_c = rc < C
+    acc = tl.zeros((BC, BD), dtype=tl.float32)
+    # E and XB rows are zero-padded to whole tiles (the caller's buffers), so only rows are masked: a mask
+    # along the contiguous axis would stop Triton from pipelining these loads (cp.async needs whole vectors)
+    for i0 in range(0, k, BKK):
+        rows = i0 + ri
+        mrow = rows < k
+        et = tl.load(E + rc[:, None] * sec + rows[None, :] * sek, mask=mrow[None, :], other=0.0)
+        q = tl.load(XB + rows[:, None] * sqk + rd[None, :], mask=mrow[:, None], other=0.0)
+        if EMU:
+            acc += tl.dot(et.to(tl.float32), q.to(tl.float32), input_precision="ieee")
+        else:
+            acc = tl.dot(et, q, acc)
+    if GRAD_OUT:
+        if pd * BD < d:
+            tl.store(G + b * sgb + rc[:, None] * sgc + rd[None, :], acc * inv_k,
+                     mask=mask_c[:, None] & (rd < d)[None, :])
+    else:
+        if pd * BD < d:
+            _adam_tile(acc, rc, rd, mask_c, rd < d, WIN + b * swib, WOUT + b * swb, WHOUT + b * shob, M + b * swb,
+                       V + b * swb, swic, swid, swc, swd, shoc, shod,
+                       inv_k, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD, WRITE_WH)
+    if (pd * BD <= d) & (d < pd * BD + BD):
+        gc = tl.sum(tl.where((rd == d)[None, :], acc, 0.0), axis=1)
+        _adam_step(gc * inv_k, CIN + b * scib + rc * scic, MC + b * scb + rc * scc, VC + b * scb + rc * scc,
+                   COUT + b * scb + rc * scc, mask_c, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST,
+                   HAS_WD)
+
+
+def _adam_persist(
+    G, WIN, WOUT, WHOUT, M, V,
+    n, nch, total,
+    swib, swb, shob, shoc,
+    neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
+    D: tl.constexpr, BLOCK: tl.constexpr, FIRST: tl.constexpr, HAS_WD: tl.constexpr, WRITE_WH: tl.constexpr,
+):
+    """`_adam_elem` as a persistent kernel: a fixed grid (a few programs per SM) walks the B × ⌈n/BLOCK⌉ chunks,
+    so that its programs fit beside the compute kernels of another stream and stream W, m, v while those run.
+    G has W's layout (B, C, d contiguous); D = d."""
+    for cid in range(tl.program_id(0), total, tl.num_programs(0)):
+        b = cid // nch
+        offs = (cid - b * nch) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        b = b.to(tl.int64)
+        w = _adam_step(tl.load(G + b * swb + offs, mask=mask, other=0.0), WIN + b * swib + offs, M + b * swb + offs,
+                       V + b * swb + offs, WOUT + b * swb + offs, mask,
+                       neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD)
+        if WRITE_WH:
+            row = offs // D
+            tl.store(WHOUT + b * shob + row * shoc + (offs - row * D), w.to(WHOUT.dtype.element_ty), mask=mask)
 
 
 fwd_kernel = triton.jit(_fwd)
@@ -443,16 +767,25 @@ gemm_adam_kernel = triton.jit(_gemm_adam)
 lse_kernel = triton.jit(_lse)
 flash4_adam_kernel = triton.jit(_flash4_adam)
 adam_elem_kernel = triton.jit(_adam_elem)
+rows_fwd_kernel = triton.jit(_rows_fwd)
+rows_grad_kernel = triton.jit(_rows_grad)
+split_fwd_kernel = triton.jit(_split_fwd)
+split_grad_kernel = triton.jit(_split_grad)
+split_label_kernel = triton.jit(_split_label)
+adam_persist_kernel = triton.jit(_adam_persist)
 
 _interpreted: dict[str, object] = {}
 
 
 def interpreted(name: str):
     """The numpy-interpreted version of kernel `name` ("fwd", "dgrad", "gemm_adam", "lse", "flash4_adam",
-    "adam_elem"), for CPU tests."""
+    "adam_elem", "rows_fwd", "rows_grad"), for CPU tests."""
     if name not in _interpreted:
         from triton.runtime.interpreter import InterpretedFunction
 
         _interpreted[name] = InterpretedFunction({"fwd": _fwd, "dgrad": _dgrad, "gemm_adam": _gemm_adam, "lse": _lse,
-                                                 "flash4_adam": _flash4_adam, "adam_elem": _adam_elem}[name])
+                                                 "flash4_adam": _flash4_adam, "adam_elem": _adam_elem,
+                                                 "rows_fwd": _rows_fwd, "rows_grad": _rows_grad,
+                                                 "split_fwd": _split_fwd, "split_grad": _split_grad,
+                                                 "adam_persist": _adam_persist, "split_label": _split_label}[name])
     return _interpreted[name]

@@ -120,10 +120,31 @@ class FlashBlocks:
     separate_adam: bool = True  # ∇W to memory, then the streaming Adam kernel (False: in-kernel epilogue)
     adam_block: int = 2048  # elements per program of the Adam kernel
     adam_warps: int = 8
+    adam_programs: int = 0  # "split": > 0 runs the streaming Adam as a persistent kernel of this many programs per
+    # SM (so it can run beside the other stream's compute kernels); 0: one program per chunk
+    adam_maxnreg: int = 0  # register cap of the persistent Adam kernel (0: Triton's choice)
     streams: int = 2  # FusedHeadTTT: run the batch as two halves on two streams (kernels of one overlap the other)
     maxnreg: int = 0  # register cap of the gradient kernel (0: Triton's choice); lower lets Adam programs of
     # the other stream share its SMs
     diag: int = 0  # timing diagnostics only (see _flash4_adam); outputs are then not TTT results
+    design: str = "flash"  # "flash" (lse + gradient kernels), "rows" (`_rows_fwd` + `_rows_grad`: the lse_*
+    # fields tile the first, bc / bd / bkk / warps / stages / separate_adam the second; bc must divide lse_bn)
+    # or "split" (`_split_fwd` tiled by the f_* fields, `_split_grad` by bc / bd / bkk / warps / stages)
+    bd: int = 128  # "rows" / "split": d columns per gradient program
+    f_bm: int = 64  # "split": `_split_fwd` tiles
+    f_bn: int = 128
+    f_bk: int = 64
+    f_warps: int = 4
+    f_stages: int = 4
+    f_tma: bool = False  # store E's tiles through tensor-memory-access descriptors (Hopper's copy engine)
+
+    def __post_init__(self) -> None:
+        if self.design not in ("flash", "rows", "split"):
+            raise ValueError(f"FlashBlocks.design must be 'flash', 'rows' or 'split', got {self.design!r}")
+        if self.design == "split" and (self.bc not in (16, 32, 64, 128) or self.bd not in (16, 32, 64, 128)):
+            raise ValueError(f"FlashBlocks: design 'split' needs bc and bd in 16, 32, 64, 128; got {self.bc}, {self.bd}")
+        if self.design == "rows" and self.lse_bn % self.bc:
+            raise ValueError(f"FlashBlocks: design 'rows' needs bc ({self.bc}) to divide lse_bn ({self.lse_bn})")
 
 
 def default_blocks(precision: str) -> FusedBlocks | FlashBlocks:
@@ -268,11 +289,34 @@ class _FlashWorkspace:
         self.lse = torch.empty(B, _round_up(k, 16), **f32)
         self.c = self.c2[0]  # the final bias, set by _run_flash_steps
         self.G = None  # ∇W buffer of the separate-Adam variant, made on first use
+        self.ET = self.AL = None  # "rows" design: Eᵀ (B, C, k) fp16 and α (B, tiles, k), made on first use
+        self.E = self.XB = self.Gs = None  # "split" design buffers, made on first use
+        self.ovf = torch.zeros(B, dtype=torch.int32, device=device)  # "split": points whose reference failed
+        self.ey = torch.empty(B, _round_up(k, 16), **f32)  # "split": E[i, y_i] - L_i per row
 
     def grad_buffer(self) -> torch.Tensor:
         if self.G is None:
             self.G = torch.empty_like(self.W)
         return self.G
+
+    def split_buffers(self, k: int, grad_out: bool):
+        """"split" design: E (B, k, C) fp16 and XB (B, k, d + 1) fp16, rows zero-padded to a multiple of 128
+        (`_split_grad` reads whole tiles of up to 128 columns), and with grad_out the gradient G (W's layout)."""
+        B, C, d = self.W.shape
+        if getattr(self, "E", None) is None:
+            self.E = torch.zeros(B, k, _round_up(C, 128), dtype=torch.float16, device=self.W.device)[..., :C]
+            self.XB = torch.zeros(B, k, _round_up(d + 1, 128), dtype=torch.float16, device=self.W.device)
+        if grad_out and getattr(self, "Gs", None) is None:
+            self.Gs = torch.empty_like(self.W)
+        return self.E, self.XB, (self.Gs if grad_out else None)
+
+    def rows_buffers(self, k: int, nt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ET is None:
+            B, C, _ = self.W.shape
+            kp = _round_up(k, 16)
+            self.ET = torch.empty(B, C, kp, dtype=torch.float16, device=self.W.device)[..., :k]
+            self.AL = torch.empty(B, nt, kp, dtype=torch.float32, device=self.W.device)[..., :k]
+        return self.ET, self.AL
 
     def part(self, lo: int, hi: int) -> _FlashWorkspace:
         """The same buffers for points lo..hi-1 (views)."""
@@ -282,6 +326,11 @@ class _FlashWorkspace:
         sub.Mc, sub.Vc, sub.lse = self.Mc[lo:hi], self.Vc[lo:hi], self.lse[lo:hi]
         sub.c = self.c[lo:hi]
         sub.G = None if self.G is None else self.G[lo:hi]
+        sub.ET = None if self.ET is None else self.ET[lo:hi]
+        sub.AL = None if self.AL is None else self.AL[lo:hi]
+        for name in ("E", "XB", "Gs"):
+            setattr(sub, name, None if getattr(self, name) is None else getattr(self, name)[lo:hi])
+        sub.ovf, sub.ey = self.ovf[lo:hi], self.ey[lo:hi]
         return sub
 
 
@@ -296,17 +345,25 @@ LAST_LAUNCH: dict = {}  # kernel name -> Triton's handle of its latest launch (r
 
 
 def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: HeadTTTConfig, blocks: FlashBlocks,
-                     interpret: bool, only: str | None = None) -> None:
+                     interpret: bool, only: str | None = None, first_grad_event=None) -> None:
     """cfg.steps Adam steps of all B heads by the flash design into ws.W / ws.c (x: (B, k, d) fp16).
 
-    only="lse" or "flash" launches just that part at every step (per-kernel timing; not a valid TTT)."""
+    only="lse", "grad" (gradient kernel alone) or "flash" (gradient + Adam) launches just that part at every
+    step (per-kernel timing; not a valid TTT)."""
+    if blocks.design == "split":
+        _run_split_steps(weight, weight_h, bias, x, y, ws, cfg, blocks, interpret, only, first_grad_event)
+        return
     from harness.ttt import _linear_fused_kernels as K
 
-    lse_k = K.interpreted("lse") if interpret else K.lse_kernel
-    grad_k = K.interpreted("flash4_adam") if interpret else K.flash4_adam_kernel
+    rows = blocks.design == "rows"
+    names = ("rows_fwd", "rows_grad") if rows else ("lse", "flash4_adam")
+    lse_k, grad_k = (K.interpreted(n) if interpret else getattr(K, f"{n}_kernel") for n in names)
     adam_k = K.interpreted("adam_elem") if interpret else K.adam_elem_kernel
     B, k, d = x.shape
     C = weight.shape[0]
+    nt = triton_cdiv(C, blocks.lse_bn)
+    if rows:
+        ET, AL = ws.rows_buffers(k, nt)
     dch = max(16, _next_pow2(-(-d // 4)))
     b1, b2 = cfg.betas
     kw_l = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
@@ -327,7 +384,14 @@ def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
         Wh_out, c_out = ws.Wh[t % 2], ws.c2[t % 2]
         adam = (-(cfg.lr / (1 - b1 ** t)), math.sqrt(1 - b2 ** t), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay)
         flags = {"FIRST": t == 1, "HAS_WD": cfg.weight_decay != 0, "WRITE_WH": t < cfg.steps}
-        if only != "flash":
+        if only not in ("flash", "grad") and rows:
+            LAST_LAUNCH["lse"] = lse_k[(triton_cdiv(k, blocks.lse_bm), B)](
+                x, Wh_in, c_in, ET, AL,
+                k, C, d,
+                *x.stride(), *hst, *cst, *ET.stride(), *AL.stride(),
+                BM=blocks.lse_bm, BN=blocks.lse_bn, BK=blocks.lse_bk, TP=_next_pow2(nt), EMU=interpret, **kw_l,
+            )
+        elif only not in ("flash", "grad"):
             LAST_LAUNCH["lse"] = lse_k[(triton_cdiv(k, blocks.lse_bm), B)](
                 x, Wh_in, c_in, ws.lse,
                 k, C, d,
@@ -336,26 +400,137 @@ def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
             )
         if only == "lse":
             continue
-        LAST_LAUNCH["flash4_adam"] = grad_k[(triton_cdiv(C, blocks.bc), B)](
-            x, Wh_in, ws.lse, y,
-            W_in, ws.W, Wh_out, ws.M, ws.V, c_in, c_out, ws.Mc, ws.Vc, G,
-            k, C, d,
-            *x.stride(), *hst, ws.lse.stride(0), *y.stride(),
-            *wst, *ws.W.stride(), *Wh_out.stride(), *cst, *c_out.stride(),
-            1.0 / k, *adam,
-            BC=blocks.bc, DCH=dch, BKK=blocks.bkk, EMU=interpret, GRAD_OUT=blocks.separate_adam,
-            **({"DIAG": blocks.diag} if blocks.diag else {}), **flags, **kw_f,
-        )
-        if blocks.separate_adam:
+        if rows:
+            LAST_LAUNCH["flash4_adam"] = grad_k[(triton_cdiv(C, blocks.bc), triton_cdiv(d, blocks.bd), B)](
+                x, ET, AL, y,
+                W_in, ws.W, Wh_out, ws.M, ws.V, c_in, c_out, ws.Mc, ws.Vc, G,
+                k, C, d,
+                *x.stride(), *ET.stride(), *AL.stride(), *y.stride(),
+                *wst, *ws.W.stride(), *Wh_out.stride(), *cst, *c_out.stride(),
+                1.0 / k, *adam,
+                BC=blocks.bc, BD=blocks.bd, BKK=blocks.bkk, TPB=blocks.lse_bn // blocks.bc, EMU=interpret,
+                GRAD_OUT=blocks.separate_adam, **flags, **kw_f,
+            )
+        else:
+            LAST_LAUNCH["flash4_adam"] = grad_k[(triton_cdiv(C, blocks.bc), B)](
+                x, Wh_in, ws.lse, y,
+                W_in, ws.W, Wh_out, ws.M, ws.V, c_in, c_out, ws.Mc, ws.Vc, G,
+                k, C, d,
+                *x.stride(), *hst, ws.lse.stride(0), *y.stride(),
+                *wst, *ws.W.stride(), *Wh_out.stride(), *cst, *c_out.stride(),
+                1.0 / k, *adam,
+                BC=blocks.bc, DCH=dch, BKK=blocks.bkk, EMU=interpret, GRAD_OUT=blocks.separate_adam,
+                **({"DIAG": blocks.diag} if blocks.diag else {}), **flags, **kw_f,
+            )
+        if blocks.separate_adam and only != "grad":
             n = C * d
             LAST_LAUNCH["adam_elem"] = adam_k[(triton_cdiv(n, blocks.adam_block), B)](
                 G, W_in, ws.W, Wh_out, ws.M, ws.V,
                 n, d,
-                wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1),
+                wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1), G.stride(0), G.stride(1),
                 *adam,
                 BLOCK=blocks.adam_block, **flags, **({} if interpret else {"num_warps": blocks.adam_warps}),
             )
     ws.c = ws.c2[cfg.steps % 2]
+
+
+def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: HeadTTTConfig, blocks: FlashBlocks,
+                     interpret: bool, only: str | None = None, first_grad_event=None) -> None:
+    """cfg.steps Adam steps of all B heads by the "split" design into ws.W / ws.c (x: (B, k, d) fp16).
+
+    Step 1 starts with one lse launch (the reference of `_split_fwd`); every step is `_split_fwd` (E, XB and
+    this step's lse, the next step's reference) and `_split_grad` (Eᵀ XB with the Adam epilogue, or to G and
+    `_adam_elem`). ws.ovf[b] > 0 afterwards marks points whose reference was off by more than fp16's range
+    (see FusedHeadTTT, which recomputes them). only="lse" (`_split_fwd`), "grad" (`_split_grad`) or "flash"
+    (`_split_grad` and the Adam launches): timing of one part; not a valid TTT."""
+    from harness.ttt import _linear_fused_kernels as K
+
+    def kern(name):
+        return K.interpreted(name) if interpret else getattr(K, f"{name}_kernel")
+
+    B, k, d = x.shape
+    C = weight.shape[0]
+    E, XB, G = ws.split_buffers(k, blocks.separate_adam)
+    b1, b2 = cfg.betas
+    kw_f = {} if interpret else {"num_warps": blocks.f_warps, "num_stages": blocks.f_stages}
+    kw_g = {} if interpret else {"num_warps": blocks.warps, "num_stages": blocks.stages}
+    kw_a = {} if interpret else {"num_warps": blocks.adam_warps}
+    ws.ovf.zero_()
+    e_arg = E
+    if blocks.f_tma:  # E's tiles go through the copy engine: a (B, k, C_padded) descriptor, block (1, BM, BN)
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        e_full = E.as_strided((B, k, E.stride(1)), E.stride())
+        e_arg = TensorDescriptor(e_full, list(e_full.shape), list(e_full.stride()), [1, blocks.f_bm, blocks.f_bn])
+    for t in range(1, cfg.steps + 1):
+        if t == 1:  # the global head, shared by all B points (batch stride 0)
+            W_in, wst = weight, (0, *weight.stride())
+            Wh_in, hst = weight_h, (0, *weight_h.stride())
+            c_in, cst = bias, (0, bias.stride(0))
+            kw_l = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
+            kern("lse")[(triton_cdiv(k, blocks.lse_bm), B)](
+                x, Wh_in, c_in, ws.lse, k, C, d, *x.stride(), *hst, *cst, ws.lse.stride(0),
+                BM=blocks.lse_bm, BN=blocks.lse_bn, BK=blocks.lse_bk, PREC="tf32", EMU=interpret, **kw_l,
+            )
+        else:
+            W_in, wst = ws.W, ws.W.stride()
+            Wh_in = ws.Wh[(t - 1) % 2]
+            hst = Wh_in.stride()
+            c_in = ws.c2[(t - 1) % 2]
+            cst = c_in.stride()
+        Wh_out, c_out = ws.Wh[t % 2], ws.c2[t % 2]
+        adam = (-(cfg.lr / (1 - b1 ** t)), math.sqrt(1 - b2 ** t), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay)
+        flags = {"FIRST": t == 1, "HAS_WD": cfg.weight_decay != 0, "WRITE_WH": t < cfg.steps}
+        if only in (None, "lse"):
+            LAST_LAUNCH["lse"] = kern("split_fwd")[(triton_cdiv(k, blocks.f_bm), B)](
+                x, Wh_in, c_in, y, ws.lse, e_arg, XB, ws.ovf, ws.ey,
+                k, C, d,
+                *x.stride(), *hst, *cst, *y.stride(), ws.lse.stride(0), *E.stride(), XB.stride(0), XB.stride(1),
+                BM=blocks.f_bm, BN=blocks.f_bn, BK=blocks.f_bk, BX=64, DX=XB.shape[2], EMU=interpret,
+                TMA=blocks.f_tma, **({"DIAG": blocks.diag} if blocks.diag else {}), **kw_f,
+            )
+            kern("split_label")[(triton_cdiv(B * k, 1024),)](
+                E, ws.ey, y, B * k, k, E.stride(0), E.stride(1), ws.ey.stride(0), y.stride(0), BLOCK=1024,
+                **({} if interpret else {"num_warps": 4}),
+            )
+        if only in (None, "grad", "flash"):
+            Gp = G if G is not None else ws.W
+            LAST_LAUNCH["flash4_adam"] = kern("split_grad")[(triton_cdiv(C, blocks.bc), triton_cdiv(d + 1, blocks.bd),
+                                                             B)](
+                E, XB,
+                W_in, ws.W, Wh_out, ws.M, ws.V, c_in, c_out, ws.Mc, ws.Vc, Gp,
+                k, C, d,
+                *E.stride(), XB.stride(0), XB.stride(1),
+                *wst, *ws.W.stride(), *Wh_out.stride(), *cst, *c_out.stride(), Gp.stride(0), Gp.stride(1),
+                1.0 / k, *adam,
+                BC=blocks.bc, BD=blocks.bd, BKK=blocks.bkk, EMU=interpret, GRAD_OUT=G is not None, **flags, **kw_g,
+            )
+        if t == 1 and first_grad_event is not None:  # FusedHeadTTT starts its second stream here (out of phase)
+            first_grad_event.record()
+        if G is not None and only in (None, "flash"):
+            n = C * d
+            if blocks.adam_programs:  # persistent: a fixed grid that fits beside the other stream's kernels
+                nch = triton_cdiv(n, blocks.adam_block)
+                grid = (min(B * nch, blocks.adam_programs * _sm_count(x.device)),)
+                LAST_LAUNCH["adam_elem"] = kern("adam_persist")[grid](
+                    G, W_in, ws.W, Wh_out, ws.M, ws.V, n, nch, B * nch,
+                    wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1),
+                    *adam, D=d, BLOCK=blocks.adam_block, **flags,
+                    **kw_a, **({"maxnreg": blocks.adam_maxnreg} if blocks.adam_maxnreg and not interpret else {}),
+                )
+            else:
+                LAST_LAUNCH["adam_elem"] = kern("adam_elem")[(triton_cdiv(n, blocks.adam_block), B)](
+                    G, W_in, ws.W, Wh_out, ws.M, ws.V, n, d,
+                    wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1), G.stride(0), G.stride(1),
+                    *adam, BLOCK=blocks.adam_block, **flags, **kw_a,
+                )
+    ws.c = ws.c2[cfg.steps % 2]
+
+
+def _sm_count(device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -408,13 +583,32 @@ def fused_head_ttt(
         x.copy_(feats.detach())
         _run_flash_steps(weight, weight.half(), bias, x, labels.contiguous(), ws, cfg, blocks, interpret)
         logits = _predict(ws.W, ws.c, query.detach().float())
-        return (logits, ws.W, ws.c) if return_heads else logits
+        W_out, c_out = ws.W, ws.c
+        if blocks.design == "split":
+            logits, W_out, c_out = _redo_failed_references(ws.ovf, weight, bias, feats, labels, query, cfg, blocks,
+                                                           interpret, logits, W_out, c_out)
+        return (logits, W_out, c_out) if return_heads else logits
     x = feats.detach().to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()
     y = labels.contiguous()
     ws = _Workspace(B, k, C, d, z_dtype or _default_z_dtype(precision), triton_cdiv(C, blocks.fwd_bn), feats.device)
     _run_steps(weight, bias, x, y, ws, cfg, precision, blocks, interpret)
     logits = _predict(ws.W, ws.c, query.detach().float())
     return (logits, ws.W, ws.c) if return_heads else logits
+
+
+def _redo_failed_references(ovf, weight, bias, feats, labels, query, cfg, blocks, interpret, logits, W, c):
+    """Points of a "split" run whose softmax reference left fp16's range (ovf > 0; not seen in practice: it
+    needs a log-sum-exp to move by more than 11 in one step) are recomputed by the flash design."""
+    bad = torch.nonzero(ovf).flatten()
+    if bad.numel() == 0:
+        return logits, W, c
+    warnings.warn(f"fused fp16 'split': {bad.numel()} point(s) left fp16's range; recomputed by the flash design",
+                  stacklevel=3)
+    lg, Wb, cb = fused_head_ttt(weight, bias, feats[bad], labels[bad], query[bad], cfg, True, precision="fp16",
+                                blocks=dataclasses.replace(blocks, design="flash"), interpret=interpret)
+    logits, W, c = logits.clone(), W.clone(), c.clone()
+    logits[bad], W[bad], c[bad] = lg, Wb, cb
+    return logits, W, c
 
 
 class FusedHeadTTT:
@@ -453,6 +647,8 @@ class FusedHeadTTT:
             self.weight_h = self.weight.half()
             self.x = torch.zeros(batch, cfg.k, _round_up(d, 16), dtype=torch.float16, device=dev)[..., :d]
             self.ws = _FlashWorkspace(batch, cfg.k, C, d, dev)
+            if self.blocks.design == "split":  # made here, before the halves take views of them
+                self.ws.split_buffers(cfg.k, self.blocks.separate_adam)
         else:
             self.x = torch.zeros(batch, cfg.k, d, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                                  device=dev)
@@ -468,9 +664,15 @@ class FusedHeadTTT:
             h = self.batch // 2
             main = torch.cuda.current_stream()
             side = self._side_stream = getattr(self, "_side_stream", None) or torch.cuda.Stream()
-            side.wait_stream(main)
+            # "split": the second half starts once the first has done its first gradient, so that one half's
+            # streaming Adam meets the other half's dots rather than its own copy
+            ev = torch.cuda.Event() if self.blocks.design == "split" else None
+            if ev is None:
+                side.wait_stream(main)
             _run_flash_steps(self.weight, self.weight_h, self.bias, self.x[:h], self.y[:h], self.ws.part(0, h),
-                             self.cfg, self.blocks, False)
+                             self.cfg, self.blocks, False, first_grad_event=ev)
+            if ev is not None:
+                side.wait_event(ev)
             with torch.cuda.stream(side):
                 _run_flash_steps(self.weight, self.weight_h, self.bias, self.x[h:], self.y[h:],
                                  self.ws.part(h, self.batch), self.cfg, self.blocks, False)
@@ -511,9 +713,13 @@ class FusedHeadTTT:
         else:
             self._graph.replay()
         logits = self.logits[:b].clone()
-        if return_heads:
-            return logits, self.ws.W[:b].clone(), self.ws.c[:b].clone()
-        return logits
+        W, c = (self.ws.W[:b].clone(), self.ws.c[:b].clone()) if return_heads else (None, None)
+        if self.flash and self.blocks.design == "split" and bool(self.ws.ovf[:b].any()):
+            logits, W, c = _redo_failed_references(self.ws.ovf[:b], self.weight, self.bias, feats, labels, query,
+                                                   self.cfg, self.blocks, False, logits,
+                                                   self.ws.W[:b] if W is None else W,
+                                                   self.ws.c[:b] if c is None else c)
+        return (logits, W, c) if return_heads else logits
 
 
 def _engine(precision: str):
