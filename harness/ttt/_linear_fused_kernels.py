@@ -420,7 +420,7 @@ def _flash4_adam(
 def _adam_elem(
     G, WIN, WOUT, WHOUT, M, V,
     n, d,
-    swib, swb, shob, shoc, sgb, sgr,
+    swib, swb, shob, shoc, sgb, sgr, g_mul,
     neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
     BLOCK: tl.constexpr, FIRST: tl.constexpr, HAS_WD: tl.constexpr, WRITE_WH: tl.constexpr,
 ):
@@ -431,7 +431,8 @@ def _adam_elem(
     mask = offs < n
     row = offs // d
     col = offs - row * d
-    w = _adam_step(tl.load(G + b * sgb + row * sgr + col, mask=mask, other=0.0), WIN + b * swib + offs,
+    w = _adam_step(tl.load(G + b * sgb + row * sgr + col, mask=mask, other=0.0).to(tl.float32) * g_mul,
+                   WIN + b * swib + offs,
                    M + b * swb + offs, V + b * swb + offs, WOUT + b * swb + offs, mask,
                    neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD)
     if WRITE_WH:
@@ -603,8 +604,8 @@ def _split_fwd(
     so that (softmax - onehot)[i, c] = E[i, c] / L_i and ∇W·k, ∇c·k are the columns of Eᵀ XB, one plain
     GEMM with both operands in memory. E is clamped at exp(11) (fp16's range); OVF[b] is raised when
     |lse - r| > 11 (10.9 upwards), i.e. when the reference was too far off (the caller recomputes that point).
-    TMA: E is a (B, k, C_padded) tensor descriptor with block (1, BM, BN) and its tiles are stored by the
-    copy engine (asynchronous); otherwise E is a pointer with strides seb, sek, sec."""
+    TMA: E and XB are (B, k, ·) tensor descriptors with blocks (1, BM, BN) and (1, BM, BX), and their tiles
+    are stored by the copy engine (asynchronous); otherwise they are pointers (strides seb, sek, sec; sqb, sqk)."""
     pm = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     X += b * sxb
@@ -613,7 +614,6 @@ def _split_fwd(
     Y += b * syb
     R += b * srb
     EY += b * srb
-    XB += b * sqb
     rm = pm * BM + tl.arange(0, BM)
     rk = tl.arange(0, BK)
     mask_m = rm < k
@@ -656,13 +656,16 @@ def _split_fwd(
     tl.atomic_max(OVF + b, bad)
     inv = 1.0 / tot
     rx = tl.arange(0, BX)
-    for j0 in range(0, DX if DIAG < 2 else 0, BX):
+    for j0 in tl.range(0, DX if DIAG < 2 else 0, BX, num_stages=3):
         cols = j0 + rx
         xv = tl.load(X + rm[:, None] * sxk + cols[None, :] * sxd, mask=mask_m[:, None] & (cols < d)[None, :],
                      other=0.0).to(tl.float32)
         xv = tl.where((cols == d)[None, :], 1.0, xv) * inv[:, None]
-        tl.store(XB + rm[:, None] * sqk + cols[None, :], xv.to(XB.dtype.element_ty),
-                 mask=mask_m[:, None] & (cols < DX)[None, :])
+        if TMA:
+            XB.store([b.to(tl.int32), pm * BM, j0], xv.to(tl.float16)[None, :, :])
+        else:
+            tl.store(XB + b * sqb + rm[:, None] * sqk + cols[None, :], xv.to(XB.dtype.element_ty),
+                     mask=mask_m[:, None] & (cols < DX)[None, :])
 
 
 def _split_label(
@@ -700,7 +703,7 @@ def _split_grad(
     """One (BC × BD) tile of Eᵀ XB (a plain pipelined GEMM over the k neighbours, both operands fp16 from
     memory): columns < d are ∇W·k, column d is ∇c·k (`_split_fwd`). Then torch.optim.Adam's step of that
     tile of W, m, v plus the fp16 copy of the new W; with GRAD_OUT the tile goes to G (W's layout) for
-    `_adam_elem` / `_adam_persist` instead. The program holding column d steps c, m_c, v_c either way."""
+    `_adam_elem` / `_adam_half` instead. The program holding column d steps c, m_c, v_c either way."""
     pc = tl.program_id(0)
     pd = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -722,9 +725,9 @@ def _split_grad(
             acc += tl.dot(et.to(tl.float32), q.to(tl.float32), input_precision="ieee")
         else:
             acc = tl.dot(et, q, acc)
-    if GRAD_OUT:
+    if GRAD_OUT:  # G = ∇W·k (fp16 G: the unscaled sums keep small entries out of fp16's subnormals)
         if pd * BD < d:
-            tl.store(G + b * sgb + rc[:, None] * sgc + rd[None, :], acc * inv_k,
+            tl.store(G + b * sgb + rc[:, None] * sgc + rd[None, :], acc.to(G.dtype.element_ty),
                      mask=mask_c[:, None] & (rd < d)[None, :])
     else:
         if pd * BD < d:
@@ -738,27 +741,46 @@ def _split_grad(
                    HAS_WD)
 
 
-def _adam_persist(
-    G, WIN, WOUT, WHOUT, M, V,
-    n, nch, total,
-    swib, swb, shob, shoc,
-    neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
-    D: tl.constexpr, BLOCK: tl.constexpr, FIRST: tl.constexpr, HAS_WD: tl.constexpr, WRITE_WH: tl.constexpr,
+def _adam_half(
+    G, WIN, HI, LO, M, S,
+    n,
+    swib, swic, sb, sgb, sgc,
+    k_wd, neg_step, bc2_sqrt, omb1, beta2, omb2, k_eps,
+    D: tl.constexpr, DP: tl.constexpr, BLOCK: tl.constexpr, FIRST: tl.constexpr, HAS_WD: tl.constexpr,
 ):
-    """`_adam_elem` as a persistent kernel: a fixed grid (a few programs per SM) walks the B × ⌈n/BLOCK⌉ chunks,
-    so that its programs fit beside the compute kernels of another stream and stream W, m, v while those run.
-    G has W's layout (B, C, d contiguous); D = d."""
-    for cid in range(tl.program_id(0), total, tl.num_programs(0)):
-        b = cid // nch
-        offs = (cid - b * nch) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        b = b.to(tl.int64)
-        w = _adam_step(tl.load(G + b * swb + offs, mask=mask, other=0.0), WIN + b * swib + offs, M + b * swb + offs,
-                       V + b * swb + offs, WOUT + b * swb + offs, mask,
-                       neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD)
-        if WRITE_WH:
-            row = offs // D
-            tl.store(WHOUT + b * shob + row * shoc + (offs - row * D), w.to(WHOUT.dtype.element_ty), mask=mask)
+    """torch.optim.Adam's step with half-size state (the "fp16 state" of the split design), elementwise over
+    B × C rows of DP (d = D used): G = k·∇W (fp16), m and √v kept as k·m and k·√v in fp16 (M, S), W kept as
+    hi + lo, two fp16 numbers (hi is also the next step's dot operand; hi + lo holds W to ~2^-22 relative or
+    6e-8 absolute). In units of k the update is the same: m/(√v/√(1-β2^t) + eps) = k·m / (k·√v/... + k·eps).
+    Step 1 reads W from WIN (fp32, the global head). n = C·DP; all fp16 buffers share the layout (B, C, DP)."""
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    row = offs // DP
+    col = offs - row * DP
+    mask = (offs < n) & (col < D)
+    g = tl.load(G + b * sgb + row * sgc + col, mask=mask, other=0.0).to(tl.float32)
+    p = b * sb + offs
+    if FIRST:
+        w = tl.load(WIN + b * swib + row * swic + col, mask=mask, other=0.0)
+    else:
+        w = tl.load(HI + p, mask=mask, other=0.0).to(tl.float32) + tl.load(LO + p, mask=mask, other=0.0).to(tl.float32)
+    if HAS_WD:
+        g = g + k_wd * w
+    if FIRST:
+        m = omb1 * g
+        v = omb2 * g * g
+    else:
+        m = tl.load(M + p, mask=mask, other=0.0).to(tl.float32)
+        m = m + omb1 * (g - m)
+        sv = tl.load(S + p, mask=mask, other=0.0).to(tl.float32)
+        v = sv * sv * beta2 + omb2 * g * g
+    sq = tl.sqrt_rn(v)
+    tl.store(M + p, m.to(tl.float16), mask=mask)
+    tl.store(S + p, sq.to(tl.float16), mask=mask)
+    w = w + neg_step * tl.div_rn(m, tl.div_rn(sq, bc2_sqrt) + k_eps)
+    hi = w.to(tl.float16)
+    tl.store(HI + p, hi, mask=mask)
+    tl.store(LO + p, (w - hi.to(tl.float32)).to(tl.float16), mask=mask)
 
 
 fwd_kernel = triton.jit(_fwd)
@@ -772,7 +794,7 @@ rows_grad_kernel = triton.jit(_rows_grad)
 split_fwd_kernel = triton.jit(_split_fwd)
 split_grad_kernel = triton.jit(_split_grad)
 split_label_kernel = triton.jit(_split_label)
-adam_persist_kernel = triton.jit(_adam_persist)
+adam_half_kernel = triton.jit(_adam_half)
 
 _interpreted: dict[str, object] = {}
 
@@ -787,5 +809,5 @@ def interpreted(name: str):
                                                  "flash4_adam": _flash4_adam, "adam_elem": _adam_elem,
                                                  "rows_fwd": _rows_fwd, "rows_grad": _rows_grad,
                                                  "split_fwd": _split_fwd, "split_grad": _split_grad,
-                                                 "adam_persist": _adam_persist, "split_label": _split_label}[name])
+                                                 "split_label": _split_label, "adam_half": _adam_half}[name])
     return _interpreted[name]

@@ -120,9 +120,6 @@ class FlashBlocks:
     separate_adam: bool = True  # ∇W to memory, then the streaming Adam kernel (False: in-kernel epilogue)
     adam_block: int = 2048  # elements per program of the Adam kernel
     adam_warps: int = 8
-    adam_programs: int = 0  # "split": > 0 runs the streaming Adam as a persistent kernel of this many programs per
-    # SM (so it can run beside the other stream's compute kernels); 0: one program per chunk
-    adam_maxnreg: int = 0  # register cap of the persistent Adam kernel (0: Triton's choice)
     streams: int = 2  # FusedHeadTTT: run the batch as two halves on two streams (kernels of one overlap the other)
     maxnreg: int = 0  # register cap of the gradient kernel (0: Triton's choice); lower lets Adam programs of
     # the other stream share its SMs
@@ -137,12 +134,20 @@ class FlashBlocks:
     f_warps: int = 4
     f_stages: int = 4
     f_tma: bool = False  # store E's tiles through tensor-memory-access descriptors (Hopper's copy engine)
+    g_fp16: bool = False  # "split" + separate_adam: ∇W·k stored in fp16 between the GEMM and Adam (needs
+    # k·max|feats| < 60,000, checked)
+    state: str = "fp32"  # "split" + separate_adam + g_fp16: "fp16" keeps Adam's m, √v (times k) in fp16 and W as
+    # hi + lo (two fp16), 9 instead of 14 bytes of optimiser traffic per weight and step (`_adam_half`)
 
     def __post_init__(self) -> None:
         if self.design not in ("flash", "rows", "split"):
             raise ValueError(f"FlashBlocks.design must be 'flash', 'rows' or 'split', got {self.design!r}")
         if self.design == "split" and (self.bc not in (16, 32, 64, 128) or self.bd not in (16, 32, 64, 128)):
             raise ValueError(f"FlashBlocks: design 'split' needs bc and bd in 16, 32, 64, 128; got {self.bc}, {self.bd}")
+        if self.state not in ("fp32", "fp16"):
+            raise ValueError(f"FlashBlocks.state must be 'fp32' or 'fp16', got {self.state!r}")
+        if self.state == "fp16" and not (self.design == "split" and self.separate_adam and self.g_fp16):
+            raise ValueError("FlashBlocks: state 'fp16' needs design 'split', separate_adam and g_fp16")
         if self.design == "rows" and self.lse_bn % self.bc:
             raise ValueError(f"FlashBlocks: design 'rows' needs bc ({self.bc}) to divide lse_bn ({self.lse_bn})")
 
@@ -290,7 +295,7 @@ class _FlashWorkspace:
         self.c = self.c2[0]  # the final bias, set by _run_flash_steps
         self.G = None  # ∇W buffer of the separate-Adam variant, made on first use
         self.ET = self.AL = None  # "rows" design: Eᵀ (B, C, k) fp16 and α (B, tiles, k), made on first use
-        self.E = self.XB = self.Gs = None  # "split" design buffers, made on first use
+        self.E = self.XB = self.Gs = self.half = None  # "split" design buffers, made on first use
         self.ovf = torch.zeros(B, dtype=torch.int32, device=device)  # "split": points whose reference failed
         self.ey = torch.empty(B, _round_up(k, 16), **f32)  # "split": E[i, y_i] - L_i per row
 
@@ -299,7 +304,7 @@ class _FlashWorkspace:
             self.G = torch.empty_like(self.W)
         return self.G
 
-    def split_buffers(self, k: int, grad_out: bool):
+    def split_buffers(self, k: int, grad_out: bool, g_fp16: bool = False):
         """"split" design: E (B, k, C) fp16 and XB (B, k, d + 1) fp16, rows zero-padded to a multiple of 128
         (`_split_grad` reads whole tiles of up to 128 columns), and with grad_out the gradient G (W's layout)."""
         B, C, d = self.W.shape
@@ -307,8 +312,17 @@ class _FlashWorkspace:
             self.E = torch.zeros(B, k, _round_up(C, 128), dtype=torch.float16, device=self.W.device)[..., :C]
             self.XB = torch.zeros(B, k, _round_up(d + 1, 128), dtype=torch.float16, device=self.W.device)
         if grad_out and getattr(self, "Gs", None) is None:
-            self.Gs = torch.empty_like(self.W)
+            self.Gs = torch.empty(B, C, _round_up(d, 16), dtype=torch.float16 if g_fp16 else torch.float32,
+                                  device=self.W.device)[..., :d]
         return self.E, self.XB, (self.Gs if grad_out else None)
+
+    def half_state(self) -> tuple[torch.Tensor, ...]:
+        """fp16 state of the split design: hi, lo (W = hi + lo), k·m, k·√v, all (B, C, d) with rows padded to 16."""
+        if getattr(self, "half", None) is None:
+            B, C, d = self.W.shape
+            self.half = tuple(torch.zeros(B, C, _round_up(d, 16), dtype=torch.float16, device=self.W.device)[..., :d]
+                              for _ in range(4))
+        return self.half
 
     def rows_buffers(self, k: int, nt: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.ET is None:
@@ -328,17 +342,24 @@ class _FlashWorkspace:
         sub.G = None if self.G is None else self.G[lo:hi]
         sub.ET = None if self.ET is None else self.ET[lo:hi]
         sub.AL = None if self.AL is None else self.AL[lo:hi]
+        sub.half = None if getattr(self, "half", None) is None else tuple(h[lo:hi] for h in self.half)
         for name in ("E", "XB", "Gs"):
             setattr(sub, name, None if getattr(self, name) is None else getattr(self, name)[lo:hi])
         sub.ovf, sub.ey = self.ovf[lo:hi], self.ey[lo:hi]
         return sub
 
 
-def _check_fp16_range(t: torch.Tensor, what: str) -> None:
+def _check_fp16_range(t: torch.Tensor, what: str) -> float:
     big = float(t.detach().abs().amax()) if t.numel() else 0.0
     if not big <= FP16_MAX:  # also catches NaN
         raise ValueError(f"precision 'fp16' needs |{what}| <= {FP16_MAX:g} (fp16 operands); got max {big:g}. "
                          "Use precision 'tf32' for inputs of this range")
+    return big
+
+
+def _g_fp16_fits(blocks, k: int, feats_max: float) -> bool:
+    """fp16 ∇W·k holds |Σ_i P_ic x_ij| <= k·max|x| (|P| <= 1) only while that stays below fp16's range."""
+    return not (blocks.design == "split" and blocks.g_fp16 and blocks.separate_adam) or k * feats_max <= FP16_MAX
 
 
 LAST_LAUNCH: dict = {}  # kernel name -> Triton's handle of its latest launch (registers, spills; diagnostics)
@@ -427,7 +448,7 @@ def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
             LAST_LAUNCH["adam_elem"] = adam_k[(triton_cdiv(n, blocks.adam_block), B)](
                 G, W_in, ws.W, Wh_out, ws.M, ws.V,
                 n, d,
-                wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1), G.stride(0), G.stride(1),
+                wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1), G.stride(0), G.stride(1), 1.0,
                 *adam,
                 BLOCK=blocks.adam_block, **flags, **({} if interpret else {"num_warps": blocks.adam_warps}),
             )
@@ -450,18 +471,20 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
 
     B, k, d = x.shape
     C = weight.shape[0]
-    E, XB, G = ws.split_buffers(k, blocks.separate_adam)
+    E, XB, G = ws.split_buffers(k, blocks.separate_adam, blocks.g_fp16)
+    half = ws.half_state() if blocks.state == "fp16" else None
     b1, b2 = cfg.betas
     kw_f = {} if interpret else {"num_warps": blocks.f_warps, "num_stages": blocks.f_stages}
     kw_g = {} if interpret else {"num_warps": blocks.warps, "num_stages": blocks.stages}
     kw_a = {} if interpret else {"num_warps": blocks.adam_warps}
     ws.ovf.zero_()
-    e_arg = E
-    if blocks.f_tma:  # E's tiles go through the copy engine: a (B, k, C_padded) descriptor, block (1, BM, BN)
+    e_arg, xb_arg = E, XB
+    if blocks.f_tma:  # E's and XB's tiles go through the copy engine: (B, k, ·) descriptors
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         e_full = E.as_strided((B, k, E.stride(1)), E.stride())
         e_arg = TensorDescriptor(e_full, list(e_full.shape), list(e_full.stride()), [1, blocks.f_bm, blocks.f_bn])
+        xb_arg = TensorDescriptor(XB, list(XB.shape), list(XB.stride()), [1, blocks.f_bm, 64])
     for t in range(1, cfg.steps + 1):
         if t == 1:  # the global head, shared by all B points (batch stride 0)
             W_in, wst = weight, (0, *weight.stride())
@@ -481,9 +504,11 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
         Wh_out, c_out = ws.Wh[t % 2], ws.c2[t % 2]
         adam = (-(cfg.lr / (1 - b1 ** t)), math.sqrt(1 - b2 ** t), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay)
         flags = {"FIRST": t == 1, "HAS_WD": cfg.weight_decay != 0, "WRITE_WH": t < cfg.steps}
+        if half is not None and t > 1:  # fp16 state: hi (updated in place) is the dot operand
+            Wh_in, hst = half[0], half[0].stride()
         if only in (None, "lse"):
             LAST_LAUNCH["lse"] = kern("split_fwd")[(triton_cdiv(k, blocks.f_bm), B)](
-                x, Wh_in, c_in, y, ws.lse, e_arg, XB, ws.ovf, ws.ey,
+                x, Wh_in, c_in, y, ws.lse, e_arg, xb_arg, ws.ovf, ws.ey,
                 k, C, d,
                 *x.stride(), *hst, *cst, *y.stride(), ws.lse.stride(0), *E.stride(), XB.stride(0), XB.stride(1),
                 BM=blocks.f_bm, BN=blocks.f_bn, BK=blocks.f_bk, BX=64, DX=XB.shape[2], EMU=interpret,
@@ -507,30 +532,25 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
             )
         if t == 1 and first_grad_event is not None:  # FusedHeadTTT starts its second stream here (out of phase)
             first_grad_event.record()
-        if G is not None and only in (None, "flash"):
+        if half is not None and only in (None, "flash"):
+            hi, lo, m16, s16 = half
+            dp = hi.stride(1)
+            LAST_LAUNCH["adam_elem"] = kern("adam_half")[(triton_cdiv(C * dp, blocks.adam_block), B)](
+                G, W_in, hi, lo, m16, s16, C * dp,
+                wst[0], wst[1], hi.stride(0), G.stride(0), G.stride(1),
+                k * cfg.weight_decay, adam[0], adam[1], adam[2], adam[3], adam[4], k * cfg.eps,
+                D=d, DP=dp, BLOCK=blocks.adam_block, FIRST=t == 1, HAS_WD=cfg.weight_decay != 0, **kw_a,
+            )
+        elif G is not None and only in (None, "flash"):
             n = C * d
-            if blocks.adam_programs:  # persistent: a fixed grid that fits beside the other stream's kernels
-                nch = triton_cdiv(n, blocks.adam_block)
-                grid = (min(B * nch, blocks.adam_programs * _sm_count(x.device)),)
-                LAST_LAUNCH["adam_elem"] = kern("adam_persist")[grid](
-                    G, W_in, ws.W, Wh_out, ws.M, ws.V, n, nch, B * nch,
-                    wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1),
-                    *adam, D=d, BLOCK=blocks.adam_block, **flags,
-                    **kw_a, **({"maxnreg": blocks.adam_maxnreg} if blocks.adam_maxnreg and not interpret else {}),
-                )
-            else:
-                LAST_LAUNCH["adam_elem"] = kern("adam_elem")[(triton_cdiv(n, blocks.adam_block), B)](
-                    G, W_in, ws.W, Wh_out, ws.M, ws.V, n, d,
-                    wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1), G.stride(0), G.stride(1),
-                    *adam, BLOCK=blocks.adam_block, **flags, **kw_a,
-                )
+            LAST_LAUNCH["adam_elem"] = kern("adam_elem")[(triton_cdiv(n, blocks.adam_block), B)](
+                G, W_in, ws.W, Wh_out, ws.M, ws.V, n, d,
+                wst[0], ws.W.stride(0), Wh_out.stride(0), Wh_out.stride(1), G.stride(0), G.stride(1), 1.0 / k,
+                *adam, BLOCK=blocks.adam_block, **flags, **kw_a,
+            )
     ws.c = ws.c2[cfg.steps % 2]
-
-
-def _sm_count(device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    if half is not None:
+        ws.W.copy_(half[0]).add_(half[1])  # W = hi + lo, added in fp32
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -576,7 +596,8 @@ def fused_head_ttt(
     weight = weight.detach().float().contiguous()
     bias = bias.detach().float().contiguous()
     if precision in FLASH_PRECISIONS:
-        _check_fp16_range(feats, "feats")
+        if not _g_fp16_fits(blocks, k, _check_fp16_range(feats, "feats")):
+            blocks = dataclasses.replace(blocks, g_fp16=False, state="fp32")
         _check_fp16_range(weight, "weight")
         ws = _FlashWorkspace(B, k, C, d, feats.device)
         x = torch.empty(B, k, _round_up(d, 16), dtype=torch.float16, device=feats.device)[..., :d]
@@ -648,7 +669,9 @@ class FusedHeadTTT:
             self.x = torch.zeros(batch, cfg.k, _round_up(d, 16), dtype=torch.float16, device=dev)[..., :d]
             self.ws = _FlashWorkspace(batch, cfg.k, C, d, dev)
             if self.blocks.design == "split":  # made here, before the halves take views of them
-                self.ws.split_buffers(cfg.k, self.blocks.separate_adam)
+                self.ws.split_buffers(cfg.k, self.blocks.separate_adam, self.blocks.g_fp16)
+                if self.blocks.state == "fp16":
+                    self.ws.half_state()
         else:
             self.x = torch.zeros(batch, cfg.k, d, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                                  device=dev)
@@ -692,8 +715,13 @@ class FusedHeadTTT:
         if b > self.batch or feats.shape[1] != self.cfg.k:
             raise ValueError(f"feats has shape {tuple(feats.shape)}; this engine takes at most "
                              f"({self.batch}, {self.cfg.k}, d)")
-        if self.flash and self.check_range:
-            _check_fp16_range(feats, "feats")
+        if self.flash and self.check_range and not _g_fp16_fits(self.blocks, self.cfg.k,
+                                                                _check_fp16_range(feats, "feats")):
+            # features too large for the fp16 gradient buffer: this batch takes the fp32 one (no graph)
+            out = fused_head_ttt(self.weight, self.bias, feats, labels, query, self.cfg, return_heads,
+                                 precision="fp16", blocks=dataclasses.replace(self.blocks, g_fp16=False,
+                                                                              state="fp32"))
+            return out
         self.x[:b].copy_(feats)
         self.y[:b].copy_(labels)
         self.q[:b].copy_(query)
