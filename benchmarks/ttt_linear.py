@@ -23,6 +23,7 @@ predictions and max |Δlogit| against the loop (its points) and against fp32 `ba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -129,7 +130,7 @@ def selfcheck(device: torch.device, interpret: bool) -> None:
         _r32, W32, _ = batched_head_ttt(W, c, X, y, q, cfg, return_heads=True)
         line = [(f"selfcheck B={B} k={k} C={C} d={d} steps={steps} wd={wd}: torch fp32 vs f64 |ΔW| "
                 f"{(W32 - W64).abs().max():.1e}")]
-        for prec in ("ieee", "tf32x3", "tf32", "bf16", "fp16"):
+        for prec in ("ieee", "tf32x3", "tf32", "bf16", "fp16", "fp16-state"):
             try:
                 out, FW, _Fc = fused_head_ttt(W.to(device), c.to(device), X.to(device), y.to(device), q.to(device),
                                              cfg, True, precision=prec, interpret=interpret)
@@ -143,11 +144,13 @@ def selfcheck(device: torch.device, interpret: bool) -> None:
         log("; ".join(line))
 
 
-FLASH_SWEEP = [  # the default first; then without the second stream; then Adam in the gradient kernel
-    FlashBlocks(),
-    FlashBlocks(streams=1),
-    FlashBlocks(separate_adam=False, bkk=32, streams=1),
-]
+def flash_sweep_blocks(device) -> list:
+    """The flash design (the fp16 default before the split design), without its second stream, and with Adam in
+    its gradient kernel; then the split design without TMA, with an fp32 gradient buffer, and on one stream."""
+    split, split_state = default_blocks("fp16", device), default_blocks("fp16-state", device)
+    return [FlashBlocks(), FlashBlocks(streams=1), FlashBlocks(separate_adam=False, bkk=32, streams=1),
+            dataclasses.replace(split, f_tma=False), dataclasses.replace(split, g_fp16=False),
+            dataclasses.replace(split_state, streams=1)]
 
 
 def flash_breakdown(eng: FusedHeadTTT, device: torch.device, reps: int = 3) -> str:
@@ -174,12 +177,13 @@ def flash_breakdown(eng: FusedHeadTTT, device: torch.device, reps: int = 3) -> s
 def flash_sweep(args, W0, c0, cfg, time_variant, batch) -> None:
     device = W0.device
     B = max(args.fused_b)
-    for bl in FLASH_SWEEP:
+    for bl in flash_sweep_blocks(device):
         diff = {k: v for k, v in vars(bl).items() if v != getattr(FlashBlocks(), k)}
         try:
-            eng = FusedHeadTTT(W0, c0, cfg, batch=B, precision="fp16", blocks=bl, cuda_graph=not bl.diag)
+            prec = "fp16-state" if bl.state == "fp16" else "fp16"
+            eng = FusedHeadTTT(W0, c0, cfg, batch=B, precision=prec, blocks=bl, cuda_graph=not bl.diag)
             if not bl.diag:  # diag kernels skip work: their outputs are not TTT results
-                time_variant(f"fused fp16 (graph) {diff}", eng, B)
+                time_variant(f"fused {prec} (graph) {diff}", eng, B)
             else:
                 eng(*batch(0, B))
             log(f"  breakdown {diff}: {flash_breakdown(eng, device)}")
@@ -205,7 +209,7 @@ def main() -> None:
     ap.add_argument("--agree-points", type=int, default=None, help="points compared with fp32 batched_head_ttt")
     ap.add_argument("--batched-b", type=int, nargs="+", default=None)
     ap.add_argument("--fused-b", type=int, nargs="+", default=None)
-    ap.add_argument("--precisions", nargs="+", default=["fp16", "tf32", "bf16", "tf32x3", "ieee"])
+    ap.add_argument("--precisions", nargs="+", default=["fp16-state", "fp16", "tf32", "bf16", "tf32x3", "ieee"])
     ap.add_argument("--flash-sweep", action="store_true",
                     help="fp16 flash design: per-kernel times and a sweep of FlashBlocks at the largest --fused-b")
     ap.add_argument("--min-time", type=float, default=0.4, help="seconds of timed batches per variant (at least)")
@@ -352,9 +356,9 @@ def main() -> None:
             tag = "fused (Triton interpreter)" if args.interpret else "fused (CPU: torch fallback)"
             time_variant(f"{tag} {prec}", fn, args.fused_b[0], heads_fn=heads)
             continue
-        bs = args.fused_b if prec in ("tf32", "bf16", "fp16") else [max((b for b in args.fused_b if b <= 32), default=min(args.fused_b))]
+        bs = args.fused_b if prec in ("tf32", "bf16", "fp16", "fp16-state") else [max((b for b in args.fused_b if b <= 32), default=min(args.fused_b))]
         blocks = ((FlashBlocks if prec in LF.FLASH_PRECISIONS else FusedBlocks)(**tuned[prec]) if prec in tuned
-                  else default_blocks(prec))
+                  else default_blocks(prec, device))
         tag = " tuned" if prec in tuned else ""
         for B in bs:
             eng = FusedHeadTTT(W0, c0, cfg, batch=B, precision=prec, cuda_graph=not args.no_graph, blocks=blocks)

@@ -46,11 +46,12 @@ def main() -> None:
     ref = None  # logits of the first variant without diag: the others are compared with it
     for v in args.variants:
         bl = FlashBlocks(**json.loads(v))
+        prec = "fp16-state" if bl.state == "fp16" else "fp16"
         try:
             feats, labels = train_x[idx], train_y[idx]
             msg = ""
             if not bl.diag:  # end to end through the CUDA graph (streams included)
-                eng = FusedHeadTTT(W0, c0, cfg, batch=args.b, precision="fp16", blocks=bl)
+                eng = FusedHeadTTT(W0, c0, cfg, batch=args.b, precision=prec, blocks=bl)
                 out = eng(feats, labels, q)
                 if ref is None:
                     ref = out
@@ -65,7 +66,7 @@ def main() -> None:
                 pps = args.reps * args.b / (time.perf_counter() - t)
                 msg = f"{pps:,.0f} points/s end to end; " + msg
                 del eng
-            eng = FusedHeadTTT(W0, c0, cfg, batch=args.b, precision="fp16", blocks=bl, cuda_graph=False)
+            eng = FusedHeadTTT(W0, c0, cfg, batch=args.b, precision=prec, blocks=bl, cuda_graph=False)
             eng(feats, labels, q)
             print(f"{v}: {msg}{flash_breakdown(eng, dev)}", flush=True)
             del eng

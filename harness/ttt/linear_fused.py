@@ -77,8 +77,8 @@ import torch
 from harness.registry import Registry
 from harness.ttt.linear import HeadTTTConfig, _check_shapes, batched_head_ttt
 
-PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16", "fp16")
-FLASH_PRECISIONS = ("fp16",)  # modes that run the two-kernel "flash" design
+PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16", "fp16", "fp16-state")
+FLASH_PRECISIONS = ("fp16", "fp16-state")  # modes with fp16 operands (FlashBlocks: the "split" / "flash" designs)
 FP16_MAX = 60000.0  # inputs of the fp16 mode must stay below fp16's largest finite value (65504)
 HEAD_TTT_ENGINES: Registry = Registry("head TTT engine")
 
@@ -152,10 +152,15 @@ class FlashBlocks:
             raise ValueError(f"FlashBlocks: design 'rows' needs bc ({self.bc}) to divide lse_bn ({self.lse_bn})")
 
 
-def default_blocks(precision: str) -> FusedBlocks | FlashBlocks:
-    """The fastest tiles measured per precision (H200, B = 32; benchmarks/ttt_linear_diag.py)."""
+def default_blocks(precision: str, device=None) -> FusedBlocks | FlashBlocks:
+    """The fastest tiles measured per precision (fp16 modes: H100, B = 256, benchmarks/ttt_linear_flash_diag.py;
+    others: H200, B = 32, benchmarks/ttt_linear_diag.py). The fp16 modes store through TMA descriptors on
+    Hopper and newer GPUs (device capability >= 9) only."""
     if precision in FLASH_PRECISIONS:
-        return FlashBlocks()
+        dev = torch.device(device) if device is not None else None
+        tma = dev is not None and dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] >= 9
+        return FlashBlocks(design="split", bc=128, bd=128, bkk=64, warps=8, stages=3, f_tma=tma, g_fp16=True,
+                           state="fp16" if precision == "fp16-state" else "fp32")
     if precision == "bf16":
         return FusedBlocks(d_bc=32, d_bk=128, x_t=False)
     return FusedBlocks()
@@ -355,6 +360,12 @@ def _check_fp16_range(t: torch.Tensor, what: str) -> float:
         raise ValueError(f"precision 'fp16' needs |{what}| <= {FP16_MAX:g} (fp16 operands); got max {big:g}. "
                          "Use precision 'tf32' for inputs of this range")
     return big
+
+
+def _state_for(precision: str, blocks: FlashBlocks) -> FlashBlocks:
+    """precision "fp16-state" means FlashBlocks.state "fp16" (and "fp16" means "fp32"): the mode names it."""
+    want = "fp16" if precision == "fp16-state" else "fp32"
+    return blocks if blocks.state == want else dataclasses.replace(blocks, state=want)
 
 
 def _g_fp16_fits(blocks, k: int, feats_max: float) -> bool:
@@ -588,7 +599,9 @@ def fused_head_ttt(
     except ImportError:
         warnings.warn("triton is not installed: running the torch engine instead of the fused kernels")
         return batched_head_ttt(weight, bias, feats, labels, query, cfg, return_heads=return_heads)
-    blocks = blocks or default_blocks(precision)
+    blocks = blocks or default_blocks(precision, feats.device)
+    if precision in FLASH_PRECISIONS:
+        blocks = _state_for(precision, blocks)
     B, k, d = feats.shape
     C = weight.shape[0]
     if cfg.steps == 0:
@@ -626,7 +639,7 @@ def _redo_failed_references(ovf, weight, bias, feats, labels, query, cfg, blocks
     warnings.warn(f"fused fp16 'split': {bad.numel()} point(s) left fp16's range; recomputed by the flash design",
                   stacklevel=3)
     lg, Wb, cb = fused_head_ttt(weight, bias, feats[bad], labels[bad], query[bad], cfg, True, precision="fp16",
-                                blocks=dataclasses.replace(blocks, design="flash"), interpret=interpret)
+                                blocks=FlashBlocks(), interpret=interpret)
     logits, W, c = logits.clone(), W.clone(), c.clone()
     logits[bad], W[bad], c[bad] = lg, Wb, cb
     return logits, W, c
@@ -654,7 +667,9 @@ class FusedHeadTTT:
         if weight.device.type != "cuda":
             raise ValueError("FusedHeadTTT runs on CUDA tensors only; use fused_head_ttt / batched_head_ttt on CPU")
         self.cfg, self.batch, self.precision, self.check_range = cfg, batch, precision, check_range
-        self.blocks = blocks or default_blocks(precision)
+        self.blocks = blocks or default_blocks(precision, weight.device)
+        if precision in FLASH_PRECISIONS:
+            self.blocks = _state_for(precision, self.blocks)
         self.cuda_graph = True if cuda_graph is None else cuda_graph
         C, d = weight.shape
         dev = weight.device
