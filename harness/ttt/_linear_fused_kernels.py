@@ -440,144 +440,6 @@ def _adam_elem(
 
 
 
-# ---- the "rows" design: two GEMM launches a step (fp16 operands), Z never stored in fp32 ------------------
-
-
-def _rows_fwd(
-    X, WH, CB, ET, AL,
-    k, C, d,
-    sxb, sxk, sxd,
-    shb, shc, shd,
-    scb, scc,
-    seb, sec, sek,
-    sab, sat, sak,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, TP: tl.constexpr,
-    EMU: tl.constexpr,
-):
-    """For BM neighbour rows of one point and every column tile t of BN classes:
-
-        S = X[rows] WH[t]ᵀ + c[t];   m_t = max_c S;   Eᵀ[t, rows] = exp(S - m_t)   (fp16, in (0, 1])
-    and, after the last tile, α[t, rows] = exp(m_t - lse) (lse from an online softmax over the tiles), so
-    softmax(S)[i, c] = α[t(c), i] · E[i, c]. Eᵀ is stored class-major (the gradient kernel's A operand).
-    EMU (interpreter) upcasts the fp16 operands and dots them in fp32 (exact products)."""
-    pm = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    X += b * sxb
-    WH += b * shb
-    CB += b * scb
-    ET += b * seb
-    AL += b * sab
-    rm = pm * BM + tl.arange(0, BM)
-    rk = tl.arange(0, BK)
-    rt = tl.arange(0, TP)
-    mask_m = rm < k
-    run_max = tl.full((BM,), float("-inf"), dtype=tl.float32)
-    run_sum = tl.zeros((BM,), dtype=tl.float32)
-    tmax = tl.zeros((BM, TP), dtype=tl.float32)
-    for n0 in range(0, C, BN):
-        rn = n0 + tl.arange(0, BN)
-        mask_n = rn < C
-        xp = X + rm[:, None] * sxk + rk[None, :] * sxd  # (BM, BK)
-        wp = WH + rn[None, :] * shc + rk[:, None] * shd  # (BK, BN) = Wᵀ tile
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, d, BK):
-            kmask = (k0 + rk) < d
-            x = tl.load(xp, mask=mask_m[:, None] & kmask[None, :], other=0.0)
-            w = tl.load(wp, mask=kmask[:, None] & mask_n[None, :], other=0.0)
-            if EMU:
-                acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-            else:
-                acc = tl.dot(x, w, acc)
-            xp += BK * sxd
-            wp += BK * shd
-        bias = tl.load(CB + rn * scc, mask=mask_n, other=0.0)
-        z = tl.where(mask_n[None, :], acc + bias[None, :], float("-inf"))
-        mt = tl.max(z, axis=1)
-        e = tl.exp(z - mt[:, None])
-        tl.store(ET + rn[None, :] * sec + rm[:, None] * sek, e.to(ET.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_n[None, :])
-        new_max = tl.maximum(run_max, mt)
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(e, axis=1) * tl.exp(mt - new_max)
-        run_max = new_max
-        tmax = tl.where(rt[None, :] == n0 // BN, mt[:, None], tmax)
-    lse = run_max + tl.log(run_sum)
-    tl.store(AL + rt[None, :] * sat + rm[:, None] * sak, tl.exp(tmax - lse[:, None]),
-             mask=mask_m[:, None] & (rt[None, :] * BN < C))
-
-
-def _rows_grad(
-    X, ET, AL, Y,
-    WIN, WOUT, WHOUT, M, V, CIN, COUT, MC, VC, G,
-    k, C, d,
-    sxb, sxk, sxd,
-    seb, sec, sek,
-    sab, sat, sak,
-    syb, syk,
-    swib, swic, swid,
-    swb, swc, swd,
-    shob, shoc, shod,
-    scib, scic,
-    scb, scc,
-    inv_k, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
-    BC: tl.constexpr, BD: tl.constexpr, BKK: tl.constexpr, TPB: tl.constexpr,
-    EMU: tl.constexpr, FIRST: tl.constexpr, HAS_WD: tl.constexpr, WRITE_WH: tl.constexpr,
-    GRAD_OUT: tl.constexpr,
-):
-    """One (BC × BD) tile of ∇W = Pᵀ X / k, a plain GEMM over the k neighbours whose A operand is built in
-    registers from `_rows_fwd`'s output: Pᵀ[c, i] = α[t(c), i] Eᵀ[c, i] - [y_i = c] (rounded to fp16, as in
-    the flash design). Then torch.optim.Adam's step of that tile of W, m, v (and the fp16 copy of the new W),
-    or with GRAD_OUT ∇W to G for `_adam_elem`. ∇c = Σ_i Pᵀ[c, i] / k and its Adam step: dcol-tile-0 programs.
-    TPB = column tiles of this kernel per column tile of `_rows_fwd` (its BN / this BC)."""
-    pc = tl.program_id(0)
-    pd = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    X += b * sxb
-    ET += b * seb
-    AL += b * sab + (pc // TPB) * sat
-    Y += b * syb
-    WIN += b * swib
-    WOUT += b * swb
-    WHOUT += b * shob
-    M += b * swb
-    V += b * swb
-    rc = pc * BC + tl.arange(0, BC)
-    rd = pd * BD + tl.arange(0, BD)
-    ri = tl.arange(0, BKK)
-    mask_c = rc < C
-    mask_d = rd < d
-    acc = tl.zeros((BC, BD), dtype=tl.float32)
-    gc = tl.zeros((BC,), dtype=tl.float32)
-    # Eᵀ chunks are prefetched one step ahead by hand (Triton does not pipeline a load that becomes a register
-    # dot operand)
-    e_next = tl.load(ET + rc[:, None] * sec + ri[None, :] * sek, mask=mask_c[:, None] & (ri < k)[None, :], other=0.0)
-    for i0 in range(0, k, BKK):
-        rows = i0 + ri
-        mrow = rows < k
-        e = e_next
-        nmask = mask_c[:, None] & (rows + BKK < k)[None, :]
-        e_next = tl.load(ET + rc[:, None] * sec + (rows + BKK)[None, :] * sek, mask=nmask, other=0.0)
-        a = tl.load(AL + rows * sak, mask=mrow, other=0.0)
-        y = tl.load(Y + rows * syk, mask=mrow, other=-1)
-        p = e.to(tl.float32) * a[None, :] - tl.where(rc[:, None] == y[None, :], 1.0, 0.0)
-        gc += tl.sum(p, axis=1)
-        x = tl.load(X + rows[:, None] * sxk + rd[None, :] * sxd, mask=mrow[:, None] & mask_d[None, :], other=0.0)
-        if EMU:
-            acc += tl.dot(p.to(tl.float16).to(tl.float32), x.to(tl.float32), input_precision="ieee")
-        else:
-            acc = tl.dot(p.to(x.dtype), x, acc)
-    if GRAD_OUT:  # ∇W to G (W's layout); `_adam_elem` steps W, m, v
-        tl.store(G + b * swb + rc[:, None] * swc + rd[None, :] * swd, acc * inv_k,
-                 mask=mask_c[:, None] & mask_d[None, :])
-    else:
-        _adam_tile(acc, rc, rd, mask_c, mask_d, WIN, WOUT, WHOUT, M, V, swic, swid, swc, swd, shoc, shod,
-                   inv_k, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST, HAS_WD, WRITE_WH)
-    if pd == 0:
-        _adam_step(gc * inv_k, CIN + b * scib + rc * scic, MC + b * scb + rc * scc, VC + b * scb + rc * scc,
-                   COUT + b * scb + rc * scc, mask_c, neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd, FIRST,
-                   HAS_WD)
-
-
-
 # ---- the "split" design: softmax rows with a fixed reference, then a plain GEMM with Adam in its epilogue ---
 
 
@@ -789,8 +651,6 @@ gemm_adam_kernel = triton.jit(_gemm_adam)
 lse_kernel = triton.jit(_lse)
 flash4_adam_kernel = triton.jit(_flash4_adam)
 adam_elem_kernel = triton.jit(_adam_elem)
-rows_fwd_kernel = triton.jit(_rows_fwd)
-rows_grad_kernel = triton.jit(_rows_grad)
 split_fwd_kernel = triton.jit(_split_fwd)
 split_grad_kernel = triton.jit(_split_grad)
 split_label_kernel = triton.jit(_split_label)
@@ -801,13 +661,12 @@ _interpreted: dict[str, object] = {}
 
 def interpreted(name: str):
     """The numpy-interpreted version of kernel `name` ("fwd", "dgrad", "gemm_adam", "lse", "flash4_adam",
-    "adam_elem", "rows_fwd", "rows_grad"), for CPU tests."""
+    "adam_elem", "split_fwd", "split_label", "split_grad", "adam_half"), for CPU tests."""
     if name not in _interpreted:
         from triton.runtime.interpreter import InterpretedFunction
 
         _interpreted[name] = InterpretedFunction({"fwd": _fwd, "dgrad": _dgrad, "gemm_adam": _gemm_adam, "lse": _lse,
                                                  "flash4_adam": _flash4_adam, "adam_elem": _adam_elem,
-                                                 "rows_fwd": _rows_fwd, "rows_grad": _rows_grad,
                                                  "split_fwd": _split_fwd, "split_grad": _split_grad,
                                                  "split_label": _split_label, "adam_half": _adam_half}[name])
     return _interpreted[name]

@@ -120,14 +120,14 @@ class FlashBlocks:
     separate_adam: bool = True  # ∇W to memory, then the streaming Adam kernel (False: in-kernel epilogue)
     adam_block: int = 2048  # elements per program of the Adam kernel
     adam_warps: int = 8
-    streams: int = 2  # FusedHeadTTT: run the batch as two halves on two streams (kernels of one overlap the other)
+    streams: int = 2  # FusedHeadTTT: run the batch in this many parts on as many streams (kernels of one part
+    # overlap those of another)
     maxnreg: int = 0  # register cap of the gradient kernel (0: Triton's choice); lower lets Adam programs of
     # the other stream share its SMs
     diag: int = 0  # timing diagnostics only (see _flash4_adam); outputs are then not TTT results
-    design: str = "flash"  # "flash" (lse + gradient kernels), "rows" (`_rows_fwd` + `_rows_grad`: the lse_*
-    # fields tile the first, bc / bd / bkk / warps / stages / separate_adam the second; bc must divide lse_bn)
-    # or "split" (`_split_fwd` tiled by the f_* fields, `_split_grad` by bc / bd / bkk / warps / stages)
-    bd: int = 128  # "rows" / "split": d columns per gradient program
+    design: str = "flash"  # "flash" (lse + gradient kernels) or "split" (`_split_fwd` tiled by the f_* fields,
+    # `_split_grad` by bc / bd / bkk / warps / stages; see the module docstring)
+    bd: int = 128  # "split": d columns per gradient program
     f_bm: int = 64  # "split": `_split_fwd` tiles
     f_bn: int = 128
     f_bk: int = 64
@@ -140,16 +140,14 @@ class FlashBlocks:
     # hi + lo (two fp16), 9 instead of 14 bytes of optimiser traffic per weight and step (`_adam_half`)
 
     def __post_init__(self) -> None:
-        if self.design not in ("flash", "rows", "split"):
-            raise ValueError(f"FlashBlocks.design must be 'flash', 'rows' or 'split', got {self.design!r}")
+        if self.design not in ("flash", "split"):
+            raise ValueError(f"FlashBlocks.design must be 'flash' or 'split', got {self.design!r}")
         if self.design == "split" and (self.bc not in (16, 32, 64, 128) or self.bd not in (16, 32, 64, 128)):
             raise ValueError(f"FlashBlocks: design 'split' needs bc and bd in 16, 32, 64, 128; got {self.bc}, {self.bd}")
         if self.state not in ("fp32", "fp16"):
             raise ValueError(f"FlashBlocks.state must be 'fp32' or 'fp16', got {self.state!r}")
         if self.state == "fp16" and not (self.design == "split" and self.separate_adam and self.g_fp16):
             raise ValueError("FlashBlocks: state 'fp16' needs design 'split', separate_adam and g_fp16")
-        if self.design == "rows" and self.lse_bn % self.bc:
-            raise ValueError(f"FlashBlocks: design 'rows' needs bc ({self.bc}) to divide lse_bn ({self.lse_bn})")
 
 
 def default_blocks(precision: str, device=None) -> FusedBlocks | FlashBlocks:
@@ -299,7 +297,6 @@ class _FlashWorkspace:
         self.lse = torch.empty(B, _round_up(k, 16), **f32)
         self.c = self.c2[0]  # the final bias, set by _run_flash_steps
         self.G = None  # ∇W buffer of the separate-Adam variant, made on first use
-        self.ET = self.AL = None  # "rows" design: Eᵀ (B, C, k) fp16 and α (B, tiles, k), made on first use
         self.E = self.XB = self.Gs = self.half = None  # "split" design buffers, made on first use
         self.ovf = torch.zeros(B, dtype=torch.int32, device=device)  # "split": points whose reference failed
         self.ey = torch.empty(B, _round_up(k, 16), **f32)  # "split": E[i, y_i] - L_i per row
@@ -329,14 +326,6 @@ class _FlashWorkspace:
                               for _ in range(4))
         return self.half
 
-    def rows_buffers(self, k: int, nt: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.ET is None:
-            B, C, _ = self.W.shape
-            kp = _round_up(k, 16)
-            self.ET = torch.empty(B, C, kp, dtype=torch.float16, device=self.W.device)[..., :k]
-            self.AL = torch.empty(B, nt, kp, dtype=torch.float32, device=self.W.device)[..., :k]
-        return self.ET, self.AL
-
     def part(self, lo: int, hi: int) -> _FlashWorkspace:
         """The same buffers for points lo..hi-1 (views)."""
         sub = object.__new__(_FlashWorkspace)
@@ -345,8 +334,6 @@ class _FlashWorkspace:
         sub.Mc, sub.Vc, sub.lse = self.Mc[lo:hi], self.Vc[lo:hi], self.lse[lo:hi]
         sub.c = self.c[lo:hi]
         sub.G = None if self.G is None else self.G[lo:hi]
-        sub.ET = None if self.ET is None else self.ET[lo:hi]
-        sub.AL = None if self.AL is None else self.AL[lo:hi]
         sub.half = None if getattr(self, "half", None) is None else tuple(h[lo:hi] for h in self.half)
         for name in ("E", "XB", "Gs"):
             setattr(sub, name, None if getattr(self, name) is None else getattr(self, name)[lo:hi])
@@ -381,21 +368,17 @@ def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
     """cfg.steps Adam steps of all B heads by the flash design into ws.W / ws.c (x: (B, k, d) fp16).
 
     only="lse", "grad" (gradient kernel alone) or "flash" (gradient + Adam) launches just that part at every
-    step (per-kernel timing; not a valid TTT)."""
+    step (per-kernel timing; not a valid TTT). Blocks of design "split" run `_run_split_steps`."""
     if blocks.design == "split":
         _run_split_steps(weight, weight_h, bias, x, y, ws, cfg, blocks, interpret, only, first_grad_event)
         return
     from harness.ttt import _linear_fused_kernels as K
 
-    rows = blocks.design == "rows"
-    names = ("rows_fwd", "rows_grad") if rows else ("lse", "flash4_adam")
-    lse_k, grad_k = (K.interpreted(n) if interpret else getattr(K, f"{n}_kernel") for n in names)
+    lse_k = K.interpreted("lse") if interpret else K.lse_kernel
+    grad_k = K.interpreted("flash4_adam") if interpret else K.flash4_adam_kernel
     adam_k = K.interpreted("adam_elem") if interpret else K.adam_elem_kernel
     B, k, d = x.shape
     C = weight.shape[0]
-    nt = triton_cdiv(C, blocks.lse_bn)
-    if rows:
-        ET, AL = ws.rows_buffers(k, nt)
     dch = max(16, _next_pow2(-(-d // 4)))
     b1, b2 = cfg.betas
     kw_l = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
@@ -416,14 +399,7 @@ def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
         Wh_out, c_out = ws.Wh[t % 2], ws.c2[t % 2]
         adam = (-(cfg.lr / (1 - b1 ** t)), math.sqrt(1 - b2 ** t), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay)
         flags = {"FIRST": t == 1, "HAS_WD": cfg.weight_decay != 0, "WRITE_WH": t < cfg.steps}
-        if only not in ("flash", "grad") and rows:
-            LAST_LAUNCH["lse"] = lse_k[(triton_cdiv(k, blocks.lse_bm), B)](
-                x, Wh_in, c_in, ET, AL,
-                k, C, d,
-                *x.stride(), *hst, *cst, *ET.stride(), *AL.stride(),
-                BM=blocks.lse_bm, BN=blocks.lse_bn, BK=blocks.lse_bk, TP=_next_pow2(nt), EMU=interpret, **kw_l,
-            )
-        elif only not in ("flash", "grad"):
+        if only not in ("flash", "grad"):
             LAST_LAUNCH["lse"] = lse_k[(triton_cdiv(k, blocks.lse_bm), B)](
                 x, Wh_in, c_in, ws.lse,
                 k, C, d,
@@ -432,28 +408,16 @@ def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
             )
         if only == "lse":
             continue
-        if rows:
-            LAST_LAUNCH["flash4_adam"] = grad_k[(triton_cdiv(C, blocks.bc), triton_cdiv(d, blocks.bd), B)](
-                x, ET, AL, y,
-                W_in, ws.W, Wh_out, ws.M, ws.V, c_in, c_out, ws.Mc, ws.Vc, G,
-                k, C, d,
-                *x.stride(), *ET.stride(), *AL.stride(), *y.stride(),
-                *wst, *ws.W.stride(), *Wh_out.stride(), *cst, *c_out.stride(),
-                1.0 / k, *adam,
-                BC=blocks.bc, BD=blocks.bd, BKK=blocks.bkk, TPB=blocks.lse_bn // blocks.bc, EMU=interpret,
-                GRAD_OUT=blocks.separate_adam, **flags, **kw_f,
-            )
-        else:
-            LAST_LAUNCH["flash4_adam"] = grad_k[(triton_cdiv(C, blocks.bc), B)](
-                x, Wh_in, ws.lse, y,
-                W_in, ws.W, Wh_out, ws.M, ws.V, c_in, c_out, ws.Mc, ws.Vc, G,
-                k, C, d,
-                *x.stride(), *hst, ws.lse.stride(0), *y.stride(),
-                *wst, *ws.W.stride(), *Wh_out.stride(), *cst, *c_out.stride(),
-                1.0 / k, *adam,
-                BC=blocks.bc, DCH=dch, BKK=blocks.bkk, EMU=interpret, GRAD_OUT=blocks.separate_adam,
-                **({"DIAG": blocks.diag} if blocks.diag else {}), **flags, **kw_f,
-            )
+        LAST_LAUNCH["flash4_adam"] = grad_k[(triton_cdiv(C, blocks.bc), B)](
+            x, Wh_in, ws.lse, y,
+            W_in, ws.W, Wh_out, ws.M, ws.V, c_in, c_out, ws.Mc, ws.Vc, G,
+            k, C, d,
+            *x.stride(), *hst, ws.lse.stride(0), *y.stride(),
+            *wst, *ws.W.stride(), *Wh_out.stride(), *cst, *c_out.stride(),
+            1.0 / k, *adam,
+            BC=blocks.bc, DCH=dch, BKK=blocks.bkk, EMU=interpret, GRAD_OUT=blocks.separate_adam,
+            **({"DIAG": blocks.diag} if blocks.diag else {}), **flags, **kw_f,
+        )
         if blocks.separate_adam and only != "grad":
             n = C * d
             LAST_LAUNCH["adam_elem"] = adam_k[(triton_cdiv(n, blocks.adam_block), B)](
@@ -697,24 +661,29 @@ class FusedHeadTTT:
 
     def _body(self) -> None:
         if self.flash and self.blocks.streams > 1 and self.batch > 1:
-            # two halves of the batch on two streams: one half's memory-bound kernels can run beside the
-            # other half's compute-bound ones
-            h = self.batch // 2
+            # the batch in parts on several streams: one part's memory-bound kernels can run beside another
+            # part's compute-bound ones. "split": part j starts once part j-1 has done its first gradient, so
+            # the parts run out of phase (one part's streaming Adam meets another's dots, not its own copy)
+            n = min(self.blocks.streams, self.batch)
+            bounds = [self.batch * j // n for j in range(n + 1)]
             main = torch.cuda.current_stream()
-            side = self._side_stream = getattr(self, "_side_stream", None) or torch.cuda.Stream()
-            # "split": the second half starts once the first has done its first gradient, so that one half's
-            # streaming Adam meets the other half's dots rather than its own copy
-            ev = torch.cuda.Event() if self.blocks.design == "split" else None
-            if ev is None:
-                side.wait_stream(main)
-            _run_flash_steps(self.weight, self.weight_h, self.bias, self.x[:h], self.y[:h], self.ws.part(0, h),
-                             self.cfg, self.blocks, False, first_grad_event=ev)
-            if ev is not None:
-                side.wait_event(ev)
-            with torch.cuda.stream(side):
-                _run_flash_steps(self.weight, self.weight_h, self.bias, self.x[h:], self.y[h:],
-                                 self.ws.part(h, self.batch), self.cfg, self.blocks, False)
-            main.wait_stream(side)
+            sides = self._side_streams = getattr(self, "_side_streams", None) or [torch.cuda.Stream()
+                                                                                  for _ in range(n - 1)]
+            staggered = self.blocks.design == "split"
+            for side in sides:
+                side.wait_stream(main)  # the inputs copied in
+            ev = None
+            for j in range(n):
+                stream = main if j == 0 else sides[j - 1]
+                if j > 0 and staggered:
+                    stream.wait_event(ev)
+                ev = torch.cuda.Event() if staggered and j < n - 1 else None
+                lo, hi = bounds[j], bounds[j + 1]
+                with torch.cuda.stream(stream):
+                    _run_flash_steps(self.weight, self.weight_h, self.bias, self.x[lo:hi], self.y[lo:hi],
+                                     self.ws.part(lo, hi), self.cfg, self.blocks, False, first_grad_event=ev)
+            for side in sides:
+                main.wait_stream(side)
             self.ws.c = self.ws.c2[self.cfg.steps % 2]
         elif self.flash:
             _run_flash_steps(self.weight, self.weight_h, self.bias, self.x, self.y, self.ws, self.cfg, self.blocks,
