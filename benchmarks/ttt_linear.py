@@ -8,14 +8,16 @@ as kNN queries/s); the TTT timings start from pre-drawn neighbour indices (the f
 From the same run it prints test points/s of
   loop      `head_ttt_one_point` (nn.Linear + autograd + torch.optim.Adam), one point at a time, fp32
   batched   `batched_head_ttt` (B heads stacked, hand-written gradient), fp32, and with tf32 GEMMs
-  fused-*   `FusedHeadTTT` (harness/ttt/linear_fused.py: three Triton kernels a step, CUDA graph) in each
-            precision mode and batch size
+  fused-*   `FusedHeadTTT` (harness/ttt/linear_fused.py: Triton kernels, a CUDA graph) in each precision
+            mode and batch size (fp16 / fp16-state: the split design; --flash-sweep adds other fp16 variants)
 with the ratio to the loop, and agreement with the fp32 references: the fraction of equal argmax
 predictions and max |Δlogit| against the loop (its points) and against fp32 `batched_head_ttt` (more points).
 
     python benchmarks/ttt_linear_diag.py --best-json best.json && \
       python benchmarks/ttt_linear.py --device cuda --blocks-json best.json   # one GPU: the reported numbers
     python benchmarks/ttt_linear.py --device cuda              # one GPU, default tiles
+    python benchmarks/ttt_linear.py --device cuda --precisions fp16-state fp16 tf32 --fused-b 128 256 \
+      --min-time 2 --flash-sweep                                # the H100 run of benchmarks/RESULTS.md
     python benchmarks/ttt_linear.py --device cpu               # small shapes, seconds (fused = torch fallback)
     TRITON_INTERPRET=1 python benchmarks/ttt_linear.py --device cpu --interpret   # Triton kernels on CPU
 """

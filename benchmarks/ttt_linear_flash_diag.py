@@ -1,10 +1,12 @@
-"""Per-kernel timings of the fp16 flash design (harness/ttt/linear_fused.py) on the ImageNet shape.
+"""Per-kernel timings of the fp16 designs (harness/ttt/linear_fused.py: "flash", "split") on the ImageNet shape.
 
 No loop, no references: random neighbours, one FusedHeadTTT engine per FlashBlocks variant, and for each
-the µs per point and step of the lse kernel and of the gradient + Adam kernel, with registers and spills.
-Variants with `diag` set skip part of the work (timing only; their outputs are not TTT results).
+the µs per point and step of the lse / forward kernel, of the gradient kernel alone and with Adam, with
+registers and spills; variants after the first also print their agreement with the first one's logits.
+A variant with "state": "fp16" runs precision "fp16-state". Variants with `diag` set skip part of the work
+(timing only; their outputs are not TTT results).
 
-    python benchmarks/ttt_linear_flash_diag.py [--b 128] [--variants '{}' '{"streams": 1}' '{"diag": 1}']
+    python benchmarks/ttt_linear_flash_diag.py [--b 256] [--variants '{}' '{"design": "split", "bc": 128}']
 """
 
 from __future__ import annotations

