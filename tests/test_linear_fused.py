@@ -219,3 +219,15 @@ def test_flash_blocks_reject_bad_fields():
                     ({"state": "fp8"}, "state"), ({"state": "fp16"}, "split")):
         with pytest.raises(ValueError, match=msg):
             FlashBlocks(**kw)
+
+
+def test_fp16_defaults_and_gradient_buffer_range():
+    """The fp16 modes default to the split design (no TMA off Hopper); "fp16-state" alone keeps Adam's state in
+    fp16; the fp16 gradient buffer is used only while k·max|feats| fits fp16."""
+    from harness.ttt.linear_fused import _g_fp16_fits, _state_for, default_blocks
+
+    b16, bs = default_blocks("fp16", "cpu"), default_blocks("fp16-state", "cpu")
+    assert (b16.design, b16.state, b16.f_tma, b16.g_fp16) == ("split", "fp32", False, True)
+    assert bs.state == "fp16" and _state_for("fp16", bs).state == "fp32" and _state_for("fp16-state", b16) == bs
+    assert _g_fp16_fits(bs, 600, 99.0) and not _g_fp16_fits(bs, 600, 101.0)
+    assert _g_fp16_fits(_state_for("fp16", b16.__class__(design="split")), 600, 1e4)  # fp32 buffer: no limit

@@ -596,6 +596,8 @@ def fused_head_ttt(
     bias = bias.detach().float().contiguous()
     if precision in FLASH_PRECISIONS:
         if not _g_fp16_fits(blocks, k, _check_fp16_range(feats, "feats")):
+            warnings.warn(f"k * max|feats| exceeds fp16's range: the gradient buffer and Adam state stay fp32 "
+                          f"(precision {precision!r})", stacklevel=2)
             blocks = dataclasses.replace(blocks, g_fp16=False, state="fp32")
         _check_fp16_range(weight, "weight")
         ws = _FlashWorkspace(B, k, C, d, feats.device)
