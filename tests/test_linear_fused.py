@@ -208,6 +208,22 @@ def test_fp16_split_kernels_match_an_fp16_emulation():
         fo, FWf, _ = fused_head_ttt(W, c, X * 20, y, q, big, True, precision="fp16", interpret=True,
                                     blocks=FlashBlocks())
         assert torch.equal(FW, FWf) and torch.equal(out, fo)
+        # X / L out of fp16's range while |lse - r| stays small (large features, a falling lse): flagged too
+        Wz, cz = torch.zeros(3, 16), torch.tensor([0.0, 20.0, 0.0])
+        Xz = 10 + 0.1 * torch.rand(1, 8, 16, generator=g)
+        yz, qz, cz_cfg = torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 16), HeadTTTConfig(lr=10 / 161, steps=2, k=8)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out, FW, _ = fused_head_ttt(Wz, cz, Xz, yz, qz, cz_cfg, True, precision="fp16", interpret=True,
+                                        blocks=dataclasses.replace(small, g_fp16=True))
+        assert any("recomputed by the flash design" in str(w.message) for w in caught)
+        assert torch.isfinite(FW).all() and torch.isfinite(out).all()
+        try:
+            fused_head_ttt(W, c, X, y + C, q, cfg, precision="fp16", interpret=True, blocks=small)
+        except ValueError as e:
+            assert "labels" in str(e), e
+        else:
+            raise AssertionError("labels outside the head's classes accepted")
         print("OK")
     """)
 
@@ -231,3 +247,5 @@ def test_fp16_defaults_and_gradient_buffer_range():
     assert bs.state == "fp16" and _state_for("fp16", bs).state == "fp32" and _state_for("fp16-state", b16) == bs
     assert _g_fp16_fits(bs, 600, 99.0) and not _g_fp16_fits(bs, 600, 101.0)
     assert _g_fp16_fits(_state_for("fp16", b16.__class__(design="split")), 600, 1e4)  # fp32 buffer: no limit
+    wd = HeadTTTConfig(lr=0.02, steps=50, k=600, weight_decay=0.1)
+    assert _g_fp16_fits(b16, 600, 90.0, wd, 100.0) and not _g_fp16_fits(bs, 600, 90.0, wd, 100.0)

@@ -513,9 +513,9 @@ def _split_fwd(
     lse = r + tl.log(tot)
     tl.store(R + rm, lse, mask=mask_m)
     tl.store(EY + rm, ey - tot, mask=mask_m)
-    # every S - r <= log Σ exp(S - r) = lse - r, so lse - r <= 10.9 means no value was clamped
-    bad = tl.max(tl.where(mask_m & ((lse - r > 10.9) | (lse - r < -11.0)), 1, 0), axis=0)
-    tl.atomic_max(OVF + b, bad)
+    # every S - r <= log Σ exp(S - r) = lse - r, so lse - r <= 10.9 means no value was clamped; written so that
+    # NaN is flagged too
+    ok = (lse - r <= 10.9) & (lse - r >= -11.0)
     inv = 1.0 / tot
     rx = tl.arange(0, BX)
     for j0 in tl.range(0, DX if DIAG < 2 else 0, BX, num_stages=3):
@@ -523,24 +523,28 @@ def _split_fwd(
         xv = tl.load(X + rm[:, None] * sxk + cols[None, :] * sxd, mask=mask_m[:, None] & (cols < d)[None, :],
                      other=0.0).to(tl.float32)
         xv = tl.where((cols == d)[None, :], 1.0, xv) * inv[:, None]
+        ok = ok & (tl.max(tl.abs(xv), axis=1) <= 60000.0)  # X / L must fit fp16 too
         if TMA:
             XB.store([b.to(tl.int32), pm * BM, j0], xv.to(tl.float16)[None, :, :])
         else:
             tl.store(XB + b * sqb + rm[:, None] * sqk + cols[None, :], xv.to(XB.dtype.element_ty),
                      mask=mask_m[:, None] & (cols < DX)[None, :])
+    tl.atomic_max(OVF + b, tl.max(tl.where(mask_m & ~ok, 1, 0), axis=0))
 
 
 def _split_label(
-    E, EY, Y, n, k,
+    E, EY, Y, n, k, C,
     seb, sek, srb, syb,
     BLOCK: tl.constexpr,
 ):
-    """E[b, i, y_i] = EY[b, i] (the one-hot term of `_split_fwd`, after its tiles are stored); n = B·k rows."""
+    """E[b, i, y_i] = EY[b, i] (the one-hot term of `_split_fwd`, after its tiles are stored); n = B·k rows.
+    Labels outside [0, C) are skipped (the callers refuse them; this keeps the store in bounds regardless)."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     b = (offs // k).to(tl.int64)
     i = offs - b * k
     y = tl.load(Y + b * syb + i, mask=mask, other=0)
+    mask = mask & (y >= 0) & (y < C)
     ey = tl.load(EY + b * srb + i, mask=mask, other=0.0)
     tl.store(E + b * seb + i * sek + y, ey.to(E.dtype.element_ty), mask=mask)
 

@@ -378,9 +378,21 @@ def _state_for(precision: str, blocks: FlashBlocks) -> FlashBlocks:
     return blocks if blocks.state == want else dataclasses.replace(blocks, state=want)
 
 
-def _g_fp16_fits(blocks, k: int, feats_max: float) -> bool:
-    """fp16 ∇W·k holds |Σ_i P_ic x_ij| <= k·max|x| (|P| <= 1) only while that stays below fp16's range."""
-    return not (blocks.design == "split" and blocks.g_fp16 and blocks.separate_adam) or k * feats_max <= FP16_MAX
+def _g_fp16_fits(blocks, k: int, feats_max: float, cfg: HeadTTTConfig | None = None, weight_max: float = 0.0) -> bool:
+    """fp16 ∇W·k holds |Σ_i P_ic x_ij| <= k·max|x| (|P| <= 1) only while that stays below fp16's range; with fp16
+    Adam state, k·m and k·√v also carry k·wd·|W| (|W| grows by at most ~lr per step: bounded by 10·lr·steps)."""
+    if not (blocks.design == "split" and blocks.g_fp16 and blocks.separate_adam):
+        return True
+    bound = k * feats_max
+    if blocks.state == "fp16" and cfg is not None and cfg.weight_decay:
+        bound += k * abs(cfg.weight_decay) * (weight_max + 10 * cfg.lr * cfg.steps)
+    return bound <= FP16_MAX
+
+
+def _check_labels(labels: torch.Tensor, C: int) -> None:
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
+    if lo < 0 or hi >= C:
+        raise ValueError(f"neighbour labels must lie in [0, {C}) (the head's classes); got [{lo}, {hi}]")
 
 
 LAST_LAUNCH: dict = {}  # kernel name -> Triton's handle of its latest launch (registers, spills; diagnostics)
@@ -513,7 +525,7 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
                 TMA=blocks.f_tma, **({"DIAG": blocks.diag} if blocks.diag else {}), **kw_f,
             )
             kern("split_label")[(triton_cdiv(B * k, 1024),)](
-                E, ws.ey, y, B * k, k, E.stride(0), E.stride(1), ws.ey.stride(0), y.stride(0), BLOCK=1024,
+                E, ws.ey, y, B * k, k, C, E.stride(0), E.stride(1), ws.ey.stride(0), y.stride(0), BLOCK=1024,
                 **({} if interpret else {"num_warps": 4}),
             )
         if only in (None, "grad", "flash"):
@@ -596,7 +608,8 @@ def fused_head_ttt(
     weight = weight.detach().float().contiguous()
     bias = bias.detach().float().contiguous()
     if precision in FLASH_PRECISIONS:
-        if not _g_fp16_fits(blocks, k, _check_fp16_range(feats, "feats")):
+        _check_labels(labels, C)
+        if not _g_fp16_fits(blocks, k, _check_fp16_range(feats, "feats"), cfg, float(weight.abs().amax())):
             warnings.warn(f"k * max|feats| exceeds fp16's range: the gradient buffer and Adam state stay fp32 "
                           f"(precision {precision!r})", stacklevel=2)
             blocks = dataclasses.replace(blocks, g_fp16=False, state="fp32")
@@ -668,7 +681,7 @@ class FusedHeadTTT:
         self.y = torch.zeros(batch, cfg.k, dtype=torch.int64, device=dev)
         self.q = torch.zeros(batch, d, dtype=torch.float32, device=dev)
         if self.flash:
-            _check_fp16_range(self.weight, "weight")
+            self._weight_max = _check_fp16_range(self.weight, "weight")
             self.weight_h = self.weight.half()
             self.x = torch.zeros(batch, cfg.k, _round_up(d, 16), dtype=torch.float16, device=dev)[..., :d]
             self.ws = _FlashWorkspace(batch, cfg.k, C, d, dev)
@@ -724,9 +737,14 @@ class FusedHeadTTT:
         if b > self.batch or feats.shape[1] != self.cfg.k:
             raise ValueError(f"feats has shape {tuple(feats.shape)}; this engine takes at most "
                              f"({self.batch}, {self.cfg.k}, d)")
+        if self.flash and self.check_range:
+            _check_labels(labels, self.weight.shape[0])
         if self.flash and self.check_range and not _g_fp16_fits(self.blocks, self.cfg.k,
-                                                                _check_fp16_range(feats, "feats")):
+                                                                _check_fp16_range(feats, "feats"), self.cfg,
+                                                                self._weight_max):
             # features too large for the fp16 gradient buffer: this batch takes the fp32 one (no graph)
+            warnings.warn(f"k * max|feats| exceeds fp16's range: this batch runs with an fp32 gradient buffer and "
+                          f"Adam state, outside the CUDA graph (precision {self.precision!r})", stacklevel=2)
             out = fused_head_ttt(self.weight, self.bias, feats, labels, query, self.cfg, return_heads,
                                  precision="fp16", blocks=dataclasses.replace(self.blocks, g_fp16=False,
                                                                               state="fp32"))
