@@ -444,7 +444,7 @@ def _adam_elem(
 
 
 def _split_fwd(
-    X, WH, CB, Y, R, E, XB, OVF, EY,
+    X, WH, CB, Y, R, E, XB, OVF, EY, XMAX,
     k, C, d,
     sxb, sxk, sxd,
     shb, shc, shd,
@@ -462,10 +462,12 @@ def _split_fwd(
         L_i = Σ_c E[i, c];  R[i] ← r_i + log L_i                (this step's lse: the next step's reference)
         XB[i, :d] = X[i] / L_i;  XB[i, d] = 1 / L_i;  XB[i, d+1:DX] = 0
         EY[i] = E[i, y_i] - L_i                                  (`_split_label` writes it into E[i, y_i])
+    (XMAX[i] = max_j |X[i, j]|, for the range check of XB.)
 
     so that (softmax - onehot)[i, c] = E[i, c] / L_i and ∇W·k, ∇c·k are the columns of Eᵀ XB, one plain
     GEMM with both operands in memory. E is clamped at exp(11) (fp16's range); OVF[b] is raised when
-    |lse - r| > 11 (10.9 upwards), i.e. when the reference was too far off (the caller recomputes that point).
+    |lse - r| > 11 (10.9 upwards), i.e. when the reference was too far off, when X / L would leave fp16's range,
+    or on NaN (the caller recomputes that point).
     TMA: E and XB are (B, k, ·) tensor descriptors with blocks (1, BM, BN) and (1, BM, BX), and their tiles
     are stored by the copy engine (asynchronous); otherwise they are pointers (strides seb, sek, sec; sqb, sqk)."""
     pm = tl.program_id(0)
@@ -476,6 +478,7 @@ def _split_fwd(
     Y += b * syb
     R += b * srb
     EY += b * srb
+    XMAX += b * srb
     rm = pm * BM + tl.arange(0, BM)
     rk = tl.arange(0, BK)
     mask_m = rm < k
@@ -517,13 +520,13 @@ def _split_fwd(
     # NaN is flagged too
     ok = (lse - r <= 10.9) & (lse - r >= -11.0)
     inv = 1.0 / tot
+    ok = ok & (tl.load(XMAX + rm, mask=mask_m, other=0.0) * inv <= 60000.0) & (inv <= 60000.0)  # X / L fits fp16
     rx = tl.arange(0, BX)
     for j0 in tl.range(0, DX if DIAG < 2 else 0, BX, num_stages=3):
         cols = j0 + rx
         xv = tl.load(X + rm[:, None] * sxk + cols[None, :] * sxd, mask=mask_m[:, None] & (cols < d)[None, :],
                      other=0.0).to(tl.float32)
         xv = tl.where((cols == d)[None, :], 1.0, xv) * inv[:, None]
-        ok = ok & (tl.max(tl.abs(xv), axis=1) <= 60000.0)  # X / L must fit fp16 too
         if TMA:
             XB.store([b.to(tl.int32), pm * BM, j0], xv.to(tl.float16)[None, :, :])
         else:

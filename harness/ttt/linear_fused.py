@@ -323,6 +323,7 @@ class _FlashWorkspace:
         self.E = self.XB = self.Gs = self.half = None  # "split" design buffers, made on first use
         self.ovf = torch.zeros(B, dtype=torch.int32, device=device)  # "split": points whose reference failed
         self.ey = torch.empty(B, _round_up(k, 16), **f32)  # "split": E[i, y_i] - L_i per row
+        self.xmax = torch.zeros(B, _round_up(k, 16), **f32)  # "split": max_j |X_ij| per row
 
     def grad_buffer(self) -> torch.Tensor:
         if self.G is None:
@@ -360,7 +361,7 @@ class _FlashWorkspace:
         sub.half = None if getattr(self, "half", None) is None else tuple(h[lo:hi] for h in self.half)
         for name in ("E", "XB", "Gs"):
             setattr(sub, name, None if getattr(self, name) is None else getattr(self, name)[lo:hi])
-        sub.ovf, sub.ey = self.ovf[lo:hi], self.ey[lo:hi]
+        sub.ovf, sub.ey, sub.xmax = self.ovf[lo:hi], self.ey[lo:hi], self.xmax[lo:hi]
         return sub
 
 
@@ -390,7 +391,7 @@ def _g_fp16_fits(blocks, k: int, feats_max: float, cfg: HeadTTTConfig | None = N
 
 
 def _check_labels(labels: torch.Tensor, C: int) -> None:
-    lo, hi = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
+    lo, hi = torch.stack([labels.min(), labels.max()]).tolist() if labels.numel() else (0, 0)  # one sync
     if lo < 0 or hi >= C:
         raise ValueError(f"neighbour labels must lie in [0, {C}) (the head's classes); got [{lo}, {hi}]")
 
@@ -488,6 +489,7 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
     kw_g = {} if interpret else {"num_warps": blocks.warps, "num_stages": blocks.stages}
     kw_a = {} if interpret else {"num_warps": blocks.adam_warps}
     ws.ovf.zero_()
+    ws.xmax[:, :k].copy_(x.abs().amax(dim=-1))  # per row, for `_split_fwd`'s range check of X / L
     e_arg, xb_arg = E, XB
     if blocks.f_tma:  # E's and XB's tiles go through the copy engine: (B, k, ·) descriptors
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -518,7 +520,7 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
             Wh_in, hst = half[0], half[0].stride()
         if only in (None, "lse"):
             LAST_LAUNCH["lse"] = kern("split_fwd")[(triton_cdiv(k, blocks.f_bm), B)](
-                x, Wh_in, c_in, y, ws.lse, e_arg, xb_arg, ws.ovf, ws.ey,
+                x, Wh_in, c_in, y, ws.lse, e_arg, xb_arg, ws.ovf, ws.ey, ws.xmax,
                 k, C, d,
                 *x.stride(), *hst, *cst, *y.stride(), ws.lse.stride(0), *E.stride(), XB.stride(0), XB.stride(1),
                 BM=blocks.f_bm, BN=blocks.f_bn, BK=blocks.f_bk, BX=64, DX=XB.shape[2], EMU=interpret,
