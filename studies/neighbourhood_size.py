@@ -33,6 +33,7 @@ from harness.data.embeddings import EmbeddingSource, add_embedding_arguments, em
 from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
 from harness.report import finish_study, format_table  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
+from harness.trials.mnist import add_engine_argument  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +47,13 @@ class NeighbourhoodSizeConfig:
     source: EmbeddingSource = EmbeddingSource()
     out_dir: str = "results/neighbourhood_size"
     device: str | None = None
+    engine: str = "exact"  # head-TTT engine; "fused-fp16" etc. are the Triton GPU paths (HEAD_TTT_ENGINES)
     sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def trials(self) -> list[EmbeddingHeadConfig]:
         return [EmbeddingHeadConfig(source=self.source, hidden=None, seed=self.seed, epochs=self.epochs, ttt_k=k,
                                     ttt_lr=self.ttt_lr, ttt_steps=self.ttt_steps, majority_k=0,
-                                    test_points=self.test_points, device=self.device,
+                                    test_points=self.test_points, device=self.device, engine=self.engine,
                                     cache_dir=f"{self.out_dir}/features") for k in self.ks]
 
 
@@ -69,12 +71,13 @@ def parse_args(argv: list[str] | None) -> NeighbourhoodSizeConfig:
     add_embedding_arguments(p)
     p.add_argument("--out-dir")
     p.add_argument("--device")
+    add_engine_argument(p)
     add_sweep_args(p)
     a = p.parse_args(argv)
     base = PAPER if a.paper else NeighbourhoodSizeConfig()
     out_dir = a.out_dir or base.out_dir
     overrides = {"ks": tuple(a.ks) if a.ks else None, "seed": a.seed, "epochs": a.epochs,
-                 "test_points": a.test_points, "out_dir": a.out_dir, "device": a.device,
+                 "test_points": a.test_points, "out_dir": a.out_dir, "device": a.device, "engine": a.engine,
                  "source": embedding_source_from_args(a, f"{out_dir}/clip"), "sweep": sweep_options_from_args(a)}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 

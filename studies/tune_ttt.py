@@ -29,6 +29,7 @@ from harness.distributed.sweep import SweepConfig, optuna_search  # noqa: E402
 from harness.distributed.trials import mnist_config_from_dict, mnist_sweep_trial  # noqa: E402
 from harness.models.lenet import LENET_SPECS  # noqa: E402
 from harness.results.schema import write_parquet_atomic  # noqa: E402
+from harness.trials.mnist import add_engine_argument  # noqa: E402
 
 SEARCH_SPACE = {  # around Table 4's values (lr 1e-3..5e-2, 50-200 epochs, k 10-200)
     "ttt_lr": tune.loguniform(1e-4, 1e-1),
@@ -46,13 +47,14 @@ class TuneTTTConfig:
     val_points: int | None = 1000  # seeded subset of the 10k validation images
     fraction: float = 1.0
     seed: int = 0
+    engine: str = "exact"  # head-TTT engine; "fused-fp16" etc. are the Triton GPU paths (HEAD_TTT_ENGINES)
     out_dir: str = "results/tune_ttt"
     resume: bool = False
     address: str | None = None
 
     def fixed(self, size: int) -> dict:
         return {"model_size": size, "seed": self.seed, "epochs": self.epochs, "test_points": self.val_points,
-                "fraction": self.fraction, "split": "val", "study": "tune_ttt",
+                "fraction": self.fraction, "split": "val", "engine": self.engine, "study": "tune_ttt",
                 "cache_dir": str(Path(self.out_dir).resolve() / "features")}  # trials of a size share one CNN
 
 
@@ -68,6 +70,7 @@ def parse_args(argv: list[str] | None) -> TuneTTTConfig:
     p.add_argument("--concurrent", type=int, help="trials at once")
     p.add_argument("--epochs", type=int)
     p.add_argument("--val-points", type=int)
+    add_engine_argument(p)
     p.add_argument("--out-dir")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--address")
@@ -76,7 +79,7 @@ def parse_args(argv: list[str] | None) -> TuneTTTConfig:
     overrides = {k: v for k, v in {
         "sizes": tuple(a.sizes) if a.sizes else None, "samples": a.samples, "concurrent": a.concurrent,
         "epochs": a.epochs, "val_points": a.val_points, "out_dir": a.out_dir, "resume": a.resume or None,
-        "address": a.address,
+        "address": a.address, "engine": a.engine,
     }.items() if v is not None}
     return dataclasses.replace(base, **overrides)
 

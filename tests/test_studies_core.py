@@ -1,10 +1,15 @@
 """S1 and S11 end to end at small size: files written, numbers as the paper/theory predicts."""
 
+import importlib
+
 import numpy as np
 import polars as pl
 import pytest
+import ray
 
 from harness.data.synthetic import LRHConfig
+from harness.distributed.trials import mnist_config_from_dict
+from harness.trials.embedding_head import EmbeddingHeadConfig
 from harness.trials.lrh import TheoryTrialConfig, lrh_trial
 from harness.trials.mnist import MnistTrialConfig, mnist_trial
 
@@ -76,3 +81,33 @@ def test_bad_study_config_fails_before_work(tmp_path):
         study.main(["--engine", "fast", "--out-dir", str(tmp_path)])
     assert not any(tmp_path.iterdir())
     assert {t["engine"] for t in study.parse_args(["--engine", "fused-fp16"]).trials()} == {"fused-fp16"}
+
+
+ENGINE_STUDIES = [  # (study script, extra arguments, the trial configs its parsed config runs through head TTT)
+    ("data_scaling", [], lambda cfg: cfg.trials()),
+    ("data_scaling", ["--embeddings", "mnist-pixels"], lambda cfg: cfg.trials()),
+    ("neighbourhood_size", [], lambda cfg: cfg.trials()),
+    ("mlp_scaling", [], lambda cfg: cfg.trials()),
+    ("cross_entropy", [], lambda cfg: cfg.trials()),
+    ("moe_scaling", [], lambda cfg: [cfg.reference()]),  # the MoE experts are not head TTT
+    ("tune_ttt", ["--sizes", "280", "1268"], lambda cfg: [mnist_config_from_dict(cfg.fixed(s))[0] for s in cfg.sizes]),
+]
+
+
+@pytest.mark.parametrize(("name", "extra", "trials_of"), ENGINE_STUDIES,
+                         ids=["data_scaling", "data_scaling-embeddings", "neighbourhood_size", "mlp_scaling",
+                              "cross_entropy", "moe_scaling", "tune_ttt"])
+def test_engine_option_reaches_every_trial_and_a_bad_one_fails_before_work(name, extra, trials_of, tmp_path):
+    study = importlib.import_module(f"studies.{name}")
+    assert {t.engine for t in trials_of(study.parse_args(extra))} == {"exact"}
+    trials = trials_of(study.parse_args([*extra, "--engine", "fused-fp16"]))
+    assert len(trials) >= 1 and {t.engine for t in trials} == {"fused-fp16"}
+    with pytest.raises(ValueError, match="engine must be one of .*'fused-fp16'.*got 'fast'"):
+        study.main([*extra, "--engine", "fast", "--out-dir", str(tmp_path)])
+    assert not ray.is_initialized() and not any(tmp_path.iterdir())
+
+
+def test_embedding_head_config_rejects_an_unknown_engine():
+    assert EmbeddingHeadConfig(engine="fused-fp16-state").engine == "fused-fp16-state"
+    with pytest.raises(ValueError, match="engine must be one of .*'exact'.*got 'fused-fp8'"):
+        EmbeddingHeadConfig(engine="fused-fp8")

@@ -22,7 +22,7 @@ from harness.models.mlp import MlpHead, head_spec
 from harness.models.training import TrainConfig, train_classifier
 from harness.results.atomic import atomic_path
 from harness.results.schema import RunInfo, config_hash, point_rows
-from harness.trials.mnist import test_subset
+from harness.trials.mnist import check_engine, test_subset
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
 
@@ -43,6 +43,7 @@ class EmbeddingHeadConfig:
     test_points: int | None = None
     split: str = "test"
     retriever: str = "faiss"
+    engine: str = "exact"  # head-TTT engine (harness.ttt.linear_fused.HEAD_TTT_ENGINES)
     device: str | None = None
     cache_dir: str | None = None  # caches the trained head and its features per (source, head, seed, fraction)
 
@@ -58,6 +59,7 @@ class EmbeddingHeadConfig:
             raise ValueError(f"test_points must be >= 1, got {self.test_points}")
         if self.split not in ("test", "val"):
             raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
+        check_engine(self.engine)
         self.ttt_config()  # validates lr / steps / k
 
     def ttt_config(self) -> HeadTTTConfig:
@@ -130,7 +132,7 @@ def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None 
     subset = test_subset(x.shape[0], cfg.test_points)
     evaluator = HeadTTTEvaluator(HeadState(feats.train_x, feats.train_y, weight, bias), cfg.ttt_config(),
                                  majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
-                                 chunk=ttt_chunk(cfg.ttt_k, x.shape[1]))
+                                 engine=cfg.engine, chunk=ttt_chunk(cfg.ttt_k, x.shape[1]))
     out = evaluator({"point_id": subset, "feature": x[subset], "label": y[subset]})
     run = RunInfo(study=study, dataset=f"{cfg.source.name}-{cfg.split}", model_size=cfg.hidden, seed=cfg.seed,
                   k=cfg.ttt_k, fraction=cfg.fraction, config_hash=config_hash(cfg), device=str(evaluator.device),

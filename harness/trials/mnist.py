@@ -3,6 +3,7 @@ global / TTT / majority vote on a fixed set of test points, return the per-point
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 from collections.abc import Callable
@@ -24,6 +25,19 @@ from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 
 TEST_SUBSET_SEED = 12345  # every trial evaluates the same test points, whatever its own seed
+
+
+def check_engine(engine: str) -> None:
+    """Raise naming the `engine` field unless it names a head-TTT engine of HEAD_TTT_ENGINES."""
+    if engine not in HEAD_TTT_ENGINES:
+        raise ValueError(f"engine must be one of {HEAD_TTT_ENGINES.names()}, got {engine!r}")
+
+
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    """The studies' shared --engine flag (None when not given: the study config's default, "exact")."""
+    parser.add_argument("--engine", help="head-TTT engine: exact (default; the fp32 torch engine) or a Triton GPU "
+                        "path (fused-fp16-state is the fastest, fused-fp16 the fastest with fp32 Adam state; see "
+                        "harness/ttt/linear_fused.py)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +68,7 @@ class MnistTrialConfig:
             raise ValueError(f"test_points must be >= 1, got {self.test_points}")
         if self.split not in ("test", "val"):
             raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
-        if self.engine not in HEAD_TTT_ENGINES:
-            raise ValueError(f"engine must be one of {HEAD_TTT_ENGINES.names()}, got {self.engine!r}")
+        check_engine(self.engine)
         for name in ("epochs", "ttt_steps"):
             v = getattr(self, name)
             if v is not None and v < 0:
