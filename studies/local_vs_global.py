@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
 from harness.report import finish_study  # noqa: E402
+from harness.trials.mnist import add_engine_argument  # noqa: E402
 from harness.results.atomic import atomic_path  # noqa: E402
 from harness.trials.local_vs_global import PAPER_TABLE2, LocalVsGlobalConfig, local_vs_global_trial  # noqa: E402
 
@@ -44,12 +45,13 @@ class LocalVsGlobalStudy:
     out_dir: str = "results/local_vs_global"
     data_dir: str | None = None
     device: str | None = None
+    engine: str = "exact"  # head-TTT engine (HEAD_TTT_ENGINES)
     sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
 
     def trials(self) -> list[LocalVsGlobalConfig]:
         return [LocalVsGlobalConfig(model_size=self.model_size, seed=s, epochs=self.epochs, test_points=self.test_points,
                                     global_heads=self.global_heads, data_dir=self.data_dir, device=self.device,
-                                    cache_dir=f"{self.out_dir}/features") for s in self.seeds]
+                                    engine=self.engine, cache_dir=f"{self.out_dir}/features") for s in self.seeds]
 
 
 PAPER = LocalVsGlobalStudy(epochs=None, test_points=None, out_dir="results/local_vs_global_paper")
@@ -66,12 +68,13 @@ def parse_args(argv: list[str] | None) -> LocalVsGlobalStudy:
     p.add_argument("--out-dir")
     p.add_argument("--data-dir")
     p.add_argument("--device")
+    add_engine_argument(p)
     add_sweep_args(p)
     a = p.parse_args(argv)
     base = PAPER if a.paper else LocalVsGlobalStudy()
     overrides = {"model_size": a.model_size, "seeds": tuple(a.seeds) if a.seeds else None, "epochs": a.epochs,
                  "test_points": a.test_points, "global_heads": a.global_heads, "out_dir": a.out_dir,
-                 "data_dir": a.data_dir, "device": a.device, "sweep": sweep_options_from_args(a)}
+                 "data_dir": a.data_dir, "device": a.device, "engine": a.engine, "sweep": sweep_options_from_args(a)}
     return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 

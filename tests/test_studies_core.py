@@ -91,12 +91,13 @@ ENGINE_STUDIES = [  # (study script, extra arguments, the trial configs its pars
     ("cross_entropy", [], lambda cfg: cfg.trials()),
     ("moe_scaling", [], lambda cfg: [cfg.reference()]),  # the MoE experts are not head TTT
     ("tune_ttt", ["--sizes", "280", "1268"], lambda cfg: [mnist_config_from_dict(cfg.fixed(s))[0] for s in cfg.sizes]),
+    ("local_vs_global", [], lambda cfg: cfg.trials()),
 ]
 
 
 @pytest.mark.parametrize(("name", "extra", "trials_of"), ENGINE_STUDIES,
                          ids=["data_scaling", "data_scaling-embeddings", "neighbourhood_size", "mlp_scaling",
-                              "cross_entropy", "moe_scaling", "tune_ttt"])
+                              "cross_entropy", "moe_scaling", "tune_ttt", "local_vs_global"])
 def test_engine_option_reaches_every_trial_and_a_bad_one_fails_before_work(name, extra, trials_of, tmp_path):
     study = importlib.import_module(f"studies.{name}")
     assert {t.engine for t in trials_of(study.parse_args(extra))} == {"exact"}

@@ -16,8 +16,9 @@ from harness.data.mnist import ImageSplits
 from harness.models.lenet import lenet_for_size
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.index import build_retriever, retrieve_neighbours
-from harness.trials.mnist import MnistTrialConfig, mnist_features, test_subset
-from harness.ttt.linear import HeadTTTConfig, batched_head_ttt
+from harness.trials.mnist import MnistTrialConfig, check_engine, mnist_features, test_subset
+from harness.ttt.linear import HeadTTTConfig
+from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 from harness.ttt.local import heads_accuracy
 
 PAPER_TABLE2 = {  # accuracy in percent: global, TTT on test sample, TTT on neighbourhood, global TTT
@@ -42,11 +43,13 @@ class LocalVsGlobalConfig:
     split: str = "test"
     data_dir: str | None = None
     retriever: str = "faiss"
+    engine: str = "exact"  # head-TTT engine (HEAD_TTT_ENGINES); it must return the heads (all of them do)
     device: str | None = None
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         lenet_for_size(self.model_size)
+        check_engine(self.engine)
         if self.global_heads < 0:
             raise ValueError(f"global_heads must be >= 0, got {self.global_heads}")
         if self.chunk < 1:
@@ -77,12 +80,13 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
         return torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)
 
     W0, c0, train_x, train_y = t(weight), t(bias), t(feats.train_x), t(feats.train_y, torch.int64)
+    engine = HEAD_TTT_ENGINES.get(cfg.engine)
     chosen = np.random.default_rng(cfg.seed).choice(subset.size, size=min(cfg.global_heads, subset.size), replace=False)
     acc_global, acc_point, acc_nbhd, kept = [], [], [], {}
     for s in range(0, subset.size, cfg.chunk):
         q, labels = t(x[subset[s : s + cfg.chunk]]), t(y[subset[s : s + cfg.chunk]], torch.int64)  # (b, d), (b,)
         nb = t(neighbours[s : s + cfg.chunk], torch.int64)  # (b, k)
-        logits, W, c = batched_head_ttt(W0, c0, train_x[nb], train_y[nb], q, ttt, return_heads=True)
+        logits, W, c = engine(W0, c0, train_x[nb], train_y[nb], q, ttt, return_heads=True)
         acc_global.append(((q @ W0.T + c0).argmax(1) == labels).double())
         acc_point.append((logits.argmax(1) == labels).double())
         acc_nbhd.append(heads_accuracy(W, c, train_x[nb], train_y[nb]))
