@@ -60,10 +60,7 @@ def test_triton_kernels_in_interpreter_match_torch():
             assert torch.isfinite(FW).all() and float((out.double() - r64).abs().max()) < 0.5
         print("OK")
     """)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                         check=False)
-    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+    _interpret(code, emulation=False)
 
 
 EMULATION = textwrap.dedent("""
@@ -130,10 +127,13 @@ EMULATION = textwrap.dedent("""
 """)
 
 
-def _interpret(code: str) -> str:
+def _interpret(code: str, emulation: bool = True) -> str:
+    """Run `code` (after EMULATION's definitions, unless emulation=False) in a subprocess under Triton's
+    interpreter; it must print OK."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", EMULATION + textwrap.dedent(code)], env=env, capture_output=True,
-                         text=True, timeout=600, check=False)
+    code = (EMULATION if emulation else "") + textwrap.dedent(code)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                         check=False)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
     return res.stdout
 

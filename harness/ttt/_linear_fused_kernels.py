@@ -210,6 +210,33 @@ def _gemm_adam(
 # ---- the "flash" design: two launches a step (fp16 operands) ---------------------------------------------
 
 
+def _xw_tile_py(
+    X, W, rm, rn, mask_m, mask_n, d,
+    sxk, sxd, swc, swd,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr,
+):
+    """The (rows rm × columns rn) tile of X Wᵀ, a pipelined loop over d in chunks of BK (fp32 accumulation; EMU,
+    the interpreter, upcasts the operands and dots them in fp32, exact for fp16 values)."""
+    rk = tl.arange(0, BK)
+    xp = X + rm[:, None] * sxk + rk[None, :] * sxd  # (BM, BK)
+    wp = W + rn[None, :] * swc + rk[:, None] * swd  # (BK, BN) = Wᵀ tile
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, d, BK):
+        kmask = (k0 + rk) < d
+        x = tl.load(xp, mask=mask_m[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(wp, mask=kmask[:, None] & mask_n[None, :], other=0.0)
+        if EMU:
+            acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        else:
+            acc = tl.dot(x, w, acc, input_precision=PREC)
+        xp += BK * sxd
+        wp += BK * swd
+    return acc
+
+
+_xw_tile = triton.jit(_xw_tile_py)
+
+
 def _lse(
     X, W, CB, LSE,
     k, C, d,
@@ -230,26 +257,13 @@ def _lse(
     W += b * swb
     CB += b * scb
     rm = pm * BM + tl.arange(0, BM)
-    rk = tl.arange(0, BK)
     mask_m = rm < k
     run_max = tl.full((BM,), float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros((BM,), dtype=tl.float32)
     for n0 in range(0, C, BN):
         rn = n0 + tl.arange(0, BN)
         mask_n = rn < C
-        xp = X + rm[:, None] * sxk + rk[None, :] * sxd  # (BM, BK)
-        wp = W + rn[None, :] * swc + rk[:, None] * swd  # (BK, BN) = Wᵀ tile
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, d, BK):
-            kmask = (k0 + rk) < d
-            x = tl.load(xp, mask=mask_m[:, None] & kmask[None, :], other=0.0)
-            w = tl.load(wp, mask=kmask[:, None] & mask_n[None, :], other=0.0)
-            if EMU:
-                acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-            else:
-                acc = tl.dot(x, w, acc, input_precision=PREC)
-            xp += BK * sxd
-            wp += BK * swd
+        acc = _xw_tile(X, W, rm, rn, mask_m, mask_n, d, sxk, sxd, swc, swd, BM, BN, BK, PREC, EMU)
         bias = tl.load(CB + rn * scc, mask=mask_n, other=0.0)
         z = tl.where(mask_n[None, :], acc + bias[None, :], float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z, axis=1))
@@ -480,7 +494,6 @@ def _split_fwd(
     EY += b * srb
     XMAX += b * srb
     rm = pm * BM + tl.arange(0, BM)
-    rk = tl.arange(0, BK)
     mask_m = rm < k
     r = tl.load(R + rm, mask=mask_m, other=0.0)
     y = tl.load(Y + rm * syk, mask=mask_m, other=-1).to(tl.int32)
@@ -489,19 +502,7 @@ def _split_fwd(
     for n0 in range(0, C, BN):
         rn = n0 + tl.arange(0, BN)
         mask_n = rn < C
-        xp = X + rm[:, None] * sxk + rk[None, :] * sxd  # (BM, BK)
-        wp = WH + rn[None, :] * shc + rk[:, None] * shd  # (BK, BN) = Wᵀ tile
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, d, BK):
-            kmask = (k0 + rk) < d
-            x = tl.load(xp, mask=mask_m[:, None] & kmask[None, :], other=0.0)
-            w = tl.load(wp, mask=kmask[:, None] & mask_n[None, :], other=0.0)
-            if EMU:
-                acc += tl.dot(x.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-            else:
-                acc = tl.dot(x, w, acc)
-            xp += BK * sxd
-            wp += BK * shd
+        acc = _xw_tile(X, WH, rm, rn, mask_m, mask_n, d, sxk, sxd, shc, shd, BM, BN, BK, "tf32", EMU)
         bias = tl.load(CB + rn * scc, mask=mask_n, other=0.0)
         z = acc + bias[None, :] - r[:, None]
         e = tl.where(mask_n[None, :], tl.exp(tl.minimum(z, 11.0)), 0.0)

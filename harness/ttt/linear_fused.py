@@ -399,6 +399,24 @@ def _check_labels(labels: torch.Tensor, C: int) -> None:
 LAST_LAUNCH: dict = {}  # kernel name -> Triton's handle of its latest launch (registers, spills; diagnostics)
 
 
+def _step_io(t: int, weight, weight_h, bias, ws: _FlashWorkspace, cfg: HeadTTTConfig):
+    """Step t's inputs (W, its fp16 copy, c, with strides; step 1 reads the global head with batch stride 0, so
+    no B copies are made), the buffers it writes (the other fp16 copy and c), torch.optim.Adam's constants and
+    the kernels' step flags."""
+    b1, b2 = cfg.betas
+    if t == 1:
+        W_in, wst = weight, (0, *weight.stride())
+        Wh_in, hst = weight_h, (0, *weight_h.stride())
+        c_in, cst = bias, (0, bias.stride(0))
+    else:
+        W_in, wst = ws.W, ws.W.stride()
+        Wh_in, c_in = ws.Wh[(t - 1) % 2], ws.c2[(t - 1) % 2]
+        hst, cst = Wh_in.stride(), c_in.stride()
+    adam = (-(cfg.lr / (1 - b1 ** t)), math.sqrt(1 - b2 ** t), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay)
+    flags = {"FIRST": t == 1, "HAS_WD": cfg.weight_decay != 0, "WRITE_WH": t < cfg.steps}
+    return W_in, wst, Wh_in, hst, c_in, cst, ws.Wh[t % 2], ws.c2[t % 2], adam, flags
+
+
 def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: HeadTTTConfig, blocks: FlashBlocks,
                      interpret: bool, only: str | None = None, first_grad_event=None) -> None:
     """cfg.steps Adam steps of all B heads by the flash design into ws.W / ws.c (x: (B, k, d) fp16).
@@ -416,25 +434,12 @@ def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
     B, k, d = x.shape
     C = weight.shape[0]
     dch = max(16, _next_pow2(-(-d // 4)))
-    b1, b2 = cfg.betas
     kw_l = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
     kw_f = {} if interpret else {"num_warps": blocks.warps, "num_stages": blocks.stages,
                                  **({"maxnreg": blocks.maxnreg} if blocks.maxnreg else {})}
     G = ws.grad_buffer() if blocks.separate_adam else ws.W
     for t in range(1, cfg.steps + 1):
-        if t == 1:  # the global head, shared by all B points (batch stride 0)
-            W_in, wst = weight, (0, *weight.stride())
-            Wh_in, hst = weight_h, (0, *weight_h.stride())
-            c_in, cst = bias, (0, bias.stride(0))
-        else:
-            W_in, wst = ws.W, ws.W.stride()
-            Wh_in = ws.Wh[(t - 1) % 2]
-            hst = Wh_in.stride()
-            c_in = ws.c2[(t - 1) % 2]
-            cst = c_in.stride()
-        Wh_out, c_out = ws.Wh[t % 2], ws.c2[t % 2]
-        adam = (-(cfg.lr / (1 - b1 ** t)), math.sqrt(1 - b2 ** t), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay)
-        flags = {"FIRST": t == 1, "HAS_WD": cfg.weight_decay != 0, "WRITE_WH": t < cfg.steps}
+        W_in, wst, Wh_in, hst, c_in, cst, Wh_out, c_out, adam, flags = _step_io(t, weight, weight_h, bias, ws, cfg)
         if only not in ("flash", "grad"):
             LAST_LAUNCH["lse"] = lse_k[(triton_cdiv(k, blocks.lse_bm), B)](
                 x, Wh_in, c_in, ws.lse,
@@ -484,7 +489,6 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
     C = weight.shape[0]
     E, XB, G = ws.split_buffers(k, blocks.separate_adam, blocks.g_fp16)
     half = ws.half_state() if blocks.state == "fp16" else None
-    b1, b2 = cfg.betas
     kw_f = {} if interpret else {"num_warps": blocks.f_warps, "num_stages": blocks.f_stages}
     kw_g = {} if interpret else {"num_warps": blocks.warps, "num_stages": blocks.stages}
     kw_a = {} if interpret else {"num_warps": blocks.adam_warps}
@@ -498,24 +502,13 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
         e_arg = TensorDescriptor(e_full, list(e_full.shape), list(e_full.stride()), [1, blocks.f_bm, blocks.f_bn])
         xb_arg = TensorDescriptor(XB, list(XB.shape), list(XB.stride()), [1, blocks.f_bm, 64])
     for t in range(1, cfg.steps + 1):
-        if t == 1:  # the global head, shared by all B points (batch stride 0)
-            W_in, wst = weight, (0, *weight.stride())
-            Wh_in, hst = weight_h, (0, *weight_h.stride())
-            c_in, cst = bias, (0, bias.stride(0))
+        W_in, wst, Wh_in, hst, c_in, cst, Wh_out, c_out, adam, flags = _step_io(t, weight, weight_h, bias, ws, cfg)
+        if t == 1:  # the first reference: the global head's lse
             kw_l = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
             kern("lse")[(triton_cdiv(k, blocks.lse_bm), B)](
                 x, Wh_in, c_in, ws.lse, k, C, d, *x.stride(), *hst, *cst, ws.lse.stride(0),
                 BM=blocks.lse_bm, BN=blocks.lse_bn, BK=blocks.lse_bk, PREC="tf32", EMU=interpret, **kw_l,
             )
-        else:
-            W_in, wst = ws.W, ws.W.stride()
-            Wh_in = ws.Wh[(t - 1) % 2]
-            hst = Wh_in.stride()
-            c_in = ws.c2[(t - 1) % 2]
-            cst = c_in.stride()
-        Wh_out, c_out = ws.Wh[t % 2], ws.c2[t % 2]
-        adam = (-(cfg.lr / (1 - b1 ** t)), math.sqrt(1 - b2 ** t), 1 - b1, b2, 1 - b2, cfg.eps, cfg.weight_decay)
-        flags = {"FIRST": t == 1, "HAS_WD": cfg.weight_decay != 0, "WRITE_WH": t < cfg.steps}
         if half is not None and t > 1:  # fp16 state: hi (updated in place) is the dot operand
             Wh_in, hst = half[0], half[0].stride()
         if only in (None, "lse"):
