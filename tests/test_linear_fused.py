@@ -39,15 +39,8 @@ def test_cpu_fallback_is_the_exact_engine():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 def test_triton_kernels_in_interpreter_match_torch():
     code = textwrap.dedent("""
-        import torch
-        from harness.ttt.linear import HeadTTTConfig, batched_head_ttt
+        from harness.ttt.linear import batched_head_ttt
         from harness.ttt.linear_fused import FusedBlocks, fused_head_ttt
-        g = torch.Generator().manual_seed(0)
-        B, k, C, d = 2, 70, 150, 140
-        W, c = torch.randn(C, d, generator=g) * 0.1, torch.randn(C, generator=g) * 0.1
-        X = torch.nn.functional.normalize(torch.randn(B, k, d, generator=g), dim=-1)
-        y, q = torch.randint(0, C, (B, k), generator=g), torch.randn(B, d, generator=g)
-        cfg = HeadTTTConfig(lr=0.02, steps=4, k=k, weight_decay=0.01)
         r64, W64, c64 = batched_head_ttt(W.double(), c.double(), X.double(), y, q.double(), cfg, return_heads=True)
         r32, W32, _ = batched_head_ttt(W, c, X, y, q, cfg, return_heads=True)
         tol = 4 * float((W32.double() - W64).abs().max()) + 1e-6
@@ -116,10 +109,14 @@ EMULATION = textwrap.dedent("""
                 hi = Wn.half().to(dt)
                 W = hi + (Wn - hi).half().to(dt)
         return W, c
+""")
 
+FIXTURE = textwrap.dedent("""
+    import torch
+    from harness.ttt.linear import HeadTTTConfig
 
     g = torch.Generator().manual_seed(0)
-    B, k, C, d = 2, 70, 150, 140
+    B, k, C, d = 2, 70, 150, 140  # several tiles of every kernel, masked edges
     W, c = torch.randn(C, d, generator=g) * 0.1, torch.randn(C, generator=g) * 0.1
     X = torch.nn.functional.normalize(torch.randn(B, k, d, generator=g), dim=-1)
     y, q = torch.randint(0, C, (B, k), generator=g), torch.randn(B, d, generator=g)
@@ -128,10 +125,10 @@ EMULATION = textwrap.dedent("""
 
 
 def _interpret(code: str, emulation: bool = True) -> str:
-    """Run `code` (after EMULATION's definitions, unless emulation=False) in a subprocess under Triton's
-    interpreter; it must print OK."""
+    """Run `code` after FIXTURE (and EMULATION's definitions, unless emulation=False) in a subprocess under
+    Triton's interpreter; it must print OK."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = (EMULATION if emulation else "") + textwrap.dedent(code)
+    code = (EMULATION if emulation else "") + FIXTURE + textwrap.dedent(code)
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                          check=False)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
