@@ -113,28 +113,37 @@ def _dgrad(
     tl.store(GC + rc, gc, mask=mask_c)
 
 
+def _adam_math_py(g, m, v, bc2_sqrt, omb1, beta2, omb2, eps, FIRST: tl.constexpr):
+    """torch.optim.Adam's arithmetic (bias corrections precomputed on the host; omb1 = 1-β1, omb2 = 1-β2
+    rounded from double as torch does): the new moments and the update direction
+      m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²;  upd = m / (sqrt(v)/sqrt(1-β2^t) + eps)
+    (at step 1, FIRST, the previous m, v are zero and ignored); w moves by -step·upd."""
+    if FIRST:
+        m = omb1 * g
+        v = omb2 * g * g
+    else:
+        m = m + omb1 * (g - m)
+        v = v * beta2 + omb2 * g * g
+    return m, v, tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
+
+
+_adam_math = triton.jit(_adam_math_py)
+
+
 def _adam_step_py(
     g, WP, MP, VP, WOUTP, mask,
     neg_step, bc2_sqrt, omb1, beta2, omb2, eps, wd,
     FIRST: tl.constexpr, HAS_WD: tl.constexpr,
 ):
-    """torch.optim.Adam's update at pointers of any shape (step size and bias corrections precomputed on the
-    host; omb1 = 1-β1, omb2 = 1-β2 rounded from double as torch does):
-      m = m + (1-β1)(g - m);  v = β2 v + (1-β2) g²;  w = w - step (m / (sqrt(v)/sqrt(1-β2^t) + eps))
-    g is the gradient without weight decay; m, v are stored in place; returns the new w (also stored)."""
+    """torch.optim.Adam's update (`_adam_math`) at pointers of any shape, fp32 state. g is the gradient without
+    weight decay; m, v are stored in place; returns the new w (also stored)."""
     if HAS_WD:
         g = g + wd * tl.load(WP, mask=mask, other=0.0)
-    if FIRST:
-        m = omb1 * g
-        v = omb2 * g * g
-    else:
-        m = tl.load(MP, mask=mask, other=0.0)
-        m = m + omb1 * (g - m)
-        v = tl.load(VP, mask=mask, other=0.0)
-        v = v * beta2 + omb2 * g * g
+    m = g if FIRST else tl.load(MP, mask=mask, other=0.0)
+    v = g if FIRST else tl.load(VP, mask=mask, other=0.0)
+    m, v, upd = _adam_math(g, m, v, bc2_sqrt, omb1, beta2, omb2, eps, FIRST)
     tl.store(MP, m, mask=mask)
     tl.store(VP, v, mask=mask)
-    upd = tl.div_rn(m, tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps)
     w = tl.load(WP, mask=mask, other=0.0) + neg_step * upd
     tl.store(WOUTP, w, mask=mask)
     return w
@@ -636,18 +645,12 @@ def _adam_half(
         w = tl.load(HI + p, mask=mask, other=0.0).to(tl.float32) + tl.load(LO + p, mask=mask, other=0.0).to(tl.float32)
     if HAS_WD:
         g = g + k_wd * w
-    if FIRST:
-        m = omb1 * g
-        v = omb2 * g * g
-    else:
-        m = tl.load(M + p, mask=mask, other=0.0).to(tl.float32)
-        m = m + omb1 * (g - m)
-        sv = tl.load(S + p, mask=mask, other=0.0).to(tl.float32)
-        v = sv * sv * beta2 + omb2 * g * g
-    sq = tl.sqrt_rn(v)
+    m = g if FIRST else tl.load(M + p, mask=mask, other=0.0).to(tl.float32)
+    sv = g if FIRST else tl.load(S + p, mask=mask, other=0.0).to(tl.float32)
+    m, v, upd = _adam_math(g, m, sv * sv, bc2_sqrt, omb1, beta2, omb2, k_eps, FIRST)
     tl.store(M + p, m.to(tl.float16), mask=mask)
-    tl.store(S + p, sq.to(tl.float16), mask=mask)
-    w = w + neg_step * tl.div_rn(m, tl.div_rn(sq, bc2_sqrt) + k_eps)
+    tl.store(S + p, tl.sqrt_rn(v).to(tl.float16), mask=mask)
+    w = w + neg_step * upd
     hi = w.to(tl.float16)
     tl.store(HI + p, hi, mask=mask)
     tl.store(LO + p, (w - hi.to(tl.float32)).to(tl.float16), mask=mask)

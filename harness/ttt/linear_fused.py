@@ -396,6 +396,7 @@ def _check_labels(labels: torch.Tensor, C: int) -> None:
         raise ValueError(f"neighbour labels must lie in [0, {C}) (the head's classes); got [{lo}, {hi}]")
 
 
+XB_STEP = 64  # XB columns per step of `_split_fwd`'s tail (128 and 256 measured no faster)
 LAST_LAUNCH: dict = {}  # kernel name -> Triton's handle of its latest launch (registers, spills; diagnostics)
 
 
@@ -417,6 +418,18 @@ def _step_io(t: int, weight, weight_h, bias, ws: _FlashWorkspace, cfg: HeadTTTCo
     return W_in, wst, Wh_in, hst, c_in, cst, ws.Wh[t % 2], ws.c2[t % 2], adam, flags
 
 
+def _launch_lse(lse_k, x, Wh_in, hst, c_in, cst, ws: _FlashWorkspace, blocks: FlashBlocks, interpret: bool):
+    """ws.lse = the log-sum-exp of x Wh_inᵀ + c_in per neighbour row (`_lse`)."""
+    B, k, d = x.shape
+    kw = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
+    LAST_LAUNCH["lse"] = lse_k[(triton_cdiv(k, blocks.lse_bm), B)](
+        x, Wh_in, c_in, ws.lse,
+        k, ws.W.shape[1], d,
+        *x.stride(), *hst, *cst, ws.lse.stride(0),
+        BM=blocks.lse_bm, BN=blocks.lse_bn, BK=blocks.lse_bk, PREC="tf32", EMU=interpret, **kw,
+    )
+
+
 def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: HeadTTTConfig, blocks: FlashBlocks,
                      interpret: bool, only: str | None = None, first_grad_event=None) -> None:
     """cfg.steps Adam steps of all B heads by the flash design into ws.W / ws.c (x: (B, k, d) fp16).
@@ -434,19 +447,13 @@ def _run_flash_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
     B, k, d = x.shape
     C = weight.shape[0]
     dch = max(16, _next_pow2(-(-d // 4)))
-    kw_l = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
     kw_f = {} if interpret else {"num_warps": blocks.warps, "num_stages": blocks.stages,
                                  **({"maxnreg": blocks.maxnreg} if blocks.maxnreg else {})}
     G = ws.grad_buffer() if blocks.separate_adam else ws.W
     for t in range(1, cfg.steps + 1):
         W_in, wst, Wh_in, hst, c_in, cst, Wh_out, c_out, adam, flags = _step_io(t, weight, weight_h, bias, ws, cfg)
         if only not in ("flash", "grad"):
-            LAST_LAUNCH["lse"] = lse_k[(triton_cdiv(k, blocks.lse_bm), B)](
-                x, Wh_in, c_in, ws.lse,
-                k, C, d,
-                *x.stride(), *hst, *cst, ws.lse.stride(0),
-                BM=blocks.lse_bm, BN=blocks.lse_bn, BK=blocks.lse_bk, PREC="tf32", EMU=interpret, **kw_l,
-            )
+            _launch_lse(lse_k, x, Wh_in, hst, c_in, cst, ws, blocks, interpret)
         if only == "lse":
             continue
         LAST_LAUNCH["flash4_adam"] = grad_k[(triton_cdiv(C, blocks.bc), B)](
@@ -500,15 +507,11 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
 
         e_full = E.as_strided((B, k, E.stride(1)), E.stride())
         e_arg = TensorDescriptor(e_full, list(e_full.shape), list(e_full.stride()), [1, blocks.f_bm, blocks.f_bn])
-        xb_arg = TensorDescriptor(XB, list(XB.shape), list(XB.stride()), [1, blocks.f_bm, 64])
+        xb_arg = TensorDescriptor(XB, list(XB.shape), list(XB.stride()), [1, blocks.f_bm, XB_STEP])
     for t in range(1, cfg.steps + 1):
         W_in, wst, Wh_in, hst, c_in, cst, Wh_out, c_out, adam, flags = _step_io(t, weight, weight_h, bias, ws, cfg)
         if t == 1:  # the first reference: the global head's lse
-            kw_l = {} if interpret else {"num_warps": blocks.lse_warps, "num_stages": blocks.lse_stages}
-            kern("lse")[(triton_cdiv(k, blocks.lse_bm), B)](
-                x, Wh_in, c_in, ws.lse, k, C, d, *x.stride(), *hst, *cst, ws.lse.stride(0),
-                BM=blocks.lse_bm, BN=blocks.lse_bn, BK=blocks.lse_bk, PREC="tf32", EMU=interpret, **kw_l,
-            )
+            _launch_lse(kern("lse"), x, Wh_in, hst, c_in, cst, ws, blocks, interpret)
         if half is not None and t > 1:  # fp16 state: hi (updated in place) is the dot operand
             Wh_in, hst = half[0], half[0].stride()
         if only in (None, "lse"):
@@ -516,7 +519,7 @@ def _run_split_steps(weight, weight_h, bias, x, y, ws: _FlashWorkspace, cfg: Hea
                 x, Wh_in, c_in, y, ws.lse, e_arg, xb_arg, ws.ovf, ws.ey, ws.xmax,
                 k, C, d,
                 *x.stride(), *hst, *cst, *y.stride(), ws.lse.stride(0), *E.stride(), XB.stride(0), XB.stride(1),
-                BM=blocks.f_bm, BN=blocks.f_bn, BK=blocks.f_bk, BX=64, DX=XB.shape[2], EMU=interpret,
+                BM=blocks.f_bm, BN=blocks.f_bn, BK=blocks.f_bk, BX=XB_STEP, DX=XB.shape[2], EMU=interpret,
                 TMA=blocks.f_tma, **({"DIAG": blocks.diag} if blocks.diag else {}), **kw_f,
             )
             kern("split_label")[(triton_cdiv(B * k, 1024),)](
@@ -604,11 +607,11 @@ def fused_head_ttt(
     bias = bias.detach().float().contiguous()
     if precision in FLASH_PRECISIONS:
         _check_labels(labels, C)
-        if not _g_fp16_fits(blocks, k, _check_fp16_range(feats, "feats"), cfg, float(weight.abs().amax())):
+        weight_max = _check_fp16_range(weight, "weight")
+        if not _g_fp16_fits(blocks, k, _check_fp16_range(feats, "feats"), cfg, weight_max):
             warnings.warn(f"k * max|feats| exceeds fp16's range: the gradient buffer and Adam state stay fp32 "
                           f"(precision {precision!r})", stacklevel=2)
             blocks = dataclasses.replace(blocks, g_fp16=False, state="fp32")
-        _check_fp16_range(weight, "weight")
         ws = _FlashWorkspace(B, k, C, d, feats.device)
         x = torch.empty(B, k, _round_up(d, 16), dtype=torch.float16, device=feats.device)[..., :d]
         x.copy_(feats.detach())
@@ -616,7 +619,7 @@ def fused_head_ttt(
         logits = _predict(ws.W, ws.c, query.detach().float())
         W_out, c_out = ws.W, ws.c
         if blocks.design == "split":
-            logits, W_out, c_out = _redo_failed_references(ws.ovf, weight, bias, feats, labels, query, cfg, blocks,
+            logits, W_out, c_out = _redo_failed_references(ws.ovf, weight, bias, feats, labels, query, cfg,
                                                            interpret, logits, W_out, c_out)
         return (logits, W_out, c_out) if return_heads else logits
     x = feats.detach().to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()
@@ -627,7 +630,7 @@ def fused_head_ttt(
     return (logits, ws.W, ws.c) if return_heads else logits
 
 
-def _redo_failed_references(ovf, weight, bias, feats, labels, query, cfg, blocks, interpret, logits, W, c):
+def _redo_failed_references(ovf, weight, bias, feats, labels, query, cfg, interpret, logits, W, c):
     """Points of a "split" run whose softmax reference left fp16's range (ovf > 0; not seen in practice: it
     needs a log-sum-exp to move by more than 11 in one step) are recomputed by the flash design."""
     bad = torch.nonzero(ovf).flatten()
@@ -734,16 +737,14 @@ class FusedHeadTTT:
                              f"({self.batch}, {self.cfg.k}, d)")
         if self.flash and self.check_range:
             _check_labels(labels, self.weight.shape[0])
-        if self.flash and self.check_range and not _g_fp16_fits(self.blocks, self.cfg.k,
-                                                                _check_fp16_range(feats, "feats"), self.cfg,
-                                                                self._weight_max):
-            # features too large for the fp16 gradient buffer: this batch takes the fp32 one (no graph)
-            warnings.warn(f"k * max|feats| exceeds fp16's range: this batch runs with an fp32 gradient buffer and "
-                          f"Adam state, outside the CUDA graph (precision {self.precision!r})", stacklevel=2)
-            out = fused_head_ttt(self.weight, self.bias, feats, labels, query, self.cfg, return_heads,
-                                 precision="fp16", blocks=dataclasses.replace(self.blocks, g_fp16=False,
-                                                                              state="fp32"))
-            return out
+            if not _g_fp16_fits(self.blocks, self.cfg.k, _check_fp16_range(feats, "feats"), self.cfg,
+                                self._weight_max):
+                # features too large for the fp16 gradient buffer: this batch takes the fp32 one (no graph)
+                warnings.warn(f"k * max|feats| exceeds fp16's range: this batch runs with an fp32 gradient buffer "
+                              f"and Adam state, outside the CUDA graph (precision {self.precision!r})", stacklevel=2)
+                return fused_head_ttt(self.weight, self.bias, feats, labels, query, self.cfg, return_heads,
+                                      precision="fp16",
+                                      blocks=dataclasses.replace(self.blocks, g_fp16=False, state="fp32"))
         self.x[:b].copy_(feats)
         self.y[:b].copy_(labels)
         self.q[:b].copy_(query)
@@ -766,7 +767,7 @@ class FusedHeadTTT:
         W, c = (self.ws.W[:b].clone(), self.ws.c[:b].clone()) if return_heads else (None, None)
         if self.flash and self.blocks.design == "split" and bool(self.ws.ovf[:b].any()):
             logits, W, c = _redo_failed_references(self.ws.ovf[:b], self.weight, self.bias, feats, labels, query,
-                                                   self.cfg, self.blocks, False, logits,
+                                                   self.cfg, False, logits,
                                                    self.ws.W[:b] if W is None else W,
                                                    self.ws.c[:b] if c is None else c)
         return (logits, W, c) if return_heads else logits
