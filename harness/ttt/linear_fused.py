@@ -61,8 +61,8 @@ before the step, r_i = the previous step's lse_i (step 1: one `_lse` launch):
 Precision "fp16-state" is the split design with Adam's state in fp16 as well (`_adam_half`): k·m and k·√v in
 fp16, and W as hi + lo, two fp16 numbers (hi, the next step's dot operand; W kept to ~2^-22 relative or 6e-8
 absolute). That is 9 instead of 14 bytes of optimiser traffic per weight and step. Measured on an H100
-(B = 256, benchmarks/RESULTS.md): 2,501-2,534 points/s (2,465-2,534 over six runs), 111-138× the one-point
-loop of the same run, predictions equal
+(B = 256, benchmarks/RESULTS.md): 2,465-2,534 points/s over seven runs (2,482-2,504 with the final code,
+i.e. at the 2,500 target within run-to-run noise), 111-138× the one-point loop of the same run, predictions equal
 to fp32 batched TTT on all 256 points compared (max |Δlogit| 3.5e-3, as tf32 and fp16); per point and step
 forward 3.2 µs, gradient 1.8-2.0 µs, Adam 2.9 µs.
 
