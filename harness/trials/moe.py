@@ -14,7 +14,10 @@ from harness.data.mnist import ImageSplits
 from harness.models.lenet import lenet_for_size
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.kmeans import kmeans_centroids
-from harness.trials.mnist import MnistTrialConfig, mnist_features, test_subset
+from harness.errors import ConfigError
+from harness.trials.mnist import MnistTrialConfig, check_device, mnist_features, mnist_input_files, test_subset
+from harness.trials.options import Device, Split
+from harness.trials.registry import register_trial
 from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.moe import expert_neighbours, moe_logits, moe_spec, route_to_centroids
 
@@ -33,28 +36,33 @@ class MoETrialConfig:
     neighbours: int | None = None
     kmeans_iterations: int = 20
     chunk: int = 1024  # experts fitted at once (bounds memory)
-    split: str = "test"
+    split: Split = "test"
     data_dir: str | None = None
     retriever: str = "faiss"
-    device: str | None = None
+    device: Device | None = None
     cache_dir: str | None = None
+    study: str = "moe_scaling"  # the study named in the rows
 
     def __post_init__(self) -> None:
         lenet_for_size(self.model_size)
         if self.experts < 1:
-            raise ValueError(f"experts must be >= 1, got {self.experts}")
+            raise ConfigError(f"experts must be >= 1, got {self.experts}")
         if self.lr is None or self.steps is None or self.neighbours is None:
             moe_spec(self.experts)  # raises unless Table 6 fills the gaps
         for name in ("steps", "kmeans_iterations"):
             v = getattr(self, name)
             if v is not None and v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v}")
+                raise ConfigError(f"{name} must be >= 0, got {v}")
         for name in ("neighbours", "chunk"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
+                raise ConfigError(f"{name} must be >= 1, got {v}")
         if self.split not in ("test", "val"):
-            raise ValueError(f"split must be 'test' or 'val', got {self.split!r}")
+            raise ConfigError(f"split must be 'test' or 'val', got {self.split!r}")
+        check_device(self.device)
+
+    def input_files(self) -> tuple[str, ...]:
+        return mnist_input_files(self.data_dir)
 
     def ttt_config(self) -> HeadTTTConfig:
         spec = moe_spec(self.experts) if None in (self.lr, self.steps, self.neighbours) else None
@@ -70,12 +78,13 @@ class MoETrialConfig:
                                 data_dir=self.data_dir, cache_dir=self.cache_dir)
 
 
-def moe_trial(cfg: MoETrialConfig, images: ImageSplits | None = None, study: str = "moe_scaling") -> pl.DataFrame:
+@register_trial("moe", MoETrialConfig)
+def moe_trial(cfg: MoETrialConfig, images: ImageSplits | None = None) -> pl.DataFrame:
     """Per-point rows of method "moe" (error, cross_entropy) for E = cfg.experts."""
     start = time.perf_counter()
     feats, weight, bias = mnist_features(cfg.features_config(), images)
     if cfg.experts > feats.train_x.shape[0]:
-        raise ValueError(f"experts = {cfg.experts} exceeds the {feats.train_x.shape[0]} training points")
+        raise ConfigError(f"experts = {cfg.experts} exceeds the {feats.train_x.shape[0]} training points")
     ttt = cfg.ttt_config()
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
@@ -91,7 +100,7 @@ def moe_trial(cfg: MoETrialConfig, images: ImageSplits | None = None, study: str
     logits = moe_logits(t(weight), t(bias), t(feats.train_x), t(feats.train_y, torch.int64), t(centroids),
                         t(neighbours, torch.int64), t(x[subset]), t(routes, torch.int64), ttt, cfg.chunk)
     labels = t(y[subset], torch.int64)
-    run = RunInfo(study=study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=ttt.k,
+    run = RunInfo(study=cfg.study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=ttt.k,
                   experts=cfg.experts, fraction=1.0, config_hash=config_hash(cfg), device=str(device),
                   wall_time_s=time.perf_counter() - start)
     hp = {"lr": ttt.lr, "steps": ttt.steps, "neighbours": ttt.k, "kmeans_iterations": cfg.kmeans_iterations}

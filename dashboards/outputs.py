@@ -1,5 +1,5 @@
 """The end of every study: per-point rows -> Parquet, summary with bootstrap CIs -> Parquet,
-a printed table and the figure."""
+a printed table and the figure (the presentation layer: `harness` computes rows, this draws them)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polars as pl
 
+from dashboards.figures import plot_metric_vs
 from harness.results.schema import summarise, write_parquet_atomic
 
 
@@ -38,8 +39,6 @@ def finish_study(
     summary = write_parquet_atomic(table, out_dir / "summary.parquet")
     fig_path = None
     if figure is not None:
-        from dashboards.figures import plot_metric_vs
-
         figure = dict(figure)
         metric = figure.pop("metric", None)
         part = table.filter(pl.col("metric") == metric) if metric else table

@@ -1,0 +1,176 @@
+"""A study's sweep, from its config to its rows: the Ray and sweep options every study shares, defined once.
+
+    @dataclass(frozen=True)
+    class ModelScaling:          # the study's config: its sweep axes, then `ray: RayOptions = RayOptions()`
+        sizes: tuple[int, ...] = (280, 1268)
+        ...
+    rows = run_study(cfg, cfg.trials(), name="model_scaling", out_dir=cfg.out_dir, metric="ttt_error")
+
+`run_study` refuses duplicate sweep values and (with `resume`) options that differ from the stored
+sweep's, names what it refuses, joins Ray as `ray submit` expects (RAY_ADDRESS, this machine's cluster,
+else a new local Ray), reserves each trial's resources (or one bundle per Ray Data actor with `actors`)
+and runs the trials through `harness.distributed.sweep.run_trials`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from harness.errors import ConfigError
+
+RUNTIME_OPTIONS = ("address", "resume", "reuse_stale", "verbose")  # how to run, not what: may differ on resume
+
+
+@dataclasses.dataclass(frozen=True)
+class RayOptions:
+    """Where and how a study's trials run (Ray cluster, Tune storage, resources); the same for every study."""
+
+    address: str | None = None  # Ray cluster address (None: RAY_ADDRESS, else this machine's cluster as under `ray submit`, else a new local Ray)
+    resume: bool = False  # restore a killed sweep and finish it (refused when other options differ from the stored sweep's)
+    storage_path: str | None = None  # Ray Tune storage: a shared folder or s3://... (None: <out-dir>/sweeps)
+    cpus_per_trial: float = 1.0  # CPUs each trial reserves
+    gpus_per_trial: float | None = None  # GPUs each trial reserves (None: 1 with --device cuda, else 0; fractions share a GPU)
+    actors: int = 0  # shard each trial's test points over this many Ray Data actors (0: in the trial's own process)
+    gpus_per_actor: float = 0.0  # GPUs per Ray Data actor (fractions share a GPU)
+    reuse_stale: bool = False  # reuse cached rows made by other code or from changed input files (they keep their git sha)
+    verbose: int = 0  # Ray Tune's console output: 0 one progress bar, 1 its status table, 2 every result
+
+    def __post_init__(self) -> None:
+        if self.cpus_per_trial < 0:
+            raise ConfigError(f"--cpus-per-trial must be >= 0, got {self.cpus_per_trial}")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        if self.actors < 0:
+            raise ConfigError(f"--actors must be >= 0, got {self.actors}")
+        if self.gpus_per_actor < 0:
+            raise ConfigError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
+        if self.gpus_per_actor > 0 and self.actors == 0:
+            raise ConfigError(f"--gpus-per-actor {self.gpus_per_actor} needs --actors >= 1 (with --actors 0 the "
+                              "trial evaluates in its own process; use --gpus-per-trial there)")
+        if self.verbose not in (0, 1, 2, 3):
+            raise ConfigError(f"--verbose must be 0, 1, 2 or 3, got {self.verbose}")
+
+
+def option_name(field: str) -> str:
+    """The command-line spelling of a config field: ttt_k -> --ttt-k."""
+    return "--" + field.replace("_", "-")
+
+
+def check_unique_values(cfg: Any) -> None:
+    """Raise naming the option if a tuple-valued field (a sweep axis) repeats a value: its trials would be
+    computed twice and counted twice, narrowing the confidence intervals."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, tuple) and all(isinstance(v, (int, float, str)) for v in value):
+            repeated = sorted({v for v in value if value.count(v) > 1}, key=str)
+            if repeated:
+                raise ConfigError(f"{option_name(f.name)} repeats {repeated}: give each value once")
+        elif dataclasses.is_dataclass(value):
+            check_unique_values(value)
+
+
+def study_options(cfg: Any) -> dict[str, Any]:
+    """The study config as stored beside its sweep (JSON-able), without the options that only say how to run."""
+    options = dataclasses.asdict(cfg)
+    ray_field = next((f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), RayOptions)), None)
+    if ray_field is not None:
+        options[ray_field] = {k: v for k, v in options[ray_field].items() if k not in RUNTIME_OPTIONS}
+    return options
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """'--option: stored X, now Y' per differing field (nested option groups have no prefix on the CLI)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b)
+        elif _json(a) != _json(b):
+            out.append(f"{option_name(key)}: stored {a!r}, now {b!r}")
+    return out
+
+
+def _json(v: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(v, default=str))
+
+
+def check_resume(cfg: Any, sweep_path: str, resume: bool) -> None:
+    """With resume, refuse options that differ from the stored sweep's (naming each); store them otherwise."""
+    from harness.distributed.sweep import read_json, write_json
+
+    stored_uri = f"{sweep_path}/study.json"
+    now = _json(study_options(cfg))
+    if resume:
+        stored = read_json(stored_uri)
+        if stored is not None:
+            diff = _differences(stored, now)
+            if diff:
+                raise ConfigError(f"--resume: the sweep at {sweep_path} was started with other options; resume it "
+                                  "with the same options, or drop --resume to run this sweep:\n  " + "\n  ".join(diff))
+            return
+    write_json(stored_uri, now)
+
+
+def check_writable(folder: str | os.PathLike, option: str = "--out-dir") -> None:
+    """Raise naming the option unless `folder` can be created and written (checked before any work)."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{option} {folder}: cannot write there ({e.strerror or e})") from None
+
+
+def sweep_config(name: str, out_dir: str, ray_options: RayOptions, device: str | None, metric: str,
+                 mode: str):
+    """The study's SweepConfig: storage `<storage_path or out_dir/sweeps>/<name>`, each trial's resources."""
+    from harness.distributed.sharding import ShardingConfig
+    from harness.distributed.sweep import SweepConfig
+
+    storage = ray_options.storage_path or str(Path(out_dir) / "sweeps")
+    common = {"metric": metric, "mode": mode, "verbose": ray_options.verbose}
+    if ray_options.actors:  # the trial only coordinates; its actors hold the resources
+        sharding = ShardingConfig(actors=ray_options.actors, gpus_per_actor=ray_options.gpus_per_actor)
+        bundle = {"CPU": sharding.cpus_per_actor, "GPU": sharding.gpus_per_actor}
+        return SweepConfig(name, storage, cpus_per_trial=0, child_bundles=(bundle,) * ray_options.actors, **common)
+    gpus = ray_options.gpus_per_trial if ray_options.gpus_per_trial is not None else (1.0 if device == "cuda" else 0.0)
+    return SweepConfig(name, storage, cpus_per_trial=ray_options.cpus_per_trial, gpus_per_trial=gpus, **common)
+
+
+def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metric: str, mode: str = "min",
+              shared: Mapping[str, Any] | None = None, ray_options: RayOptions | None = None) -> pl.DataFrame:
+    """Every trial's rows, in trial order, from one Ray Tune sweep named `name` (see the module docstring).
+
+    cfg: the study's config (its options are checked and stored beside the sweep); trials: its trial
+    configs, all of one registered kind; shared: large read-only inputs of the trial function."""
+    from harness.distributed.runtime import ray_session, require_resources
+    from harness.distributed.sharding import ShardingConfig
+    from harness.distributed.sweep import run_trials
+    from harness.trials.registry import trial_kind
+
+    opts = ray_options if ray_options is not None else cfg.ray
+    check_unique_values(cfg)
+    check_writable(out_dir)
+    shared = dict(shared or {})
+    if opts.actors:
+        if not all(trial_kind(t).shardable for t in trials):
+            raise ConfigError(f"--actors {opts.actors}: the trials of {name} do not shard over Ray Data actors; "
+                              "use --actors 0")
+        shared["sharding"] = ShardingConfig(actors=opts.actors, gpus_per_actor=opts.gpus_per_actor)
+    sweep = sweep_config(name, out_dir, opts, getattr(cfg, "device", None), metric, mode)
+    check_resume(cfg, sweep.experiment_path, opts.resume)
+    with ray_session(opts.address):
+        if opts.actors:  # GPUs asked for where none exist: fail now, naming the option
+            require_resources(opts.gpus_per_actor, ShardingConfig().cpus_per_actor)
+        result = run_trials(trials, sweep, shared=shared, resume=opts.resume, reuse_stale=opts.reuse_stale)
+    return result.rows

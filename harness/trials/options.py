@@ -1,0 +1,11 @@
+"""Typed option values shared by trial configs: their `Literal` types give the command lines their choices."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# Head-TTT engines (harness.ttt.linear_fused.HEAD_TTT_ENGINES; a test keeps the two lists equal). "exact" is
+# the fp32 torch engine; the fused-* engines are Triton GPU paths (fused-fp16-state the fastest).
+HeadEngine = Literal["exact", "fused-ieee", "fused-tf32x3", "fused-tf32", "fused-bf16", "fused-fp16", "fused-fp16-state"]
+Device = Literal["cpu", "cuda"]  # where a trial computes (None in a config: cuda when torch sees a GPU)
+Split = Literal["test", "val"]  # evaluate on test, or on the validation split when tuning hyperparameters
