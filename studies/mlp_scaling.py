@@ -9,20 +9,17 @@ point it at real embeddings with --embeddings or --image-folder.
 Run (from the repository root):
     python studies/mlp_scaling.py                # embedded default: MNIST pixels, hidden 250 / 1000 / 4000,
                                                  # 2 epochs, 1000 test points; a few minutes on a laptop CPU
-    python studies/mlp_scaling.py --embeddings imagenet_train.npy imagenet_val.npy --paper
-    python studies/mlp_scaling.py --image-folder /data/imagenet/train /data/imagenet/val --paper
+    python studies/mlp_scaling.py --paper --embeddings imagenet_train.npy imagenet_val.npy
+    python studies/mlp_scaling.py --paper --image-folder /data/imagenet/train /data/imagenet/val
     python studies/mlp_scaling.py --resume       # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/mlp_scaling.py -- --paper --embeddings train.parquet val.parquet --address auto
-Every trial is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no cluster is given,
-and finished trials' rows (under <out-dir>/sweeps/ or --storage-path) are reused, never recomputed.
-Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs parameters), the table printed.
+    ray submit cluster.yaml studies/mlp_scaling.py --paper --embeddings train.parquet val.parquet
+
+Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs hidden size), the table printed.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import sys
 from pathlib import Path
 
@@ -30,78 +27,66 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness.data.embeddings import EmbeddingSource, add_embedding_arguments, embedding_source_from_args  # noqa: E402
-from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
+from dashboards.outputs import finish_study, format_table  # noqa: E402
+from harness.cli import parse_config, run_main  # noqa: E402
+from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.models.mlp import MLP_SPECS  # noqa: E402
-from harness.report import finish_study, format_table  # noqa: E402
-from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
-from harness.trials.mnist import add_engine_argument  # noqa: E402
+from harness.trials.embedding_head import EmbeddingHeadConfig, EmbeddingOptions  # noqa: E402
+from harness.trials.options import Device, HeadEngine  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
-class MlpScalingConfig:
-    hidden: tuple[int, ...] = (250, 1000, 4000)  # smallest, middle and largest of Table 7
-    seeds: tuple[int, ...] = (0,)
-    epochs: int | None = 2  # None: Table 7's 50
-    test_points: int | None = 1000  # None: the whole test set
-    source: EmbeddingSource = EmbeddingSource()  # MNIST pixels unless --embeddings / --image-folder
-    out_dir: str = "results/mlp_scaling"
-    device: str | None = None
-    engine: str = "exact"  # head-TTT engine; "fused-fp16" etc. are the Triton GPU paths (HEAD_TTT_ENGINES)
-    study: str = "mlp_scaling"
-    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
+class MlpScaling:
+    """S2's options (each trial: one MLP hidden size x seed)."""
 
-    def trials(self) -> list[EmbeddingHeadConfig]:
-        return [EmbeddingHeadConfig(source=self.source, hidden=h, seed=s, epochs=self.epochs,
-                                    test_points=self.test_points, device=self.device, engine=self.engine,
-                                    cache_dir=f"{self.out_dir}/features") for h in self.hidden for s in self.seeds]
+    hidden: tuple[int, ...] = (250, 1000, 4000)  # MLP hidden sizes (of Table 7's 250 ... 4000)
+    seeds: tuple[int, ...] = (0,)  # global-training seeds
+    epochs: int | None = 2  # global training epochs of the MLP (None: Table 7's 50)
+    test_points: int | None = 1000  # test points, a fixed seeded subset (None: the whole test set)
+    device: Device | None = None  # where trials compute (None: cuda when available)
+    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths
+    out_dir: str = "results/mlp_scaling"  # tables, figure and the sweep's storage
+    data: EmbeddingOptions = EmbeddingOptions()
+    ray: RayOptions = RayOptions()
 
-
-PAPER = MlpScalingConfig(hidden=tuple(sorted(MLP_SPECS)), epochs=None, test_points=None,
-                         out_dir="results/mlp_scaling_paper")
-
-
-def parse_args(argv: list[str] | None, default: MlpScalingConfig = MlpScalingConfig(),
-               paper: MlpScalingConfig = PAPER, doc: str | None = __doc__) -> MlpScalingConfig:
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--paper", action="store_true", help="Table 7 sizes, 50 epochs, the whole test set")
-    p.add_argument("--hidden", type=int, nargs="+", help=f"hidden sizes (of {sorted(MLP_SPECS)})")
-    p.add_argument("--seeds", type=int, nargs="+")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--test-points", type=int)
-    add_embedding_arguments(p)
-    p.add_argument("--out-dir")
-    p.add_argument("--device")
-    add_engine_argument(p)
-    add_sweep_args(p)
-    a = p.parse_args(argv)
-    base = paper if a.paper else default
-    out_dir = a.out_dir or base.out_dir
-    overrides = {"hidden": tuple(a.hidden) if a.hidden else None, "seeds": tuple(a.seeds) if a.seeds else None,
-                 "epochs": a.epochs, "test_points": a.test_points, "out_dir": a.out_dir, "device": a.device,
-                 "engine": a.engine, "source": embedding_source_from_args(a, f"{out_dir}/clip"),
-                 "sweep": sweep_options_from_args(a)}
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    def trials(self, study: str = "mlp_scaling") -> list[EmbeddingHeadConfig]:
+        source = self.data.source(f"{self.out_dir}/clip")
+        return [EmbeddingHeadConfig(source=source, hidden=h, seed=s, epochs=self.epochs, test_points=self.test_points,
+                                    device=self.device, engine=self.engine, study=study,
+                                    cache_dir=str(Path(self.out_dir, "features").resolve()))
+                for h in self.hidden for s in self.seeds]
 
 
-def run(cfg: MlpScalingConfig) -> pl.DataFrame:
-    """Every (hidden, seed) trial's rows, one Ray Tune trial each (finished ones are read back)."""
-    trials = cfg.trials()  # validates every trial config before any work starts
-    splits = cfg.source.load()
-    return run_trials(trials, functools.partial(embedding_head_trial, study=cfg.study),
-                      cfg.sweep.sweep(cfg.study, cfg.out_dir, cfg.device), name=lambda t: f"hidden-{t.hidden}-{t.seed}",
-                      shared={"splits": splits}, resume=cfg.sweep.resume, address=cfg.sweep.address)
+PRESETS = {
+    "paper": MlpScaling(hidden=tuple(sorted(MLP_SPECS)), epochs=None, test_points=None,
+                        out_dir="results/mlp_scaling_paper"),
+    "smoke_test": MlpScaling(hidden=(250,), epochs=1, test_points=200, out_dir="results/mlp_scaling_smoke"),
+}
+
+
+def run_heads(cfg: MlpScaling, study: str) -> pl.DataFrame:
+    """Every (hidden, seed) trial's rows; the embeddings are loaded once and shared by the trials."""
+    trials = cfg.trials(study)  # every trial config validated before any work
+    return run_study(cfg, trials, name=study, out_dir=cfg.out_dir, metric="ttt_error",
+                     shared={"splits": trials[0].source.load()})
+
+
+def parse(argv: list[str] | None = None) -> MlpScaling:
+    """The study's options from the command line (a preset, then the options given beside it)."""
+    return parse_config(MlpScaling, argv, presets=PRESETS, doc=__doc__)
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
-    cfg = parse_args(argv)
+    cfg = parse(argv)
     outputs = finish_study(
-        run(cfg).filter(pl.col("metric") == "error"), cfg.out_dir, by=["model_size", "method", "metric"],
+        run_heads(cfg, "mlp_scaling").filter(pl.col("metric") == "error"), cfg.out_dir,
+        by=["model_size", "method", "metric"],
         figure={"metric": "error", "x": "model_size", "xlabel": "Hidden dimension", "ylabel": "Test error",
                 "title": "MLP heads on embeddings (S2)", "percent": True},
     )
-    print(f"data: {cfg.source.describe()}")
-    print(f"heads: Table 7 MLPs, {cfg.epochs or 50} epochs; TTT k 100, lr 5e-3, 50 steps; {cfg.test_points or 'all'} test points")
+    print(f"data: {cfg.data.source(cfg.out_dir).describe()}")
+    print(f"heads: Table 7 MLPs, {cfg.epochs or 50} epochs; TTT k 100, lr 5e-3, 50 steps; "
+          f"{cfg.test_points or 'all'} test points")
     print(format_table(outputs.table, "model_size", "error"))
     print("paper (Fig 4 middle, ImageNet): TTT < global < majority vote at small hidden sizes, the gap shrinking with size")
     print(f"\nwrote {outputs.points}, {outputs.summary} and {outputs.figure}")
@@ -109,4 +94,4 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

@@ -65,8 +65,13 @@ PRESETS = {
 }
 
 
+def parse(argv: list[str] | None = None) -> ModelScaling:
+    """The study's options from the command line (a preset, then the options given beside it)."""
+    return parse_config(ModelScaling, argv, presets=PRESETS, doc=__doc__)
+
+
 def main(argv: list[str] | None = None) -> pl.DataFrame:
-    cfg = parse_config(ModelScaling, argv, presets=PRESETS, doc=__doc__)
+    cfg = parse(argv)
     trials = cfg.trials()  # every trial config validated before any work
     rows = run_study(cfg, trials, name="model_scaling", out_dir=cfg.out_dir, metric="ttt_error",
                      shared={"images": load_mnist(cfg.data_dir)})

@@ -9,19 +9,16 @@ CLIP offline) and says so in its output; point it at real embeddings with --embe
 Run (from the repository root):
     python studies/neighbourhood_size.py         # embedded default: MNIST pixels, k = 3..1000, 2 epochs,
                                                  # 500 test points; a few minutes on a laptop CPU
-    python studies/neighbourhood_size.py --embeddings imagenet_train.npy imagenet_val.npy --paper
+    python studies/neighbourhood_size.py --paper --embeddings imagenet_train.npy imagenet_val.npy
     python studies/neighbourhood_size.py --resume  # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/neighbourhood_size.py -- --paper --embeddings train.parquet val.parquet --address auto
-Every trial is one Ray Tune trial (harness.distributed.sweep); a local Ray starts when no cluster is given,
-and finished trials' rows (under <out-dir>/sweeps/ or --storage-path) are reused, never recomputed.
+    ray submit cluster.yaml studies/neighbourhood_size.py --paper --embeddings train.parquet val.parquet
+
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs k), the table printed.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import functools
 import sys
 from pathlib import Path
 
@@ -29,57 +26,43 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness.data.embeddings import EmbeddingSource, add_embedding_arguments, embedding_source_from_args  # noqa: E402
-from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
-from harness.report import finish_study, format_table  # noqa: E402
-from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial  # noqa: E402
-from harness.trials.mnist import add_engine_argument  # noqa: E402
+from dashboards.outputs import finish_study, format_table  # noqa: E402
+from harness.cli import parse_config, run_main  # noqa: E402
+from harness.distributed.study import RayOptions, run_study  # noqa: E402
+from harness.trials.embedding_head import EmbeddingHeadConfig, EmbeddingOptions  # noqa: E402
+from harness.trials.options import Device, HeadEngine  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
-class NeighbourhoodSizeConfig:
-    ks: tuple[int, ...] = (3, 10, 30, 100, 300, 1000)
-    seed: int = 0
+class NeighbourhoodSize:
+    """S5's options (each trial: one k, the same global linear head)."""
+
+    ks: tuple[int, ...] = (3, 10, 30, 100, 300, 1000)  # neighbourhood sizes k
+    seed: int = 0  # global-training seed
     epochs: int | None = 2  # global linear head epochs (None: §E.6's 50)
-    ttt_lr: float = 0.02
-    ttt_steps: int = 50
-    test_points: int | None = 500
-    source: EmbeddingSource = EmbeddingSource()
-    out_dir: str = "results/neighbourhood_size"
-    device: str | None = None
-    engine: str = "exact"  # head-TTT engine; "fused-fp16" etc. are the Triton GPU paths (HEAD_TTT_ENGINES)
-    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume, resources per trial
+    ttt_lr: float = 0.02  # TTT Adam learning rate (§E.6)
+    ttt_steps: int = 50  # TTT full-batch Adam steps (§E.6)
+    test_points: int | None = 500  # test points, a fixed seeded subset (None: the whole test set)
+    device: Device | None = None  # where trials compute (None: cuda when available)
+    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths
+    out_dir: str = "results/neighbourhood_size"  # tables, figure and the sweep's storage
+    data: EmbeddingOptions = EmbeddingOptions()
+    ray: RayOptions = RayOptions()
 
     def trials(self) -> list[EmbeddingHeadConfig]:
-        return [EmbeddingHeadConfig(source=self.source, hidden=None, seed=self.seed, epochs=self.epochs, ttt_k=k,
+        source = self.data.source(f"{self.out_dir}/clip")
+        return [EmbeddingHeadConfig(source=source, hidden=None, seed=self.seed, epochs=self.epochs, ttt_k=k,
                                     ttt_lr=self.ttt_lr, ttt_steps=self.ttt_steps, majority_k=0,
                                     test_points=self.test_points, device=self.device, engine=self.engine,
-                                    cache_dir=f"{self.out_dir}/features") for k in self.ks]
+                                    study="neighbourhood_size", cache_dir=str(Path(self.out_dir, "features").resolve()))
+                for k in self.ks]
 
 
-PAPER = NeighbourhoodSizeConfig(ks=(10, 30, 100, 300, 600, 1000, 3000, 10000), epochs=None, test_points=None,
-                                out_dir="results/neighbourhood_size_paper")
-
-
-def parse_args(argv: list[str] | None) -> NeighbourhoodSizeConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--paper", action="store_true", help="k up to 1e4, 50 epochs, the whole test set")
-    p.add_argument("--ks", type=int, nargs="+", help="neighbourhood sizes")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--test-points", type=int)
-    add_embedding_arguments(p)
-    p.add_argument("--out-dir")
-    p.add_argument("--device")
-    add_engine_argument(p)
-    add_sweep_args(p)
-    a = p.parse_args(argv)
-    base = PAPER if a.paper else NeighbourhoodSizeConfig()
-    out_dir = a.out_dir or base.out_dir
-    overrides = {"ks": tuple(a.ks) if a.ks else None, "seed": a.seed, "epochs": a.epochs,
-                 "test_points": a.test_points, "out_dir": a.out_dir, "device": a.device, "engine": a.engine,
-                 "source": embedding_source_from_args(a, f"{out_dir}/clip"), "sweep": sweep_options_from_args(a)}
-    return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+PRESETS = {
+    "paper": NeighbourhoodSize(ks=(10, 30, 100, 300, 600, 1000, 3000, 10000), epochs=None, test_points=None,
+                               out_dir="results/neighbourhood_size_paper"),
+    "smoke_test": NeighbourhoodSize(ks=(3, 30), epochs=1, test_points=100, out_dir="results/neighbourhood_size_smoke"),
+}
 
 
 def global_at_every_k(rows: pl.DataFrame, ks: tuple[int, ...]) -> pl.DataFrame:
@@ -90,19 +73,22 @@ def global_at_every_k(rows: pl.DataFrame, ks: tuple[int, ...]) -> pl.DataFrame:
     return pl.concat([rows.filter(pl.col("method") != "global"), glob.join(grid, how="cross").select(rows.columns)])
 
 
+def parse(argv: list[str] | None = None) -> NeighbourhoodSize:
+    """The study's options from the command line (a preset, then the options given beside it)."""
+    return parse_config(NeighbourhoodSize, argv, presets=PRESETS, doc=__doc__)
+
+
 def main(argv: list[str] | None = None) -> pl.DataFrame:
-    cfg = parse_args(argv)
-    trials = cfg.trials()
-    splits = cfg.source.load()
-    rows = run_trials(trials, functools.partial(embedding_head_trial, study="neighbourhood_size"),
-                      cfg.sweep.sweep("neighbourhood_size", cfg.out_dir, cfg.device), name=lambda t: f"k-{t.ttt_k}",
-                      shared={"splits": splits}, resume=cfg.sweep.resume, address=cfg.sweep.address)
+    cfg = parse(argv)
+    trials = cfg.trials()  # every trial config validated before any work
+    rows = run_study(cfg, trials, name="neighbourhood_size", out_dir=cfg.out_dir, metric="ttt_error",
+                     shared={"splits": trials[0].source.load()})
     outputs = finish_study(
         global_at_every_k(rows.filter(pl.col("metric") == "error"), cfg.ks), cfg.out_dir, by=["k", "method", "metric"],
         figure={"metric": "error", "x": "k", "xlabel": "Number of neighbours k", "ylabel": "Test error",
                 "title": "Neighbourhood size (S5)", "percent": True},
     )
-    print(f"data: {cfg.source.describe()}; linear head, {cfg.epochs or 50} epochs; TTT lr {cfg.ttt_lr}, "
+    print(f"data: {trials[0].source.describe()}; linear head, {cfg.epochs or 50} epochs; TTT lr {cfg.ttt_lr}, "
           f"{cfg.ttt_steps} steps; {cfg.test_points or 'all'} test points")
     print(format_table(outputs.table, "k", "error"))
     ttt = outputs.table.filter((pl.col("method") == "ttt") & (pl.col("metric") == "error")).sort("k")
@@ -114,4 +100,4 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

@@ -6,15 +6,15 @@ Run:
                                                    # one Tune trial per cell)
     python studies/theory_check.py --d1 256 1024 4096 --d2 8 16 32 64 128 --k 10 40 --noise 0.1
     python studies/theory_check.py --resume        # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/theory_check.py -- --d1 256 1024 4096 --address auto
-Every (d1, d2, s, k) cell is one Ray Tune trial; a local Ray starts when no cluster is given.
+    ray submit cluster.yaml studies/theory_check.py --d1 256 1024 4096
+
+Every (d1, d2, s, k) cell is one Ray Tune trial; a local Ray starts when no cluster is found.
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs d2/d1 with the prediction); each
 trial's rows under <out-dir>/sweeps/theory_check/rows/ (or under --storage-path).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import sys
@@ -22,26 +22,30 @@ from pathlib import Path
 
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from dashboards.figures import plot_theory_check  # noqa: E402
+from dashboards.outputs import finish_study  # noqa: E402
+from harness.cli import parse_config, run_main  # noqa: E402
 from harness.data.synthetic import LRHConfig  # noqa: E402
-from harness.distributed.study_sweep import SweepOptions, add_sweep_args, sweep_options_from_args, run_trials  # noqa: E402
-from harness.report import finish_study  # noqa: E402
-from harness.trials.lrh import TheoryTrialConfig, global_error_prediction, lrh_trial, ttt_rate  # noqa: E402
+from harness.distributed.study import RayOptions, run_study  # noqa: E402
+from harness.trials.lrh import TheoryTrialConfig, global_error_prediction, ttt_rate  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
-class TheoryCheckConfig:
+class TheoryCheck:
+    """S11's options (each trial: one (d1, d2, s, k) cell of synthetic linear-representation data)."""
+
     d1: tuple[int, ...] = (128, 512)  # number of concepts
-    d2: tuple[int, ...] = (8, 16, 32, 64)  # feature dimension
-    s: tuple[int, ...] = (1, 4)  # sparsity (s > 1: random positive concept weights)
-    k: tuple[int, ...] = (20,)  # neighbours
-    noise: float = 0.1  # σ; the global column also shows the noiseless §C.3 prediction
+    d2: tuple[int, ...] = (8, 16, 32, 64)  # feature dimension (the model size)
+    s: tuple[int, ...] = (1, 4)  # concepts active per point (s > 1: random positive concept weights)
+    k: tuple[int, ...] = (20,)  # neighbours of TTT
+    noise: float = 0.1  # σ of the targets; the global column also shows the noiseless §C.3 prediction
     points_per_cluster: int = 60  # training points per neighbourhood (must exceed k)
-    n_test: int = 400
-    seed: int = 0
-    out_dir: str = "results/theory_check"
-    sweep: SweepOptions = SweepOptions()  # Ray address, Tune storage, resume
+    n_test: int = 400  # test points
+    seed: int = 0  # data seed
+    out_dir: str = "results/theory_check"  # tables, figure and the sweep's storage
+    ray: RayOptions = RayOptions()
 
     def trials(self) -> list[TheoryTrialConfig]:
         out = []
@@ -53,29 +57,18 @@ class TheoryCheckConfig:
         return out
 
 
-def parse_args(argv: list[str] | None) -> TheoryCheckConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("d1", "d2", "s", "k"):
-        p.add_argument(f"--{name}", type=int, nargs="+")
-    p.add_argument("--noise", type=float)
-    p.add_argument("--points-per-cluster", type=int)
-    p.add_argument("--n-test", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out-dir")
-    add_sweep_args(p)
-    args = p.parse_args(argv)
-    sweep = sweep_options_from_args(args)
-    a = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TheoryCheckConfig)}}
-    over = {k: (tuple(v) if isinstance(v, list) else v) for k, v in a.items() if v is not None} | {"sweep": sweep}
-    return dataclasses.replace(TheoryCheckConfig(), **over)
+PRESETS = {"smoke_test": TheoryCheck(d1=(128,), d2=(8, 32), s=(1,), n_test=100, out_dir="results/theory_check_smoke")}
+
+
+def parse(argv: list[str] | None = None) -> TheoryCheck:
+    """The study's options from the command line (a preset, then the options given beside it)."""
+    return parse_config(TheoryCheck, argv, presets=PRESETS, doc=__doc__)
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
-    cfg = parse_args(argv)
-    trials = cfg.trials()
-    rows = run_trials(trials, lrh_trial, cfg.sweep.sweep("theory_check", cfg.out_dir), resume=cfg.sweep.resume,
-                      address=cfg.sweep.address,
-                      name=lambda t: f"d1-{t.data.d1}-d2-{t.data.d2}-s-{t.data.s}-k-{t.k}")
+    cfg = parse(argv)
+    trials = cfg.trials()  # every trial config validated before any work
+    rows = run_study(cfg, trials, name="theory_check", out_dir=cfg.out_dir, metric="ttt_squared_error")
     outputs = finish_study(rows, cfg.out_dir, by=["dataset", "model_size", "k", "method", "metric"])
     table = outputs.table.with_columns(
         d1=pl.col("dataset").str.extract(r"d1=(\d+)").cast(pl.Int64),
@@ -103,10 +96,8 @@ def _global_prediction(row: dict) -> str:
 
 
 def plot_theory(table: pl.DataFrame, path: Path) -> Path:
-    from dashboards.figures import plot_theory_check
-
     return plot_theory_check(table.filter(pl.col("s") == 1), path)  # the §C.3 instance
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Ray workers import the tests' own trial kinds (distributed_fixtures): put tests/ on their PYTHONPATH
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    dict.fromkeys([str(ROOT / "tests"), str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
 
 
 @pytest.fixture(scope="session")

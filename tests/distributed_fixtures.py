@@ -69,20 +69,58 @@ def tiny_config(cache_dir: str, **overrides):
     return dataclasses.replace(MnistTrialConfig(**TINY, cache_dir=cache_dir), **overrides)
 
 
-def sleepy_trial(config: dict) -> "pl.DataFrame":
-    """A cheap pure trial for sweep tests: logs each call to config["calls_log"], sleeps, returns 3 rows
-    whose values are config["x"] (so the reported ttt_error equals x)."""
+@dataclasses.dataclass(frozen=True)
+class SleepyTrial:
+    """A cheap trial kind for sweep tests: its rows' values are x (so the reported ttt_error equals x)."""
+
+    x: int
+    sleep: float = 0.0
+    calls_log: str = ""  # each call appends x here
+    fail: str = ""  # "input": raise a ConfigError; "crash_once": crash on the first call of this x
+    input_file: str = ""  # a file the trial reads (its fingerprint keys the cache)
+
+    def input_files(self) -> tuple[str, ...]:
+        return (self.input_file,) if self.input_file else ()
+
+
+def _sleepy(cfg: SleepyTrial) -> "pl.DataFrame":
     import time
+    from pathlib import Path
 
     import numpy as np
 
+    from harness.errors import ConfigError
     from harness.results.schema import RunInfo, point_rows
 
-    with open(config["calls_log"], "a") as f:
-        f.write(f"{config['x']}\n")
-    time.sleep(config["sleep"])
+    calls = Path(cfg.calls_log).read_text().split() if cfg.calls_log and Path(cfg.calls_log).exists() else []
+    if cfg.calls_log:
+        with open(cfg.calls_log, "a") as f:
+            f.write(f"{cfg.x}\n")
+    if cfg.fail == "input":
+        raise ConfigError(f"x = {cfg.x} is refused by this trial")
+    if cfg.fail == "crash_once" and str(cfg.x) not in calls:
+        raise RuntimeError("a crash (e.g. a lost node)")
+    time.sleep(cfg.sleep)
+    value = float(cfg.x) + (float(Path(cfg.input_file).read_text()) if cfg.input_file else 0.0)
     return point_rows(RunInfo(study="sweep_test", dataset="synthetic-val", seed=0), "ttt", "error",
-                      np.full(3, float(config["x"])), np.arange(3))
+                      np.full(3, value), np.arange(3))
+
+
+def _register() -> None:
+    from harness.trials.registry import TRIALS, register_trial
+
+    if "sleepy_test" not in TRIALS:
+        register_trial("sleepy_test", SleepyTrial)(_sleepy)
+
+
+if __name__ != "__main__":  # run as a script, the module registers itself on `import distributed_fixtures`
+    _register()
+
+
+def calls(log) -> list[int]:
+    from pathlib import Path
+
+    return [int(x) for x in Path(log).read_text().split()] if Path(log).exists() else []
 
 
 def run_sleepy_sweep(storage: str, calls_log: str, resume: bool, xs: int = 6, sleep: float = 1.5) -> None:
@@ -91,11 +129,12 @@ def run_sleepy_sweep(storage: str, calls_log: str, resume: bool, xs: int = 6, sl
 
     import ray
 
-    from harness.distributed.sweep import SweepConfig, grid_space, run_sweep
+    from harness.distributed.runtime import init_ray
+    from harness.distributed.sweep import SweepConfig, run_trials
 
-    sweep = SweepConfig("sleepy", storage, max_concurrent=1, verbose=0)
-    result = run_sweep(sleepy_trial, grid_space({"x": list(range(xs))}, {"sleep": sleep, "calls_log": calls_log}),
-                       sweep, resume=resume)
+    init_ray("local", num_cpus=2)
+    sweep = SweepConfig("sleepy", storage, max_concurrent=1)
+    result = run_trials([SleepyTrial(x, sleep, calls_log) for x in range(xs)], sweep, resume=resume)
     print("RESULT " + json.dumps({"trials": len(result.grid), "rows": result.rows.height,
                                   "xs": sorted(result.trials["config/x"].to_list())}), flush=True)
     ray.shutdown()
@@ -104,4 +143,6 @@ def run_sleepy_sweep(storage: str, calls_log: str, resume: bool, xs: int = 6, sl
 if __name__ == "__main__":
     import sys
 
-    run_sleepy_sweep(sys.argv[1], sys.argv[2], resume="--resume" in sys.argv)
+    import distributed_fixtures  # the kind must live in an importable module, not __main__
+
+    distributed_fixtures.run_sleepy_sweep(sys.argv[1], sys.argv[2], resume="--resume" in sys.argv)

@@ -13,8 +13,7 @@ import ray
 from distributed_fixtures import assert_same_table, ray_cluster, tiny_trial  # noqa: F401  (pytest fixtures)
 from harness.distributed.runtime import require_resources
 from harness.distributed.sharding import ShardingConfig, evaluate_sharded
-from harness.distributed.trials import mnist_trial_sharded
-from harness.trials.mnist import mnist_features
+from harness.trials.mnist import mnist_features, mnist_trial
 from harness.trials.mnist import test_subset as seeded_subset
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator
 from harness.ttt.linear import HeadTTTConfig
@@ -22,7 +21,7 @@ from harness.ttt.linear import HeadTTTConfig
 def test_two_node_sharded_trial_equals_in_process(ray_cluster, tiny_trial, mnist):
     cfg, in_process = tiny_trial
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-    rows = mnist_trial_sharded(cfg, ShardingConfig(actors=2, gpus_per_actor=1.0, batch_size=16), mnist)
+    rows = mnist_trial(cfg, mnist, sharding=ShardingConfig(actors=2, gpus_per_actor=1.0, batch_size=16))
     assert rows.height == 5 * 100  # 100 points x (global, ttt) x (error, CE) + majority error
     assert rows.group_by("method", "metric").len()["len"].to_list() == [100] * 5
     assert_same_table(rows, in_process)

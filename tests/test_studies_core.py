@@ -8,7 +8,7 @@ import pytest
 import ray
 
 from harness.data.synthetic import LRHConfig
-from harness.distributed.trials import mnist_config_from_dict
+from harness.errors import ConfigError
 from harness.trials.embedding_head import EmbeddingHeadConfig
 from harness.trials.lrh import TheoryTrialConfig, lrh_trial
 from harness.trials.mnist import MnistTrialConfig, mnist_trial
@@ -39,6 +39,7 @@ def test_mnist_trial_ttt_beats_global_at_the_smallest_size(mnist):
     cfg = MnistTrialConfig(model_size=280, seed=1, epochs=2, fraction=0.2, test_points=300, ttt_steps=20)
     rows = mnist_trial(cfg, mnist)
     assert set(rows["method"].unique()) == {"global", "ttt", "majority"}
+    assert set(rows["study"].unique()) == {"model_scaling"}
     assert rows.filter(pl.col("metric") == "error").height == 900
     assert _mean(rows, "global") > 0.05  # one epoch: an imperfect global model ...
     assert _mean(rows, "ttt") < _mean(rows, "global") - 0.03  # ... that TTT improves on
@@ -61,36 +62,66 @@ def test_model_scaling_study_writes_table_parquet_and_png(tmp_path, mnist, capsy
     assert err.filter(pl.col("method") == "ttt")["n"].to_list() == [150, 150]
 
 
-def test_theory_check_study(tmp_path, capsys):
+def test_theory_check_study_measures_the_section_c3_prediction(tmp_path):
     import studies.theory_check as study
 
-    study.main(["--d1", "64", "--d2", "8", "16", "--s", "1", "--n-test", "100", "--out-dir", str(tmp_path)])
-    printed = capsys.readouterr().out
-    assert "1-d2/d1" in printed and "0.8750" in printed and "0.7500" in printed
-    assert (tmp_path / "figure.png").exists()
+    table = study.main(["--d1", "64", "--d2", "8", "32", "--s", "1", "--noise", "0", "--n-test", "300",
+                        "--out-dir", str(tmp_path)])
+    glob = table.filter((pl.col("method") == "global") & (pl.col("metric") == "squared_error")).sort("model_size")
+    assert glob["model_size"].to_list() == [8, 32]
+    # the measured global error (not the printed formula) lands on 1 - d2/d1 = 0.875 and 0.5 ...
+    np.testing.assert_allclose(glob["mean"].to_numpy(), [1 - 8 / 64, 1 - 32 / 64], atol=0.08)
+    ttt = table.filter((pl.col("method") == "ttt") & (pl.col("metric") == "squared_error"))
+    assert ttt["mean"].max() < 1e-8  # ... and noiseless TTT is exact
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
 
 
-def test_bad_study_config_fails_before_work(tmp_path):
+def test_bad_study_config_fails_before_work(tmp_path, capsys):
     import studies.model_scaling as study
 
-    with pytest.raises(ValueError, match="model_size 123 is not a LeNet size"):
+    with pytest.raises(ConfigError, match="model_size 123 is not a LeNet size"):
         study.main(["--sizes", "123", "--out-dir", str(tmp_path)])
-    with pytest.raises(ValueError, match="fraction must be in"):
+    with pytest.raises(ConfigError, match="fraction must be in"):
         MnistTrialConfig(model_size=280, fraction=0.0)
-    with pytest.raises(ValueError, match="engine must be one of .*'fused-fp16'.*got 'fast'"):
+    with pytest.raises(SystemExit) as exit_info:  # the generated CLI lists the engines and refuses others
         study.main(["--engine", "fast", "--out-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--engine" in err and "fused-fp16-state" in err and "'fast'" in err
     assert not any(tmp_path.iterdir())
-    assert {t["engine"] for t in study.parse_args(["--engine", "fused-fp16"]).trials()} == {"fused-fp16"}
+    assert {t.engine for t in study.parse(["--engine", "fused-fp16"]).trials()} == {"fused-fp16"}
+
+
+def test_head_engine_choices_are_the_registered_engines():
+    import typing
+
+    from harness.trials.options import HeadEngine
+    from harness.ttt.linear_fused import HEAD_TTT_ENGINES
+
+    assert sorted(typing.get_args(HeadEngine)) == HEAD_TTT_ENGINES.names()
+
+
+def _embedding_files(folder):
+    """A tiny embeddings pair (.npy + <stem>.labels.npy) of 2 separable classes."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for name, n in (("train", 400), ("test", 60)):
+        y = np.arange(n) % 2
+        x = rng.normal(size=(n, 8)).astype(np.float32) + 3 * y[:, None]
+        np.save(folder / f"{name}.npy", x)
+        np.save(folder / f"{name}.labels.npy", y)
+        paths.append(str(folder / f"{name}.npy"))
+    return paths
 
 
 ENGINE_STUDIES = [  # (study script, extra arguments, the trial configs its parsed config runs through head TTT)
     ("data_scaling", [], lambda cfg: cfg.trials()),
-    ("data_scaling", ["--embeddings", "mnist-pixels"], lambda cfg: cfg.trials()),
+    ("data_scaling", ["--embeddings", "EMB"], lambda cfg: cfg.trials()),
     ("neighbourhood_size", [], lambda cfg: cfg.trials()),
     ("mlp_scaling", [], lambda cfg: cfg.trials()),
     ("cross_entropy", [], lambda cfg: cfg.trials()),
     ("moe_scaling", [], lambda cfg: [cfg.reference()]),  # the MoE experts are not head TTT
-    ("tune_ttt", ["--sizes", "280", "1268"], lambda cfg: [mnist_config_from_dict(cfg.fixed(s))[0] for s in cfg.sizes]),
+    ("tune_ttt", ["--sizes", "280", "1268"], lambda cfg: [MnistTrialConfig(**cfg.fixed(s)) for s in cfg.sizes]),
     ("local_vs_global", [], lambda cfg: cfg.trials()),
 ]
 
@@ -98,18 +129,22 @@ ENGINE_STUDIES = [  # (study script, extra arguments, the trial configs its pars
 @pytest.mark.parametrize(("name", "extra", "trials_of"), ENGINE_STUDIES,
                          ids=["data_scaling", "data_scaling-embeddings", "neighbourhood_size", "mlp_scaling",
                               "cross_entropy", "moe_scaling", "tune_ttt", "local_vs_global"])
-def test_engine_option_reaches_every_trial_and_a_bad_one_fails_before_work(name, extra, trials_of, tmp_path):
+def test_engine_option_reaches_every_trial_and_a_bad_one_fails_before_work(name, extra, trials_of, tmp_path, capsys):
     study = importlib.import_module(f"studies.{name}")
-    assert {t.engine for t in trials_of(study.parse_args(extra))} == {"exact"}
-    trials = trials_of(study.parse_args([*extra, "--engine", "fused-fp16"]))
+    if "EMB" in extra:
+        extra = ["--embeddings", *_embedding_files(tmp_path)]
+    out = tmp_path / "out"
+    assert {t.engine for t in trials_of(study.parse(extra))} == {"exact"}
+    trials = trials_of(study.parse([*extra, "--engine", "fused-fp16"]))
     assert len(trials) >= 1 and {t.engine for t in trials} == {"fused-fp16"}
     ray_was_up = ray.is_initialized()  # other tests may have left a local Ray running
-    with pytest.raises(ValueError, match="engine must be one of .*'fused-fp16'.*got 'fast'"):
-        study.main([*extra, "--engine", "fast", "--out-dir", str(tmp_path)])
-    assert ray.is_initialized() == ray_was_up and not any(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        study.main([*extra, "--engine", "fast", "--out-dir", str(out)])
+    assert "--engine" in capsys.readouterr().err
+    assert ray.is_initialized() == ray_was_up and not out.exists()
 
 
 def test_embedding_head_config_rejects_an_unknown_engine():
     assert EmbeddingHeadConfig(engine="fused-fp16-state").engine == "fused-fp16-state"
-    with pytest.raises(ValueError, match="engine must be one of .*'exact'.*got 'fused-fp8'"):
+    with pytest.raises(ConfigError, match="engine must be one of .*'exact'.*got 'fused-fp8'"):
         EmbeddingHeadConfig(engine="fused-fp8")

@@ -147,6 +147,18 @@ def sweep_config(name: str, out_dir: str, ray_options: RayOptions, device: str |
     return SweepConfig(name, storage, cpus_per_trial=ray_options.cpus_per_trial, gpus_per_trial=gpus, **common)
 
 
+def prepare_sweep(cfg: Any, *, name: str, out_dir: str, metric: str, mode: str = "min",
+                  ray_options: RayOptions | None = None) -> Any:
+    """The checks every study sweep makes before any work (duplicate values, a writable out-dir, resume
+    options equal to the stored ones) and its SweepConfig."""
+    opts = ray_options if ray_options is not None else cfg.ray
+    check_unique_values(cfg)
+    check_writable(out_dir)
+    sweep = sweep_config(name, out_dir, opts, getattr(cfg, "device", None), metric, mode)
+    check_resume(cfg, sweep.experiment_path, opts.resume)
+    return sweep
+
+
 def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metric: str, mode: str = "min",
               shared: Mapping[str, Any] | None = None, ray_options: RayOptions | None = None) -> pl.DataFrame:
     """Every trial's rows, in trial order, from one Ray Tune sweep named `name` (see the module docstring).
@@ -159,16 +171,13 @@ def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metri
     from harness.trials.registry import trial_kind
 
     opts = ray_options if ray_options is not None else cfg.ray
-    check_unique_values(cfg)
-    check_writable(out_dir)
     shared = dict(shared or {})
     if opts.actors:
         if not all(trial_kind(t).shardable for t in trials):
             raise ConfigError(f"--actors {opts.actors}: the trials of {name} do not shard over Ray Data actors; "
                               "use --actors 0")
         shared["sharding"] = ShardingConfig(actors=opts.actors, gpus_per_actor=opts.gpus_per_actor)
-    sweep = sweep_config(name, out_dir, opts, getattr(cfg, "device", None), metric, mode)
-    check_resume(cfg, sweep.experiment_path, opts.resume)
+    sweep = prepare_sweep(cfg, name=name, out_dir=out_dir, metric=metric, mode=mode, ray_options=opts)
     with ray_session(opts.address):
         if opts.actors:  # GPUs asked for where none exist: fail now, naming the option
             require_resources(opts.gpus_per_actor, ShardingConfig().cpus_per_actor)

@@ -40,7 +40,7 @@ from ray import tune
 from harness.errors import INPUT_ERRORS, ConfigError
 from harness.results.provenance import changed_inputs, code_version, input_fingerprint
 from harness.results.schema import config_hash
-from harness.trials.registry import TRIALS, input_files, trial_kind
+from harness.trials.registry import TRIALS, TrialKind, input_files, trial_kind
 
 Summarise = Callable[[pl.DataFrame], dict[str, float]]
 
@@ -186,7 +186,7 @@ def stale_reason(meta: Mapping[str, Any] | None, expected: Mapping[str, Any]) ->
     return "; ".join(reasons) or None
 
 
-def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind_name: str,
+def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: TrialKind,
                expected: Mapping[str, dict], rows_path: str, summarise: Summarise, metric: str,
                require_split: str | None, reuse_stale: bool, run_kwargs: Mapping[str, Any], workdir: str) -> None:
     """One Ray Tune trial: read back valid cached rows or compute them; report the summary."""
@@ -195,7 +195,6 @@ def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind_n
     # shared inputs come read-only from the object store; the trials never write them
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     key = config_hash(config)
-    kind = TRIALS.get(kind_name)
     cfg = trials_by_hash[key] if trials_by_hash is not None else kind.config(**config)
     want = expected.get(key) or provenance(cfg)
     uri = f"{rows_path}/{key}.parquet"
@@ -227,36 +226,47 @@ class _TrialProgress(tune.Callback):
     """One progress bar over the sweep's trials; the latest training epoch of a running trial beside it."""
 
     def __init__(self, total: int | None, name: str) -> None:
+        self.total, self.name, self.bar = total, name, None
+
+    def __getstate__(self) -> dict:  # Tune pickles its callbacks with the run config; the bar stays here
+        return {"total": self.total, "name": self.name, "bar": None}
+
+    def setup(self, **info) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc=name, unit="trial", dynamic_ncols=True)
+        self.bar = tqdm(total=self.total, desc=self.name, unit="trial", dynamic_ncols=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if "epoch" in result and "train_loss" in result:
+        if self.bar is not None and "epoch" in result and "train_loss" in result:
             self.bar.set_postfix_str(f"training: epoch {result['epoch']} loss {result['train_loss']:.3f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix_str("")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str("")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_experiment_end(self, trials, **info) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _kwargs_for(kind_run: Callable, shared: Mapping[str, Any]) -> dict[str, Any]:
+def _kwargs_for(kind_run: Callable, shared: Mapping[str, Any], curves: bool) -> dict[str, Any]:
+    """The trial function's keyword inputs; with `curves`, its training epochs are reported to Tune (not in
+    searches: a searcher reads every report as a value of its objective)."""
     import inspect
 
     params = inspect.signature(kind_run).parameters
     kwargs = dict(shared)
-    if "on_epoch" in params:
+    if curves and "on_epoch" in params:
         kwargs["on_epoch"] = True  # replaced by a tune.report callback inside the trial
     return kwargs
 
 
-def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, Any] | None, kind_name: str,
+def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: TrialKind,
          expected: Mapping[str, dict], shared: Mapping[str, Any], search_alg: Any, num_samples: int,
          resume: bool, reuse_stale: bool, summarise: Summarise, require_split: str | None,
          callbacks: Sequence[Any]) -> tune.ResultGrid:
@@ -273,9 +283,10 @@ def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, 
     for i, bundle in enumerate([head, *sweep.child_bundles]):  # refuse infeasible trials before any work
         require_bundle(bundle, "cpus_per_trial/gpus_per_trial" if i == 0 else "actors x (cpus, gpus_per_actor)")
     trainable = tune.with_parameters(
-        _trainable, trials_by_hash=trials_by_hash, kind_name=kind_name, expected=expected,
+        _trainable, trials_by_hash=trials_by_hash, kind=kind, expected=expected,
         rows_path=sweep.rows_path, summarise=summarise, metric=sweep.metric, require_split=require_split,
-        reuse_stale=reuse_stale, run_kwargs=_kwargs_for(TRIALS.get(kind_name).run, shared), workdir=os.getcwd(),
+        reuse_stale=reuse_stale, run_kwargs=_kwargs_for(kind.run, shared, curves=trials_by_hash is not None),
+        workdir=os.getcwd(),
     )
     trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([head, *sweep.child_bundles]))
     progress = [] if sweep.verbose else [_TrialProgress(num_samples, sweep.name)]
@@ -325,7 +336,7 @@ def run_trials(trials: Sequence[Any], sweep: SweepConfig, *, shared: Mapping[str
     work) and for trials that failed on bad input; RuntimeError for trials that kept crashing."""
     if not trials:
         raise ConfigError("a sweep needs at least one trial")
-    kinds = {trial_kind(t).name for t in trials}
+    kinds = {trial_kind(t).name: trial_kind(t) for t in trials}
     if len(kinds) != 1:
         raise ConfigError(f"one sweep runs one trial kind, got {sorted(kinds)}")
     configs = [dataclasses.asdict(t) for t in trials]
@@ -338,7 +349,7 @@ def run_trials(trials: Sequence[Any], sweep: SweepConfig, *, shared: Mapping[str
     _print_cache_state(sweep, keys, labels, expected, reuse_stale)
     from ray.tune.search import BasicVariantGenerator
 
-    grid = _fit(sweep, dict(configs[0]), trials_by_hash=dict(zip(keys, trials)), kind_name=kinds.pop(),
+    grid = _fit(sweep, dict(configs[0]), trials_by_hash=dict(zip(keys, trials)), kind=next(iter(kinds.values())),
                 expected=expected, shared=shared or {}, search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                 num_samples=len(configs), resume=resume, reuse_stale=reuse_stale, summarise=summarise,
                 require_split=None, callbacks=callbacks)
@@ -396,7 +407,7 @@ def search_trials(config_cls: type, space: Mapping[str, Any], sweep: SweepConfig
         raise ConfigError(f"unknown {config_cls.__name__} fields {sorted(unknown)}")
     searcher = ConcurrencyLimiter(OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed),
                                   max_concurrent=max_concurrent)
-    grid = _fit(sweep, {**(fixed or {}), **space}, trials_by_hash=None, kind_name=kind.name, expected={},
+    grid = _fit(sweep, {**(fixed or {}), **space}, trials_by_hash=None, kind=kind, expected={},
                 shared=shared or {}, search_alg=searcher, num_samples=num_samples, resume=resume, reuse_stale=False,
                 summarise=summarise_rows, require_split=require_split, callbacks=callbacks)
     rows = pl.concat([_read_rows(r.metrics["rows_uri"]) for r in grid], how="diagonal_relaxed")
