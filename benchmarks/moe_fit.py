@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     centroids = x[torch.randperm(shape.n, device=device, generator=g)[: shape.experts]]  # k-means stand-in
     nb = nearest_training_points(x, centroids, cfg.k)  # (E, k)
     sync(device)
-    print(f"set-up (data, stand-in centroids, neighbours by GEMM + top-k; not timed below): {time.perf_counter() - t0:.1f} s")
+    print("set-up (data, stand-in centroids, neighbours by GEMM + top-k; not timed below): "
+          f"{time.perf_counter() - t0:.1f} s")
 
     # warm-up both paths (CUDA context, kernels, allocator)
     next(iter_expert_chunks(W, c, x, y, centroids[:8], nb[:8], cfg, chunk=8))
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"batched: {batched_s:.2f} s for {shape.experts:,} experts ({shape.experts / batched_s:,.0f} experts/s)")
     print(f"loop:    {loop_each * 1e3:.1f} ms per expert, timed on {L} experts, extrapolated x{shape.experts:,} "
           f"= {loop_s:.1f} s")
-    print(f"ratio:   {loop_s / batched_s:.1f}x (loop / batched); max |head difference| batched vs loop: {max(diffs):.2e}")
+    print(f"ratio:   {loop_s / batched_s:.1f}x (loop / batched); "
+          f"max |head difference| batched vs loop: {max(diffs):.2e}")
     if device.type == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
 

@@ -72,9 +72,10 @@ class TimedEvaluator(HeadTTTEvaluator):
 def steady_rate(out: dict[str, np.ndarray]) -> float:
     """Points/s while every actor is past its first (warm-up) batch and none has finished:
     window [max first-batch end, min last-batch end]; a batch counts by its overlap with the window."""
-    batches = sorted({(int(p), s, e) for p, s, e in zip(out["pid"], out["t_start"], out["t_end"])}, key=lambda b: b[1])
-    sizes = {}
-    for p, s, e in zip(out["pid"], out["t_start"], out["t_end"]):
+    rows = list(zip(out["pid"], out["t_start"], out["t_end"], strict=True))  # one per point
+    batches = sorted({(int(p), s, e) for p, s, e in rows}, key=lambda b: b[1])
+    sizes: dict[tuple[int, float, float], int] = {}
+    for p, s, e in rows:
         sizes[(int(p), s, e)] = sizes.get((int(p), s, e), 0) + 1
     pids = {b[0] for b in batches}
     t0 = max(min(e for p, _, e in batches if p == pid) for pid in pids)

@@ -150,6 +150,7 @@ def flash_sweep_blocks(device) -> list:
     """The flash design (the fp16 default before the split design), without its second stream, and with Adam in
     its gradient kernel; then the split design without TMA, with an fp32 gradient buffer, and on one stream."""
     split, split_state = default_blocks("fp16", device), default_blocks("fp16-state", device)
+    assert isinstance(split, FlashBlocks) and isinstance(split_state, FlashBlocks)  # the fp16 modes' blocks
     return [FlashBlocks(), FlashBlocks(streams=1), FlashBlocks(separate_adam=False, bkk=32, streams=1),
             dataclasses.replace(split, f_tma=False), dataclasses.replace(split, g_fp16=False),
             dataclasses.replace(split_state, streams=1)]
@@ -158,9 +159,10 @@ def flash_sweep_blocks(device) -> list:
 def flash_breakdown(eng: FusedHeadTTT, device: torch.device, reps: int = 3) -> str:
     """µs per point and step of each flash kernel (all steps of one batch, kernel by kernel), regs, spills."""
     out = []
-    for only in ("lse", "grad", "flash") if eng.blocks.separate_adam else ("lse", "flash"):
+    blocks, ws = eng._flash_parts()
+    for only in ("lse", "grad", "flash") if blocks.separate_adam else ("lse", "flash"):
         def go(only=only):
-            LF._run_flash_steps(eng.weight, eng.weight_h, eng.bias, eng.x, eng.y, eng.ws, eng.cfg, eng.blocks,
+            LF._run_flash_steps(eng.weight, eng.weight_h, eng.bias, eng.x, eng.y, ws, eng.cfg, blocks,
                                 False, only=only)
         go()
         sync(device)
@@ -170,7 +172,7 @@ def flash_breakdown(eng: FusedHeadTTT, device: torch.device, reps: int = 3) -> s
         sync(device)
         us = (time.perf_counter() - t) / reps / eng.cfg.steps / eng.batch * 1e6
         h = LF.LAST_LAUNCH.get("lse" if only == "lse" else "flash4_adam")
-        h = None if only == "flash" and eng.blocks.separate_adam else h
+        h = None if only == "flash" and blocks.separate_adam else h
         regs = f"{getattr(h, 'n_regs', '?')} regs, {getattr(h, 'n_spills', '?')} spills" if h is not None else ""
         out.append(f"{only} {us:.2f} us/point-step ({regs})")
     return "; ".join(out)
@@ -226,8 +228,8 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    full = {"n_train": 1_230_000, "d": 512, "classes": 1000, "k": 600, "test_points": 1024, "loop_points": 20, "agree_points": 256,
-                "batched_b": [64], "fused_b": [8, 16, 32, 64, 128]}
+    full = {"n_train": 1_230_000, "d": 512, "classes": 1000, "k": 600, "test_points": 1024, "loop_points": 20,
+            "agree_points": 256, "batched_b": [64], "fused_b": [8, 16, 32, 64, 128]}
     small = {"n_train": 5000, "d": 32, "classes": 20, "k": 50, "test_points": 64, "loop_points": 8, "agree_points": 32,
                  "batched_b": [16], "fused_b": [8, 16]}
     for key, val in (full if gpu else small).items():
@@ -257,7 +259,7 @@ def main() -> None:
     idx = bench_knn(args, train_x, test_x)  # (T, k)
     T = len(test_x)
 
-    def batch(s: int, e: int):
+    def batch(s: int, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         i = idx[s:e]
         return train_x[i], train_y[i], test_x[s:e]
 
@@ -358,7 +360,8 @@ def main() -> None:
             tag = "fused (Triton interpreter)" if args.interpret else "fused (CPU: torch fallback)"
             time_variant(f"{tag} {prec}", fn, args.fused_b[0], heads_fn=heads)
             continue
-        bs = args.fused_b if prec in ("tf32", "bf16", "fp16", "fp16-state") else [max((b for b in args.fused_b if b <= 32), default=min(args.fused_b))]
+        small_b = max((b for b in args.fused_b if b <= 32), default=min(args.fused_b))
+        bs = args.fused_b if prec in ("tf32", "bf16", "fp16", "fp16-state") else [small_b]
         blocks = ((FlashBlocks if prec in LF.FLASH_PRECISIONS else FusedBlocks)(**tuned[prec]) if prec in tuned
                   else default_blocks(prec, device))
         tag = " tuned" if prec in tuned else ""
@@ -375,7 +378,7 @@ def main() -> None:
     if gpu and args.flash_sweep:
         flash_sweep(args, W0, c0, cfg, time_variant, batch)
     if gpu and args.block_sweep:
-        best = {}
+        best: dict[str, tuple[float, int]] = {}  # precision -> (points/s, B) of its fastest fused run
         for r in ROWS:
             if r.get("variant", "").startswith("fused") and "points_s" in r:
                 p = r["variant"].split()[1]

@@ -20,8 +20,17 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from harness.ttt.linear import HeadTTTConfig  # noqa: E402
-from harness.ttt.linear_fused import (FusedBlocks, _default_z_dtype, _kernels, _launch_dgrad,  # noqa: E402
-                                      _launch_fwd, _launch_gemm, _Workspace, _x_for_gemm, triton_cdiv)
+from harness.ttt.linear_fused import (  # noqa: E402
+    FusedBlocks,
+    _default_z_dtype,
+    _kernels,
+    _launch_dgrad,
+    _launch_fwd,
+    _launch_gemm,
+    _Workspace,
+    _x_for_gemm,
+    triton_cdiv,
+)
 
 CONFIGS = {
     "default": FusedBlocks(),
@@ -67,7 +76,8 @@ def main() -> None:
           f"  fwd | D | gemm+adam", flush=True)
     best: dict[str, dict] = {}
     for prec in args.precisions:
-        parts = {"fwd": (float("inf"), None), "d": (float("inf"), None), "grad": (float("inf"), None)}
+        parts: dict[str, tuple[float, FusedBlocks | None]] = {"fwd": (float("inf"), None), "d": (float("inf"), None),
+                                                              "grad": (float("inf"), None)}
         x = x32.to(torch.bfloat16) if prec == "bf16" else x32
         zb = 2 if prec == "bf16" else 4
         for name in args.configs:
@@ -100,11 +110,11 @@ def main() -> None:
                 per = sum(times) / B
                 byts = [(C * d * 4 + k * d * zb + k * C * zb) * B, 2 * k * C * zb * B,
                         (6 * C * d * 4 + k * d * zb + k * C * zb) * B]
-                bw = " | ".join(f"{bb / tt / 1e6:.1f}TB/s {info(h)}" for bb, tt, h in zip(byts, times, hs))
+                bw = " | ".join(f"{bb / tt / 1e6:.1f}TB/s {info(h)}" for bb, tt, h in zip(byts, times, hs, strict=True))
                 print(f"{prec:<5} {name:<12} {times[0]:7.0f} {times[1]:6.0f} {times[2]:7.0f} {per:10.2f} "
                       f"{1e6 / (50 * per):8.0f}  {bw}", flush=True)
                 assert torch.isfinite(ws.W).all()
-                for key, tt in zip(parts, times):
+                for key, tt in zip(parts, times, strict=True):
                     if tt < parts[key][0]:
                         parts[key] = (tt, bl)
                 del ws
@@ -112,11 +122,12 @@ def main() -> None:
                 print(f"{prec:<5} {name:<12} FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
                 traceback.print_exc()
             torch.cuda.empty_cache()
-        if all(v[1] is not None for v in parts.values()):
+        fastest = {key: bl for key, (_, bl) in parts.items() if bl is not None}
+        if len(fastest) == len(parts):
             combo = {}
-            for key, (_, bl) in parts.items():
+            for key, bl in fastest.items():
                 combo.update({f: v for f, v in vars(bl).items() if f.startswith(key + "_")})
-            combo["x_t"] = parts["grad"][1].x_t
+            combo["x_t"] = fastest["grad"].x_t
             best[prec] = combo
             print(f"{prec}: fastest parts combined: {combo} (predicted "
                   f"{1e6 / (50 * sum(v[0] for v in parts.values()) / B):.0f} points/s)", flush=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import polars as pl  # noqa: E402
 
 METHOD_STYLE = {
@@ -43,7 +43,8 @@ def plot_metric_vs(
         label, colour = METHOD_STYLE.get(method, (method, None))
         xs = part[x].to_numpy()
         ax.plot(xs, part["mean"].to_numpy() * scale, marker="o", ms=3.5, label=label, color=colour)
-        ax.fill_between(xs, part["ci_low"].to_numpy() * scale, part["ci_high"].to_numpy() * scale, alpha=0.2, color=colour)
+        ax.fill_between(xs, part["ci_low"].to_numpy() * scale, part["ci_high"].to_numpy() * scale,
+                        alpha=0.2, color=colour)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel or x)

@@ -24,7 +24,7 @@ def class_balanced_holdout(labels: np.ndarray, count: int, seed: int = 0) -> tup
         c = int(np.flatnonzero(short)[0])
         raise ValueError(f"class {classes[c]} has {sizes[c]} points, fewer than the {per_class[c]} the hold-out needs")
     held = np.concatenate([rng.choice(np.flatnonzero(labels == c), size=m, replace=False)
-                           for c, m in zip(classes, per_class)])
+                           for c, m in zip(classes, per_class, strict=True)])
     mask = np.zeros(n, dtype=bool)
     mask[held] = True
     return np.flatnonzero(~mask), np.flatnonzero(mask)

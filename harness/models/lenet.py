@@ -58,7 +58,8 @@ def lenet_for_size(params: int) -> LeNetSpec:
     try:
         return LENET_SPECS[params]
     except KeyError:
-        raise ValueError(f"model_size {params} is not a LeNet size of the paper; choose from {sorted(LENET_SPECS)}") from None
+        raise ValueError(f"model_size {params} is not a LeNet size of the paper; "
+                         f"choose from {sorted(LENET_SPECS)}") from None
 
 
 class LeNet(nn.Module):

@@ -34,18 +34,18 @@ class HeadSpec:
 
 # Table 7 (hidden -> lr, batch, epochs, dropout); weight decay 0 everywhere.
 MLP_SPECS: dict[int, HeadSpec] = {
-    s.hidden: s
-    for s in (
-        HeadSpec(250, 4.0e-4, 450, 50, 0.05),
-        HeadSpec(500, 3.5e-4, 350, 50, 0.25),
-        HeadSpec(750, 3.0e-4, 300, 50, 0.3),
-        HeadSpec(1000, 4.0e-4, 450, 50, 0.35),
-        HeadSpec(1250, 3.5e-4, 350, 50, 0.45),
-        HeadSpec(1500, 4.0e-4, 300, 50, 0.55),
-        HeadSpec(2000, 4.0e-4, 400, 50, 0.6),
-        HeadSpec(2500, 3.5e-4, 450, 50, 0.65),
-        HeadSpec(3000, 4.5e-4, 450, 50, 0.7),
-        HeadSpec(4000, 4.5e-4, 650, 50, 0.7),
+    hidden: HeadSpec(hidden, lr, batch_size, epochs, dropout)
+    for hidden, lr, batch_size, epochs, dropout in (
+        (250, 4.0e-4, 450, 50, 0.05),
+        (500, 3.5e-4, 350, 50, 0.25),
+        (750, 3.0e-4, 300, 50, 0.3),
+        (1000, 4.0e-4, 450, 50, 0.35),
+        (1250, 3.5e-4, 350, 50, 0.45),
+        (1500, 4.0e-4, 300, 50, 0.55),
+        (2000, 4.0e-4, 400, 50, 0.6),
+        (2500, 3.5e-4, 450, 50, 0.65),
+        (3000, 4.5e-4, 450, 50, 0.7),
+        (4000, 4.5e-4, 650, 50, 0.7),
     )
 }
 LINEAR_HEAD = HeadSpec(None, 1e-3, 250, 50, 0.0)  # §E.6 baseline linear classifier on CLIP embeddings

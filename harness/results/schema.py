@@ -164,5 +164,5 @@ def summarise(
         if group_resample_by and group_resample_by not in by and part[group_resample_by].null_count() == 0:
             groups = part[group_resample_by].to_numpy()
         mean, low, high = bootstrap_ci(part["value"].to_numpy(), groups, resamples=resamples, level=level)
-        out.append({**dict(zip(by, key)), "mean": mean, "ci_low": low, "ci_high": high, "n": part.height})
+        out.append({**dict(zip(by, key, strict=True)), "mean": mean, "ci_low": low, "ci_high": high, "n": part.height})
     return pl.DataFrame(out).sort(by)

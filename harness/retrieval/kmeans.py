@@ -14,7 +14,8 @@ def kmeans_centroids(features: np.ndarray, clusters: int, iterations: int = 20, 
 
     features = check_features("training features", features)
     if not 1 <= clusters <= features.shape[0]:
-        raise ValueError(f"experts = {clusters} must be between 1 and the number of training points {features.shape[0]}")
+        raise ValueError(f"experts = {clusters} must be between 1 and the number of training points "
+                         f"{features.shape[0]}")
     km = faiss.Kmeans(features.shape[1], clusters, niter=iterations, seed=seed, gpu=gpu,
                       max_points_per_centroid=max(256, -(-features.shape[0] // clusters)), verbose=False)
     km.train(features)

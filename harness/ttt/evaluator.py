@@ -32,11 +32,13 @@ class HeadState:
         if self.train_labels.shape != (n,):
             raise ValueError(f"training labels have shape {self.train_labels.shape}, expected ({n},)")
         if self.weight.ndim != 2 or self.weight.shape[1] != d:
-            raise ValueError(f"head weight has shape {self.weight.shape}, expected (C, {d}) for features of dimension {d}")
+            raise ValueError(f"head weight has shape {self.weight.shape}, expected (C, {d}) "
+                             f"for features of dimension {d}")
         if self.bias.shape != (self.weight.shape[0],):
             raise ValueError(f"head bias has shape {self.bias.shape}, expected ({self.weight.shape[0]},)")
         if self.train_labels.min() < 0 or self.train_labels.max() >= self.weight.shape[0]:
-            raise ValueError(f"training labels must lie in [0, {self.weight.shape[0]}) for a head of {self.weight.shape[0]} classes")
+            classes = self.weight.shape[0]
+            raise ValueError(f"training labels must lie in [0, {classes}) for a head of {classes} classes")
 
 
 class HeadTTTEvaluator:
@@ -72,18 +74,20 @@ class HeadTTTEvaluator:
         self.bias = torch.from_numpy(np.asarray(state.bias, np.float32)).to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feats = check_features("test features", np.stack(batch["feature"]), self.weight.shape[1])
+        feats = check_features("test features", np.stack(list(batch["feature"])), self.weight.shape[1])
         labels = np.asarray(batch["label"], np.int64)
         k_max = max(self.ttt.k, self.majority_k)
         neighbours = self.retriever.search(feats, k_max)[1]  # (B, k_max), nearest first
-        cols: dict[str, list[np.ndarray]] = {n: [] for n in ("pred_global", "pred_ttt", "pred_majority", "ce_global", "ce_ttt")}
+        columns = ("pred_global", "pred_ttt", "pred_majority", "ce_global", "ce_ttt")
+        cols: dict[str, list[np.ndarray]] = {n: [] for n in columns}
         for s in range(0, feats.shape[0], self.chunk):
             q = torch.from_numpy(feats[s : s + self.chunk]).to(self.device)  # (b, d)
             y = torch.from_numpy(labels[s : s + self.chunk]).to(self.device)  # (b,)
             nb = torch.from_numpy(neighbours[s : s + self.chunk]).to(self.device)  # (b, k_max)
             global_logits = q @ self.weight.T + self.bias  # (b, C)
             idx = nb[:, : self.ttt.k]
-            ttt_logits = self.engine(self.weight, self.bias, self.train_features[idx], self.train_labels[idx], q, self.ttt)
+            ttt_logits = self.engine(self.weight, self.bias, self.train_features[idx], self.train_labels[idx], q,
+                                     self.ttt)
             if self.majority_k:
                 maj = majority_vote(self.train_labels[nb[:, : self.majority_k]], self.weight.shape[0])
             else:

@@ -166,7 +166,8 @@ class FlashBlocks:
         if self.design not in ("flash", "split"):
             raise ValueError(f"FlashBlocks.design must be 'flash' or 'split', got {self.design!r}")
         if self.design == "split" and (self.bc not in (16, 32, 64, 128) or self.bd not in (16, 32, 64, 128)):
-            raise ValueError(f"FlashBlocks: design 'split' needs bc and bd in 16, 32, 64, 128; got {self.bc}, {self.bd}")
+            raise ValueError(f"FlashBlocks: design 'split' needs bc and bd in 16, 32, 64, 128; "
+                             f"got {self.bc}, {self.bd}")
         if self.state not in ("fp32", "fp16"):
             raise ValueError(f"FlashBlocks.state must be 'fp32' or 'fp16', got {self.state!r}")
         if self.state == "fp16" and not (self.design == "split" and self.separate_adam and self.g_fp16):
@@ -320,7 +321,8 @@ class _FlashWorkspace:
         self.lse = torch.empty(B, _round_up(k, 16), **f32)
         self.c = self.c2[0]  # the final bias, set by _run_flash_steps
         self.G = None  # ∇W buffer of the separate-Adam variant, made on first use
-        self.E = self.XB = self.Gs = self.half = None  # "split" design buffers, made on first use
+        self.E = self.XB = self.Gs = None  # "split" design buffers, made on first use
+        self.half: tuple[torch.Tensor, ...] | None = None  # "split" fp16 Adam state, made on first use
         self.ovf = torch.zeros(B, dtype=torch.int32, device=device)  # "split": points whose reference failed
         self.ey = torch.empty(B, _round_up(k, 16), **f32)  # "split": E[i, y_i] - L_i per row
         self.xmax = torch.zeros(B, _round_up(k, 16), **f32)  # "split": max_j |X_ij| per row
@@ -344,7 +346,7 @@ class _FlashWorkspace:
 
     def half_state(self) -> tuple[torch.Tensor, ...]:
         """fp16 state of the split design: hi, lo (W = hi + lo), k·m, k·√v, all (B, C, d) with rows padded to 16."""
-        if getattr(self, "half", None) is None:
+        if self.half is None:
             B, C, d = self.W.shape
             self.half = tuple(torch.zeros(B, C, _round_up(d, 16), dtype=torch.float16, device=self.W.device)[..., :d]
                               for _ in range(4))
@@ -358,7 +360,7 @@ class _FlashWorkspace:
         sub.Mc, sub.Vc, sub.lse = self.Mc[lo:hi], self.Vc[lo:hi], self.lse[lo:hi]
         sub.c = self.c[lo:hi]
         sub.G = None if self.G is None else self.G[lo:hi]
-        sub.half = None if getattr(self, "half", None) is None else tuple(h[lo:hi] for h in self.half)
+        sub.half = None if self.half is None else tuple(h[lo:hi] for h in self.half)
         for name in ("E", "XB", "Gs"):
             setattr(sub, name, None if getattr(self, name) is None else getattr(self, name)[lo:hi])
         sub.ovf, sub.ey, sub.xmax = self.ovf[lo:hi], self.ey[lo:hi], self.xmax[lo:hi]
@@ -373,10 +375,20 @@ def _check_fp16_range(t: torch.Tensor, what: str) -> float:
     return big
 
 
-def _state_for(precision: str, blocks: FlashBlocks) -> FlashBlocks:
-    """precision "fp16-state" means FlashBlocks.state "fp16" (and "fp16" means "fp32"): the mode names it."""
+def _state_for(precision: str, blocks: FusedBlocks | FlashBlocks) -> FlashBlocks:
+    """The blocks of an fp16 mode: FlashBlocks, whose state the mode names ("fp16-state": state "fp16";
+    "fp16": "fp32")."""
+    if not isinstance(blocks, FlashBlocks):
+        raise ValueError(f"precision {precision!r} runs with FlashBlocks, got {type(blocks).__name__}")
     want = "fp16" if precision == "fp16-state" else "fp32"
     return blocks if blocks.state == want else dataclasses.replace(blocks, state=want)
+
+
+def _fused_blocks(precision: str, blocks: FusedBlocks | FlashBlocks) -> FusedBlocks:
+    """The blocks of a non-fp16 mode: FusedBlocks."""
+    if not isinstance(blocks, FusedBlocks):
+        raise ValueError(f"precision {precision!r} runs with FusedBlocks, got {type(blocks).__name__}")
+    return blocks
 
 
 def _g_fp16_fits(blocks, k: int, feats_max: float, cfg: HeadTTTConfig | None = None, weight_max: float = 0.0) -> bool:
@@ -594,18 +606,18 @@ def fused_head_ttt(
     try:
         import triton  # noqa: F401
     except ImportError:
-        warnings.warn("triton is not installed: running the torch engine instead of the fused kernels")
+        warnings.warn("triton is not installed: running the torch engine instead of the fused kernels", stacklevel=2)
         return batched_head_ttt(weight, bias, feats, labels, query, cfg, return_heads=return_heads)
     blocks = blocks or default_blocks(precision, feats.device)
-    if precision in FLASH_PRECISIONS:
-        blocks = _state_for(precision, blocks)
     B, k, d = feats.shape
     C = weight.shape[0]
     if cfg.steps == 0:
         return batched_head_ttt(weight, bias, feats, labels, query, cfg, return_heads=return_heads)
     weight = weight.detach().float().contiguous()
     bias = bias.detach().float().contiguous()
+    ws: _FlashWorkspace | _Workspace
     if precision in FLASH_PRECISIONS:
+        blocks = _state_for(precision, blocks)
         _check_labels(labels, C)
         weight_max = _check_fp16_range(weight, "weight")
         if not _g_fp16_fits(blocks, k, _check_fp16_range(feats, "feats"), cfg, weight_max):
@@ -622,6 +634,7 @@ def fused_head_ttt(
             logits, W_out, c_out = _redo_failed_references(ws.ovf, weight, bias, feats, labels, query, cfg,
                                                            interpret, logits, W_out, c_out)
         return (logits, W_out, c_out) if return_heads else logits
+    blocks = _fused_blocks(precision, blocks)
     x = feats.detach().to(torch.bfloat16 if precision == "bf16" else torch.float32).contiguous()
     y = labels.contiguous()
     ws = _Workspace(B, k, C, d, z_dtype or _default_z_dtype(precision), triton_cdiv(C, blocks.fwd_bn), feats.device)
@@ -667,9 +680,9 @@ class FusedHeadTTT:
         if weight.device.type != "cuda":
             raise ValueError("FusedHeadTTT runs on CUDA tensors only; use fused_head_ttt / batched_head_ttt on CPU")
         self.cfg, self.batch, self.precision, self.check_range = cfg, batch, precision, check_range
-        self.blocks = blocks or default_blocks(precision, weight.device)
-        if precision in FLASH_PRECISIONS:
-            self.blocks = _state_for(precision, self.blocks)
+        blocks = blocks or default_blocks(precision, weight.device)
+        self.blocks: FusedBlocks | FlashBlocks  # FlashBlocks exactly when self.flash
+        self.ws: _FlashWorkspace | _Workspace  # _FlashWorkspace exactly when self.flash
         self.cuda_graph = True if cuda_graph is None else cuda_graph
         C, d = weight.shape
         dev = weight.device
@@ -679,33 +692,51 @@ class FusedHeadTTT:
         self.y = torch.zeros(batch, cfg.k, dtype=torch.int64, device=dev)
         self.q = torch.zeros(batch, d, dtype=torch.float32, device=dev)
         if self.flash:
+            self.blocks = flash = _state_for(precision, blocks)
             self._weight_max = _check_fp16_range(self.weight, "weight")
             self.weight_h = self.weight.half()
             self.x = torch.zeros(batch, cfg.k, _round_up(d, 16), dtype=torch.float16, device=dev)[..., :d]
-            self.ws = _FlashWorkspace(batch, cfg.k, C, d, dev)
-            if self.blocks.design == "split":  # made here, before the halves take views of them
-                self.ws.split_buffers(cfg.k, self.blocks.separate_adam, self.blocks.g_fp16)
-                if self.blocks.state == "fp16":
-                    self.ws.half_state()
+            self.ws = flash_ws = _FlashWorkspace(batch, cfg.k, C, d, dev)
+            if flash.design == "split":  # made here, before the halves take views of them
+                flash_ws.split_buffers(cfg.k, flash.separate_adam, flash.g_fp16)
+                if flash.state == "fp16":
+                    flash_ws.half_state()
         else:
+            self.blocks = fused = _fused_blocks(precision, blocks)
             self.x = torch.zeros(batch, cfg.k, d, dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
                                  device=dev)
             self.ws = _Workspace(batch, cfg.k, C, d, z_dtype or _default_z_dtype(precision),
-                                 triton_cdiv(C, self.blocks.fwd_bn), dev)
+                                 triton_cdiv(C, fused.fwd_bn), dev)
         self.logits = torch.empty(batch, C, dtype=torch.float32, device=dev)
         self._graph: torch.cuda.CUDAGraph | None = None
 
+    def _flash_parts(self) -> tuple[FlashBlocks, _FlashWorkspace]:
+        """(blocks, workspace) of an engine of an fp16 mode (self.flash)."""
+        assert isinstance(self.blocks, FlashBlocks) and isinstance(self.ws, _FlashWorkspace), "not an fp16 mode"
+        return self.blocks, self.ws
+
+    def _fused_parts(self) -> tuple[FusedBlocks, _Workspace]:
+        """(blocks, workspace) of an engine of a non-fp16 mode (not self.flash)."""
+        assert isinstance(self.blocks, FusedBlocks) and isinstance(self.ws, _Workspace), "an fp16 mode"
+        return self.blocks, self.ws
+
     def _body(self) -> None:
-        if self.flash and self.blocks.streams > 1 and self.batch > 1:
+        if not self.flash:
+            fused, fused_ws = self._fused_parts()
+            _run_steps(self.weight, self.bias, self.x, self.y, fused_ws, self.cfg, self.precision, fused, False)
+            self.logits.copy_(_predict(fused_ws.W, fused_ws.c, self.q))
+            return
+        blocks, ws = self._flash_parts()
+        if blocks.streams > 1 and self.batch > 1:
             # the batch in parts on several streams: one part's memory-bound kernels can run beside another
             # part's compute-bound ones. "split": part j starts once part j-1 has done its first gradient, so
             # the parts run out of phase (one part's streaming Adam meets another's dots, not its own copy)
-            n = min(self.blocks.streams, self.batch)
+            n = min(blocks.streams, self.batch)
             bounds = [self.batch * j // n for j in range(n + 1)]
             main = torch.cuda.current_stream()
             sides = self._side_streams = getattr(self, "_side_streams", None) or [torch.cuda.Stream()
                                                                                   for _ in range(n - 1)]
-            staggered = self.blocks.design == "split"
+            staggered = blocks.design == "split"
             for side in sides:
                 side.wait_stream(main)  # the inputs copied in
             ev = None
@@ -717,16 +748,13 @@ class FusedHeadTTT:
                 lo, hi = bounds[j], bounds[j + 1]
                 with torch.cuda.stream(stream):
                     _run_flash_steps(self.weight, self.weight_h, self.bias, self.x[lo:hi], self.y[lo:hi],
-                                     self.ws.part(lo, hi), self.cfg, self.blocks, False, first_grad_event=ev)
+                                     ws.part(lo, hi), self.cfg, blocks, False, first_grad_event=ev)
             for side in sides:
                 main.wait_stream(side)
-            self.ws.c = self.ws.c2[self.cfg.steps % 2]
-        elif self.flash:
-            _run_flash_steps(self.weight, self.weight_h, self.bias, self.x, self.y, self.ws, self.cfg, self.blocks,
-                             False)
+            ws.c = ws.c2[self.cfg.steps % 2]
         else:
-            _run_steps(self.weight, self.bias, self.x, self.y, self.ws, self.cfg, self.precision, self.blocks, False)
-        self.logits.copy_(_predict(self.ws.W, self.ws.c, self.q))
+            _run_flash_steps(self.weight, self.weight_h, self.bias, self.x, self.y, ws, self.cfg, blocks, False)
+        self.logits.copy_(_predict(ws.W, ws.c, self.q))
 
     def __call__(self, feats: torch.Tensor, labels: torch.Tensor, query: torch.Tensor,
                  return_heads: bool = False):
@@ -736,15 +764,16 @@ class FusedHeadTTT:
             raise ValueError(f"feats has shape {tuple(feats.shape)}; this engine takes at most "
                              f"({self.batch}, {self.cfg.k}, d)")
         if self.flash and self.check_range:
+            blocks, _ = self._flash_parts()
             _check_labels(labels, self.weight.shape[0])
-            if not _g_fp16_fits(self.blocks, self.cfg.k, _check_fp16_range(feats, "feats"), self.cfg,
+            if not _g_fp16_fits(blocks, self.cfg.k, _check_fp16_range(feats, "feats"), self.cfg,
                                 self._weight_max):
                 # features too large for the fp16 gradient buffer: this batch takes the fp32 one (no graph)
                 warnings.warn(f"k * max|feats| exceeds fp16's range: this batch runs with an fp32 gradient buffer "
                               f"and Adam state, outside the CUDA graph (precision {self.precision!r})", stacklevel=2)
                 return fused_head_ttt(self.weight, self.bias, feats, labels, query, self.cfg, return_heads,
                                       precision="fp16",
-                                      blocks=dataclasses.replace(self.blocks, g_fp16=False, state="fp32"))
+                                      blocks=dataclasses.replace(blocks, g_fp16=False, state="fp32"))
         self.x[:b].copy_(feats)
         self.y[:b].copy_(labels)
         self.q[:b].copy_(query)
@@ -765,11 +794,13 @@ class FusedHeadTTT:
             self._graph.replay()
         logits = self.logits[:b].clone()
         W, c = (self.ws.W[:b].clone(), self.ws.c[:b].clone()) if return_heads else (None, None)
-        if self.flash and self.blocks.design == "split" and bool(self.ws.ovf[:b].any()):
-            logits, W, c = _redo_failed_references(self.ws.ovf[:b], self.weight, self.bias, feats, labels, query,
-                                                   self.cfg, False, logits,
-                                                   self.ws.W[:b] if W is None else W,
-                                                   self.ws.c[:b] if c is None else c)
+        if self.flash:
+            blocks, ws = self._flash_parts()
+            if blocks.design == "split" and bool(ws.ovf[:b].any()):
+                logits, W, c = _redo_failed_references(ws.ovf[:b], self.weight, self.bias, feats, labels, query,
+                                                       self.cfg, False, logits,
+                                                       ws.W[:b] if W is None else W,
+                                                       ws.c[:b] if c is None else c)
         return (logits, W, c) if return_heads else logits
 
 

@@ -69,10 +69,12 @@ def moe_spec(experts: int) -> ExpertSpec:
 def route_to_centroids(queries: np.ndarray, centroids: np.ndarray, retriever: str = "faiss") -> np.ndarray:
     """Index (n,) int64 of each query's nearest centroid by L2 (ties: lowest index)."""
     centroids = check_features("centroids", centroids)
-    return build_retriever(centroids, retriever, "l2").search(check_features("queries", queries, centroids.shape[1]), 1)[1][:, 0]
+    queries = check_features("queries", queries, centroids.shape[1])
+    return build_retriever(centroids, retriever, "l2").search(queries, 1)[1][:, 0]
 
 
-def expert_neighbours(train_features: np.ndarray, centroids: np.ndarray, k: int, retriever: str = "faiss") -> np.ndarray:
+def expert_neighbours(train_features: np.ndarray, centroids: np.ndarray, k: int,
+                      retriever: str = "faiss") -> np.ndarray:
     """Indices (E, k) of each centroid's k nearest training points (L2, nearest first)."""
     n = train_features.shape[0]
     if k > n:
@@ -82,7 +84,8 @@ def expert_neighbours(train_features: np.ndarray, centroids: np.ndarray, k: int,
 
 def _check_experts(centroids: torch.Tensor, neighbours: torch.Tensor, n_train: int) -> None:
     if centroids.ndim != 2 or neighbours.ndim != 2 or neighbours.shape[0] != centroids.shape[0]:
-        raise ValueError(f"centroids {tuple(centroids.shape)} and neighbours {tuple(neighbours.shape)} must be (E, d) and (E, k)")
+        raise ValueError(f"centroids {tuple(centroids.shape)} and neighbours {tuple(neighbours.shape)} "
+                         "must be (E, d) and (E, k)")
     if neighbours.numel() and (int(neighbours.min()) < 0 or int(neighbours.max()) >= n_train):
         raise ValueError(f"neighbour indices must lie in [0, {n_train})")
 
