@@ -17,21 +17,32 @@ import textwrap
 import pytest
 import torch
 
-from harness.ttt.linear import HeadTTTConfig, batched_head_ttt
+from harness.ttt.linear import HeadTTTConfig, batched_head_ttt, head_ttt_one_point
 from harness.ttt.linear_fused import HEAD_TTT_ENGINES, fused_head_ttt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_cpu_fallback_is_the_exact_engine():
+def test_cpu_fallback_matches_the_one_point_loop():
+    """Every engine on CPU tensors (the fused ones fall back to torch there) against the independent
+    reference: head_ttt_one_point (nn.Linear, autograd, torch.optim.Adam), one point at a time."""
     g = torch.Generator().manual_seed(0)
     B, k, C, d = 3, 12, 7, 9
     W, c = torch.randn(C, d, generator=g), torch.randn(C, generator=g)
     X, y, q = torch.randn(B, k, d, generator=g), torch.randint(0, C, (B, k), generator=g), torch.randn(B, d, generator=g)
-    cfg = HeadTTTConfig(lr=0.02, steps=5, k=k)
-    ref = batched_head_ttt(W, c, X, y, q, cfg)
-    for name in ("exact", "fused-tf32", "fused-bf16", "fused-ieee", "fused-tf32x3", "fused-fp16", "fused-fp16-state"):
-        assert torch.equal(HEAD_TTT_ENGINES.get(name)(W, c, X, y, q, cfg), ref)
+    cfg = HeadTTTConfig(lr=0.05, steps=5, k=k, weight_decay=0.01)
+    loop = [head_ttt_one_point(W, c, X[b], y[b], q[b], cfg) for b in range(B)]
+    ref_logits, ref_W, ref_c = (torch.stack(parts) for parts in zip(*loop, strict=True))
+    assert float((ref_W - W).abs().min()) > 1e-3  # TTT moved every weight: returning the global head fails
+    names = ("exact", "fused-ieee", "fused-tf32x3", "fused-tf32", "fused-bf16", "fused-fp16", "fused-fp16-state")
+    assert sorted(names) == sorted(HEAD_TTT_ENGINES.names())
+    for name in names:
+        logits, heads_W, heads_c = HEAD_TTT_ENGINES.get(name)(W, c, X, y, q, cfg, True)
+        assert logits.shape == (B, C) and heads_W.shape == (B, C, d) and heads_c.shape == (B, C)
+        torch.testing.assert_close(heads_W, ref_W, rtol=0, atol=1e-5, msg=lambda m, n=name: f"{n}: W: {m}")
+        torch.testing.assert_close(heads_c, ref_c, rtol=0, atol=1e-5, msg=lambda m, n=name: f"{n}: c: {m}")
+        torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-5, msg=lambda m, n=name: f"{n}: logits: {m}")
+        torch.testing.assert_close(HEAD_TTT_ENGINES.get(name)(W, c, X, y, q, cfg), logits, rtol=0, atol=0)
     with pytest.raises(ValueError, match="precision"):
         fused_head_ttt(W, c, X, y, q, cfg, precision="fp8")
 
