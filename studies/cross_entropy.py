@@ -9,7 +9,7 @@ Run (from the repository root):
                                                  # 1000 test points; a couple of minutes on a laptop CPU
     python studies/cross_entropy.py --paper --embeddings imagenet_train.npy imagenet_val.npy
     python studies/cross_entropy.py --resume     # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/cross_entropy.py --paper --embeddings train.parquet val.parquet
+    ray submit cluster.yaml studies/cross_entropy.py -- --paper --embeddings train.parquet val.parquet
 
 Output: <out-dir>/points.parquet, summary.parquet, figure_all.png, figure_either_correct.png, tables printed.
 """

@@ -13,7 +13,7 @@ Run (from the repository root):
     python studies/data_scaling.py --paper       # Table 3 epochs at every fraction, full test set
     python studies/data_scaling.py --embeddings train.npy test.npy    # ImageNet-style embedding files
     python studies/data_scaling.py --resume      # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/data_scaling.py --paper
+    ray submit cluster.yaml studies/data_scaling.py -- --paper
 
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs fraction), the table printed.
 """

@@ -7,7 +7,7 @@ Run (from the repository root):
                                                  # Table 4 TTT, 1000 test points; about a minute on a laptop CPU
     python studies/local_vs_global.py --paper    # Table 3 epochs, the full 10k test set
     python studies/local_vs_global.py --resume   # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/local_vs_global.py --paper --seeds 0 1 2
+    ray submit cluster.yaml studies/local_vs_global.py -- --paper --seeds 0 1 2
 
 Output: <out-dir>/points.parquet, summary.parquet, table2.md (ours beside the paper's), printed.
 """

@@ -12,7 +12,7 @@ Run (from the repository root):
     python studies/mlp_scaling.py --paper --embeddings imagenet_train.npy imagenet_val.npy
     python studies/mlp_scaling.py --paper --image-folder /data/imagenet/train /data/imagenet/val
     python studies/mlp_scaling.py --resume       # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/mlp_scaling.py --paper --embeddings train.parquet val.parquet
+    ray submit cluster.yaml studies/mlp_scaling.py -- --paper --embeddings train.parquet val.parquet
 
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs hidden size), the table printed.
 """

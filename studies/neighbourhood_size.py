@@ -11,7 +11,7 @@ Run (from the repository root):
                                                  # 500 test points; a few minutes on a laptop CPU
     python studies/neighbourhood_size.py --paper --embeddings imagenet_train.npy imagenet_val.npy
     python studies/neighbourhood_size.py --resume  # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/neighbourhood_size.py --paper --embeddings train.parquet val.parquet
+    ray submit cluster.yaml studies/neighbourhood_size.py -- --paper --embeddings train.parquet val.parquet
 
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs k), the table printed.
 """

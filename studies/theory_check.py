@@ -6,7 +6,7 @@ Run:
                                                    # one Tune trial per cell)
     python studies/theory_check.py --d1 256 1024 4096 --d2 8 16 32 64 128 --k 10 40 --noise 0.1
     python studies/theory_check.py --resume        # finish a killed run; finished trials are not redone
-    ray submit cluster.yaml studies/theory_check.py --d1 256 1024 4096
+    ray submit cluster.yaml studies/theory_check.py -- --d1 256 1024 4096
 
 Every (d1, d2, s, k) cell is one Ray Tune trial; a local Ray starts when no cluster is found.
 Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs d2/d1 with the prediction); each

@@ -5,7 +5,7 @@ Run (from the repository root):
     python studies/tune_ttt.py --smoke-test            # 1 size, 3 trials, 1 epoch, 100 val points (~1-2 min)
     python studies/tune_ttt.py --sizes 280 1268 --samples 30 --concurrent 2
     python studies/tune_ttt.py --resume                # finish a killed search (Optuna's state is restored)
-    ray submit cluster.yaml studies/tune_ttt.py --sizes 280 600 1268 --samples 50 --concurrent 8
+    ray submit cluster.yaml studies/tune_ttt.py -- --sizes 280 600 1268 --samples 50 --concurrent 8
 Output: <out-dir>/best.parquet (best lr / steps / k and validation error per size), the table printed,
 every trial's rows under <out-dir>/sweeps/tune_ttt-<size>/rows/.
 """

@@ -47,7 +47,9 @@ def test_ray_up_submit_down_over_ssh_to_localhost():
         for key in ("id", "host"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(t / key)], check=True)
         (t / "authorized_keys").write_text((t / "id.pub").read_text())
-        profile = f"export PATH={VENV_BIN}:$PATH PYTHONPATH={t}/project RAY_AUTH_MODE=disabled\n"
+        # RAY_TMPDIR: where `ray start` records the cluster (<RAY_TMPDIR>/ray = --temp-dir), so the submitted
+        # script finds it as Ray's own resolution does on a cluster launcher's head node
+        profile = f"export PATH={VENV_BIN}:$PATH PYTHONPATH={t}/project RAY_AUTH_MODE=disabled RAY_TMPDIR={t}\n"
         (home / ".bash_profile").write_text(profile)
         (home / ".bashrc").write_text(profile)
         (t / "stop.sh").write_text(  # TERM, then KILL what is left: this test's Ray processes only, by pid
@@ -88,10 +90,12 @@ def test_ray_up_submit_down_over_ssh_to_localhost():
         submit = subprocess.run(
             [ray, "submit", str(cfg_path), str(ROOT / "studies" / "model_scaling.py"), "--", "--sizes", "280",
              "--epochs", "1", "--fraction", "0.1", "--test-points", "60", "--actors", "1",
-             "--address", f"127.0.0.1:{port}", "--out-dir", str(t / "out")],
+             "--out-dir", str(t / "out")],  # no --address: the script joins the cluster it runs on
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "error (percent, 90% bootstrap CI)" in submit.stdout
+        logs = submit.stdout + submit.stderr
+        assert "Connecting to existing Ray cluster" in logs and "Started a local Ray instance" not in logs
         assert (t / "out" / "points.parquet").exists() and (t / "out" / "figure.png").exists()
         down = subprocess.run([ray, "down", str(cfg_path), "-y"], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)

@@ -65,12 +65,13 @@ def test_model_scaling_study_writes_table_parquet_and_png(tmp_path, mnist, capsy
 def test_theory_check_study_measures_the_section_c3_prediction(tmp_path):
     import studies.theory_check as study
 
-    table = study.main(["--d1", "64", "--d2", "8", "32", "--s", "1", "--noise", "0", "--n-test", "300",
-                        "--out-dir", str(tmp_path)])
+    table = study.main(["--d1", "256", "--d2", "32", "128", "--s", "1", "--k", "10", "--noise", "0",
+                        "--points-per-cluster", "30", "--n-test", "1000", "--out-dir", str(tmp_path)])
     glob = table.filter((pl.col("method") == "global") & (pl.col("metric") == "squared_error")).sort("model_size")
-    assert glob["model_size"].to_list() == [8, 32]
-    # the measured global error (not the printed formula) lands on 1 - d2/d1 = 0.875 and 0.5 ...
-    np.testing.assert_allclose(glob["mean"].to_numpy(), [1 - 8 / 64, 1 - 32 / 64], atol=0.08)
+    assert glob["model_size"].to_list() == [32, 128]
+    # the measured global error (not the printed formula) lands on 1 - d2/d1 = 0.875 and 0.5 (one random
+    # projection: within 0.1 of the expectation over projections; seeds 0-3 stay within 0.09) ...
+    np.testing.assert_allclose(glob["mean"].to_numpy(), [1 - 32 / 256, 1 - 128 / 256], atol=0.1)
     ttt = table.filter((pl.col("method") == "ttt") & (pl.col("metric") == "squared_error"))
     assert ttt["mean"].max() < 1e-8  # ... and noiseless TTT is exact
     assert (tmp_path / "figure.png").stat().st_size > 10_000

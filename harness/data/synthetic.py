@@ -16,6 +16,8 @@ import dataclasses
 
 import numpy as np
 
+from harness.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class LRHConfig:
@@ -35,13 +37,13 @@ class LRHConfig:
     def __post_init__(self) -> None:
         for name in ("d1", "d2", "s", "n_train", "n_test", "classes"):
             if getattr(self, name) < 1:
-                raise ValueError(f"LRHConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"LRHConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.s > self.d1:
-            raise ValueError(f"LRHConfig.s = {self.s} must be <= d1 = {self.d1}")
+            raise ConfigError(f"LRHConfig.s = {self.s} must be <= d1 = {self.d1}")
         if self.task not in ("regression", "classification"):
-            raise ValueError(f"LRHConfig.task must be 'regression' or 'classification', got {self.task!r}")
+            raise ConfigError(f"LRHConfig.task must be 'regression' or 'classification', got {self.task!r}")
         if self.noise < 0:
-            raise ValueError(f"LRHConfig.noise must be >= 0, got {self.noise}")
+            raise ConfigError(f"LRHConfig.noise must be >= 0, got {self.noise}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,12 +31,38 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     """
     if ray.is_initialized():
         return False
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        address = _this_machines_cluster()
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
     extra = {"num_cpus": num_cpus} if num_cpus is not None else {}
     ray.init(address=address, runtime_env=runtime_env, log_to_driver=kwargs.pop("log_to_driver", True),
              **extra, **kwargs)
     return True
+
+
+def _this_machines_cluster() -> str | None:
+    """The address `ray start` recorded on this machine if that cluster answers, else None (a new local Ray).
+
+    Ray itself would wait minutes on a recorded cluster that has died (its record outlives a killed head);
+    a cluster that does not answer is named in a warning, then left alone."""
+    import socket
+
+    try:
+        from ray._private.utils import read_ray_address  # the record `ray start` writes (Ray's own resolution)
+    except ImportError:
+        return None
+    recorded = read_ray_address()
+    if not recorded:
+        return None
+    host, _, port = recorded.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2.0):
+            return recorded
+    except (OSError, ValueError):
+        print(f"WARNING: the Ray cluster recorded on this machine ({recorded}) does not answer; "
+              "starting a local Ray instead (pass --address to join another)", file=sys.stderr)
+        return "local"
 
 
 @contextlib.contextmanager

@@ -11,6 +11,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from harness.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class LeNetSpec:
@@ -58,7 +60,7 @@ def lenet_for_size(params: int) -> LeNetSpec:
     try:
         return LENET_SPECS[params]
     except KeyError:
-        raise ValueError(f"model_size {params} is not a LeNet size of the paper; "
+        raise ConfigError(f"model_size {params} is not a LeNet size of the paper; "
                          f"choose from {sorted(LENET_SPECS)}") from None
 
 

@@ -13,6 +13,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from harness.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
@@ -58,7 +60,7 @@ def head_spec(hidden: int | None) -> HeadSpec:
     try:
         return MLP_SPECS[hidden]
     except KeyError:
-        raise ValueError(f"hidden = {hidden} is not a Table 7 size; choose from {sorted(MLP_SPECS)} "
+        raise ConfigError(f"hidden = {hidden} is not a Table 7 size; choose from {sorted(MLP_SPECS)} "
                          "(or None for the linear head)") from None
 
 
@@ -69,7 +71,7 @@ class MlpHead(nn.Module):
     def __init__(self, in_dim: int, classes: int, hidden: int | None, dropout: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         self.trunk = nn.Identity() if hidden is None else nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(in_dim if hidden is None else hidden, classes)

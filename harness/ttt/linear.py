@@ -25,6 +25,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from harness.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class HeadTTTConfig:
@@ -39,11 +41,11 @@ class HeadTTTConfig:
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
-            raise ValueError(f"HeadTTTConfig.lr must be > 0, got {self.lr}")
+            raise ConfigError(f"HeadTTTConfig.lr must be > 0, got {self.lr}")
         if self.steps < 0:
-            raise ValueError(f"HeadTTTConfig.steps must be >= 0, got {self.steps}")
+            raise ConfigError(f"HeadTTTConfig.steps must be >= 0, got {self.steps}")
         if self.k < 1:
-            raise ValueError(f"HeadTTTConfig.k must be >= 1, got {self.k}")
+            raise ConfigError(f"HeadTTTConfig.k must be >= 1, got {self.k}")
 
 
 def _check_shapes(weight: torch.Tensor, bias: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from harness.errors import ConfigError
 from harness.retrieval.index import build_retriever, check_features
 from harness.ttt.linear import HeadTTTConfig, batched_head_ttt
 
@@ -62,7 +63,7 @@ def moe_spec(experts: int) -> ExpertSpec:
     try:
         return MOE_SPECS[experts]
     except KeyError:
-        raise ValueError(f"experts = {experts} has no Table 6 hyperparameters; choose from {sorted(MOE_SPECS)} "
+        raise ConfigError(f"experts = {experts} has no Table 6 hyperparameters; choose from {sorted(MOE_SPECS)} "
                          "or pass lr / epochs / neighbours explicitly") from None
 
 
@@ -78,7 +79,7 @@ def expert_neighbours(train_features: np.ndarray, centroids: np.ndarray, k: int,
     """Indices (E, k) of each centroid's k nearest training points (L2, nearest first)."""
     n = train_features.shape[0]
     if k > n:
-        raise ValueError(f"experts' neighbours k = {k} is larger than the training set ({n} points)")
+        raise ConfigError(f"experts' neighbours k = {k} is larger than the training set ({n} points)")
     return build_retriever(train_features, retriever, "l2").search(centroids, k)[1]
 
 
@@ -107,7 +108,7 @@ def iter_expert_chunks(
     """
     _check_experts(centroids, neighbours, train_features.shape[0])
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
+        raise ConfigError(f"chunk must be >= 1, got {chunk}")
     idx = neighbours[:, : cfg.k]
     for start in range(0, centroids.shape[0], chunk):
         nb = idx[start : start + chunk]  # (b, k)
