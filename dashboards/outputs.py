@@ -20,6 +20,19 @@ class StudyOutputs:
     figure: Path | None
     table: pl.DataFrame
 
+    def print_report(self, *lines: str, index: str | None = None, metric: str = "error", percent: bool = True,
+                     paper: str | None = None, extra_files: tuple[Path, ...] = ()) -> None:
+        """Print the study's summary: `lines` (what data, which settings), the table of `metric` by
+        `index`, the paper's finding, and the files written."""
+        for line in lines:
+            print(line)
+        if index is not None:
+            print(format_table(self.table, index, metric, percent=percent))
+        if paper:
+            print(paper)
+        files = [str(f) for f in (self.points, self.summary, self.figure, *extra_files) if f is not None]
+        print(f"\nwrote {', '.join(files[:-1])} and {files[-1]}")
+
 
 def finish_study(
     rows: pl.DataFrame,

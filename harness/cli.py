@@ -59,6 +59,17 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, presets: Ma
         raise ConfigError(str(e)) from None
 
 
+def study_parser(cls: type[C], presets: Mapping[str, C], doc: str | None,
+                 default: C | None = None) -> Callable[[Sequence[str] | None], C]:
+    """A study's `parse(argv)`: its options from the command line (a preset, then the options beside it)."""
+
+    def parse(argv: Sequence[str] | None = None) -> C:
+        return parse_config(cls, argv, presets=presets, default=default, doc=doc)
+
+    parse.__doc__ = f"{cls.__name__} from the command line (presets: {', '.join(map(_preset_flag, presets))})."
+    return parse
+
+
 def run_main(main: Callable[[list[str] | None], Any], argv: Sequence[str] | None = None) -> int:
     """Run a study's main; bad input prints its message (no traceback) and exits 2."""
     try:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from dashboards.figures import plot_metric_vs  # noqa: E402
 from dashboards.outputs import finish_study, format_table  # noqa: E402
-from harness.cli import parse_config, run_main  # noqa: E402
+from harness.cli import run_main, study_parser  # noqa: E402
 from studies.mlp_scaling import PRESETS as S2_PRESETS  # noqa: E402
 from studies.mlp_scaling import MlpScaling, run_heads  # noqa: E402
 
@@ -41,9 +41,7 @@ METRICS = {  # metric -> (figure suffix, what the points are)
 }
 
 
-def parse(argv: list[str] | None = None) -> MlpScaling:
-    """The study's options from the command line (a preset, then the options given beside it)."""
-    return parse_config(MlpScaling, argv, presets=PRESETS, default=DEFAULT, doc=__doc__)
+parse = study_parser(MlpScaling, PRESETS, __doc__, default=DEFAULT)  # the options: a preset, then those given beside it
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:

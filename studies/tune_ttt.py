@@ -21,14 +21,14 @@ from ray import tune
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness.cli import parse_config, run_main  # noqa: E402
+from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.runtime import ray_session  # noqa: E402
 from harness.distributed.study import RayOptions, prepare_sweep  # noqa: E402
 from harness.distributed.sweep import search_trials  # noqa: E402
 from harness.results.schema import write_parquet_atomic  # noqa: E402
 from harness.trials.mnist import MnistTrialConfig  # noqa: E402
-from harness.trials.options import HeadEngine  # noqa: E402
+from harness.trials.options import ComputeOptions  # noqa: E402
 
 SEARCH_SPACE = {  # around Table 4's values (lr 1e-3..5e-2, 50-200 epochs, k 10-200)
     "ttt_lr": tune.loguniform(1e-4, 1e-1),
@@ -48,14 +48,14 @@ class TuneTTT:
     val_points: int | None = 1000  # validation points, a seeded subset of the 10k (None: all)
     fraction: float = 1.0  # class-balanced fraction of the training set
     seed: int = 0  # global-training and searcher seed
-    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths
     out_dir: str = "results/tune_ttt"  # best.parquet and the searches' storage
+    compute: ComputeOptions = ComputeOptions()  # --device, --engine
     ray: RayOptions = RayOptions()
 
     def fixed(self, size: int) -> dict:
         """The trial fields the search does not touch (trials of a size share one cached CNN)."""
         return {"model_size": size, "seed": self.seed, "epochs": self.epochs, "test_points": self.val_points,
-                "fraction": self.fraction, "split": "val", "engine": self.engine, "study": "tune_ttt",
+                "fraction": self.fraction, "split": "val", **dataclasses.asdict(self.compute), "study": "tune_ttt",
                 "cache_dir": str(Path(self.out_dir).resolve() / "features")}
 
 
@@ -63,9 +63,7 @@ PRESETS = {"smoke_test": TuneTTT(sizes=(280,), samples=3, concurrent=2, epochs=1
                                  out_dir="results/tune_ttt_smoke")}
 
 
-def parse(argv: list[str] | None = None) -> TuneTTT:
-    """The study's options from the command line (a preset, then the options given beside it)."""
-    return parse_config(TuneTTT, argv, presets=PRESETS, doc=__doc__)
+parse = study_parser(TuneTTT, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
 def main(argv: list[str] | None = None) -> pl.DataFrame:

@@ -106,7 +106,8 @@ def require_resources(gpus_per_actor: float, cpus_per_actor: float, on_missing_g
             gpus_per_actor = 0.0
     most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
     if cpus_per_actor > most_cpus:
-        raise ValueError(f"cpus_per_actor = {cpus_per_actor} but the largest node of this Ray cluster has {most_cpus:g} CPUs")
+        raise ValueError(f"cpus_per_actor = {cpus_per_actor} but the largest node of this Ray cluster has "
+                         f"{most_cpus:g} CPUs")
     return gpus_per_actor
 
 

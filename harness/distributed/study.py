@@ -31,14 +31,14 @@ RUNTIME_OPTIONS = ("address", "resume", "reuse_stale", "verbose")  # how to run,
 class RayOptions:
     """Where and how a study's trials run (Ray cluster, Tune storage, resources); the same for every study."""
 
-    address: str | None = None  # Ray cluster address (None: RAY_ADDRESS, else this machine's cluster as under `ray submit`, else a new local Ray)
-    resume: bool = False  # restore a killed sweep and finish it (refused when other options differ from the stored sweep's)
+    address: str | None = None  # Ray cluster (None: RAY_ADDRESS, else this machine's cluster, else a new local Ray)
+    resume: bool = False  # restore a killed sweep and finish it (refused if other options differ from the stored ones)
     storage_path: str | None = None  # Ray Tune storage: a shared folder or s3://... (None: <out-dir>/sweeps)
     cpus_per_trial: float = 1.0  # CPUs each trial reserves
-    gpus_per_trial: float | None = None  # GPUs each trial reserves (None: 1 with --device cuda, else 0; fractions share a GPU)
-    actors: int = 0  # shard each trial's test points over this many Ray Data actors (0: in the trial's own process)
+    gpus_per_trial: float | None = None  # GPUs each trial reserves (None: 1 with --device cuda, else 0; 0.5 shares)
+    actors: int = 0  # Ray Data actors each trial shards its test points over (0: the trial's own process)
     gpus_per_actor: float = 0.0  # GPUs per Ray Data actor (fractions share a GPU)
-    reuse_stale: bool = False  # reuse cached rows made by other code or from changed input files (they keep their git sha)
+    reuse_stale: bool = False  # reuse cached rows made by other code or from edited inputs (they keep their git sha)
     verbose: int = 0  # Ray Tune's console output: 0 one progress bar, 1 its status table, 2 every result
 
     def __post_init__(self) -> None:
@@ -154,7 +154,8 @@ def prepare_sweep(cfg: Any, *, name: str, out_dir: str, metric: str, mode: str =
     opts = ray_options if ray_options is not None else cfg.ray
     check_unique_values(cfg)
     check_writable(out_dir)
-    sweep = sweep_config(name, out_dir, opts, getattr(cfg, "device", None), metric, mode)
+    compute = getattr(cfg, "compute", cfg)  # the study's ComputeOptions (or device among its own fields)
+    sweep = sweep_config(name, out_dir, opts, getattr(compute, "device", None), metric, mode)
     check_resume(cfg, sweep.experiment_path, opts.resume)
     return sweep
 
@@ -168,7 +169,7 @@ def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metri
     from harness.distributed.runtime import ray_session, require_resources
     from harness.distributed.sharding import ShardingConfig
     from harness.distributed.sweep import run_trials
-    from harness.trials.registry import trial_kind
+    from harness.registry import trial_kind
 
     opts = ray_options if ray_options is not None else cfg.ray
     shared = dict(shared or {})

@@ -1,6 +1,6 @@
 """The one path from a study's trials to its rows: Ray Tune grids and Optuna searches of typed trials.
 
-A trial is a frozen config dataclass of a registered kind (`harness.trials.registry`); its rows come from
+A trial is a frozen config dataclass of a registered kind (`harness.registry`); its rows come from
 the kind's pure function `run(cfg, **shared)`. Ray Tune's `param_space` carries the config's real fields
 (model_size, k, fraction, experts, ...), so ResultGrid, `progress.csv` and TensorBoard HParams show them:
 
@@ -38,9 +38,9 @@ import pyarrow.fs as pafs
 from ray import tune
 
 from harness.errors import INPUT_ERRORS, ConfigError
+from harness.registry import TRIALS, TrialKind, input_files, trial_kind
 from harness.results.provenance import changed_inputs, code_version, input_fingerprint
 from harness.results.schema import config_hash
-from harness.trials.registry import TRIALS, TrialKind, input_files, trial_kind
 
 Summarise = Callable[[pl.DataFrame], dict[str, float]]
 
@@ -316,7 +316,7 @@ def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, 
     if bad:
         labels = trial_labels([c for c, _ in bad]) if len(bad) > 1 else ["the trial"]
         raise ConfigError(f"{len(bad)} of {len(grid)} trials failed on bad input (not retried):\n"
-                          + "\n".join(f"  {label}: {err}" for label, (_, err) in zip(labels, bad)))
+                          + "\n".join(f"  {label}: {err}" for label, (_, err) in zip(labels, bad, strict=True)))
     return grid
 
 
@@ -345,16 +345,17 @@ def run_trials(trials: Sequence[Any], sweep: SweepConfig, *, shared: Mapping[str
     dupes = sorted({labels[i] for i, k in enumerate(keys) if keys.count(k) > 1})
     if dupes:
         raise ConfigError(f"duplicate trials (each would be computed twice and counted twice): {dupes}")
-    expected = {k: provenance(t) for k, t in zip(keys, trials)}
+    expected = {k: provenance(t) for k, t in zip(keys, trials, strict=True)}
     _print_cache_state(sweep, keys, labels, expected, reuse_stale)
     from ray.tune.search import BasicVariantGenerator
 
-    grid = _fit(sweep, dict(configs[0]), trials_by_hash=dict(zip(keys, trials)), kind=next(iter(kinds.values())),
-                expected=expected, shared=shared or {}, search_alg=BasicVariantGenerator(points_to_evaluate=configs),
+    grid = _fit(sweep, dict(configs[0]), trials_by_hash=dict(zip(keys, trials, strict=True)),
+                kind=next(iter(kinds.values())), expected=expected, shared=shared or {},
+                search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                 num_samples=len(configs), resume=resume, reuse_stale=reuse_stale, summarise=summarise,
                 require_split=None, callbacks=callbacks)
     by_key = {config_hash(r.config): _read_rows(r.metrics["rows_uri"]) for r in grid}
-    missing = [label for key, label in zip(keys, labels) if key not in by_key]
+    missing = [label for key, label in zip(keys, labels, strict=True) if key not in by_key]
     if missing:  # a restored sweep of other trials (refused earlier by the study layer's option check)
         raise ConfigError(f"the sweep at {sweep.experiment_path} holds no result for trials {missing}")
     return SweepResult(pl.concat([by_key[k] for k in keys], how="diagonal_relaxed"), _per_trial(grid), grid,
@@ -365,7 +366,7 @@ def _print_cache_state(sweep: SweepConfig, keys: list[str], labels: list[str], e
                        reuse_stale: bool) -> None:
     """Say which trials' cached rows will be reused, which are stale (and why) and which are new."""
     reused, stale = 0, []
-    for key, label in zip(keys, labels):
+    for key, label in zip(keys, labels, strict=True):
         if not _exists(f"{sweep.rows_path}/{key}.parquet"):
             continue
         reason = stale_reason(read_json(f"{sweep.rows_path}/{key}.meta.json"), expected[key])

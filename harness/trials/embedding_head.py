@@ -15,19 +15,20 @@ import numpy as np
 import polars as pl
 import torch
 
-from harness.data.embeddings import IMAGENET_HOLDOUT, EmbeddingSource, labels_path_for
-from harness.errors import ConfigError
+from harness.data.embeddings import IMAGENET_HOLDOUT, labels_path_for
 from harness.data.subsample import class_balanced_subsample
 from harness.distributed.sharding import ShardingConfig
+from harness.errors import ConfigError
 from harness.features.cache import FeatureSplits, cached_features
+from harness.features.embedding_source import EmbeddingSource
 from harness.models.mlp import MlpHead, head_spec
 from harness.models.training import TrainConfig, train_classifier
+from harness.registry import register_trial
 from harness.results.atomic import atomic_path
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.mnist import check_device, check_engine, mnist_input_files, test_subset
 from harness.trials.options import Device, HeadEngine, Split
-from harness.trials.registry import register_trial
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
 
@@ -47,8 +48,8 @@ def source_input_files(source: EmbeddingSource) -> tuple[str, ...]:
 class EmbeddingOptions:
     """Where a study's embeddings come from (the command-line face of EmbeddingSource)."""
 
-    embeddings: tuple[str, str] | None = None  # TRAIN TEST embedding files (.npy with <stem>.labels.npy, or .parquet; None: MNIST pixels stand in)
-    image_folder: tuple[str, str] | None = None  # TRAIN TEST ImageFolder roots (e.g. ImageNet train/ and val/) to encode with open_clip
+    embeddings: tuple[str, str] | None = None  # TRAIN TEST: .npy + <stem>.labels.npy, or .parquet (None: MNIST pixels)
+    image_folder: tuple[str, str] | None = None  # TRAIN TEST ImageFolder roots (e.g. ImageNet train/ val/) to encode
     clip_arch: str = "ViT-B-32"  # open_clip architecture for --image-folder
     clip_pretrained: str | None = "openai"  # open_clip pretrained tag for --image-folder (None: random weights)
     holdout: int = IMAGENET_HOLDOUT  # class-balanced validation images held out of train (§E.6)
@@ -117,11 +118,13 @@ class EmbeddingHeadConfig:
                            spec.weight_decay)
 
 
-def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
+def head_features(cfg: EmbeddingHeadConfig,
+                  splits: FeatureSplits | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
     """Train the head on the `fraction` subsample; return (its input features of train-subsample / val /
     test, last-layer weight (C, d), bias (C,)). Cached under cfg.cache_dir when set."""
     key_fields = {"source": cfg.source, "hidden": cfg.hidden, "seed": cfg.seed, "train": cfg.train_config(),
-                  "fraction": cfg.fraction, "inputs": input_fingerprint(cfg.input_files()), "code_version": code_version()}
+                  "fraction": cfg.fraction, "inputs": input_fingerprint(cfg.input_files()),
+                  "code_version": code_version()}
     key = f"head-{cfg.hidden or 'linear'}-{config_hash(key_fields)}"
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     head: dict[str, np.ndarray] = {}

@@ -13,13 +13,20 @@ import polars as pl
 import torch
 
 from harness.data.mnist import ImageSplits
+from harness.errors import ConfigError
 from harness.models.lenet import lenet_for_size
+from harness.registry import register_trial
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.index import build_retriever, retrieve_neighbours
-from harness.errors import ConfigError
-from harness.trials.mnist import MnistTrialConfig, check_device, check_engine, mnist_features, mnist_input_files, test_subset
+from harness.trials.mnist import (
+    MnistTrialConfig,
+    check_device,
+    check_engine,
+    mnist_features,
+    mnist_input_files,
+    test_subset,
+)
 from harness.trials.options import Device, HeadEngine, Split
-from harness.trials.registry import register_trial
 from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 from harness.ttt.local import heads_accuracy
@@ -106,7 +113,8 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
         X, Y = t(x), t(y, torch.int64)  # the whole split
         acc_heads = heads_accuracy(Wh, ch, X.expand(len(order), *X.shape), Y.expand(len(order), Y.shape[0]))
     run = RunInfo(study=cfg.study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=ttt.k,
-                  fraction=1.0, config_hash=config_hash(cfg), device=str(device), wall_time_s=time.perf_counter() - start)
+                  fraction=1.0, config_hash=config_hash(cfg), device=str(device),
+                  wall_time_s=time.perf_counter() - start)
     hp = {"lr": ttt.lr, "steps": ttt.steps, "k": ttt.k}
     frames = [
         point_rows(run, "global", "accuracy", torch.cat(acc_global).cpu().numpy(), subset, k=None),

@@ -17,9 +17,9 @@ import torch
 
 from harness.data.synthetic import LRHConfig, make_lrh
 from harness.errors import ConfigError
+from harness.registry import register_trial
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.index import build_retriever
-from harness.trials.registry import register_trial
 from harness.ttt.regression import global_least_squares, local_least_squares
 
 

