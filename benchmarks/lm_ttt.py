@@ -20,13 +20,16 @@ import copy
 import functools
 import json
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
-from harness.lm.batched import BatchedLoRATTT
-from harness.lm.config import LMTTTConfig
-from harness.lm.scoring import training_rows
-from harness.lm.ttt import PeftLoRATTT, PreparedSequence
+from harness.ttt.lora import PeftLoRATTT, PreparedSequence, training_rows
+from harness.ttt.lora_batched import BatchedLoRATTT
+from harness.ttt.lora_config import LMTTTConfig
+
+T = TypeVar("T")
 
 QWEN25_05B_SHAPE = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                         intermediate_size=4864, vocab_size=151_936, rope_theta=1_000_000.0,
@@ -52,7 +55,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn, device: str) -> tuple[float, object]:
+def timed(fn: Callable[[], T], device: str) -> tuple[float, T]:
     sync(device)
     t = time.perf_counter()
     out = fn()
@@ -119,12 +122,13 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
     print(f"device {name}, dtype {dtype}, params {n_params:,}, {steps} x {tokens}-token steps, r = {cfg.rank}")
-    result = dict(device=name, dtype=str(dtype), params=n_params, steps=steps, tokens=tokens, rank=cfg.rank)
+    result: dict[str, Any] = dict(device=name, dtype=str(dtype), params=n_params, steps=steps, tokens=tokens,
+                                  rank=cfg.rank)
 
     batched_model = copy.deepcopy(base)
     loop = PeftLoRATTT(base, cfg, prefix_token=0)
     init = loop.initial_adapter()
-    vocab = shape["vocab_size"]
+    vocab = int(shape["vocab_size"])
     if not args.skip_loop:
         warm = synthetic_sequences(1, 2, tokens, vocab, seed=1)
         loop.run(warm)

@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from harness.lm.corpus import CorruptLineError, chunk_document, read_corpus, read_jsonl
-from harness.lm.scoring import IGNORE, bits_per_byte, rolling_rows, training_rows
-from harness.lm.split import sample_test_indices, split_point, split_tokens
+from harness.data.text import CorruptLineError, chunk_document, read_corpus, read_jsonl
+from harness.data.text_split import sample_test_indices, split_point, split_tokens
+from harness.eval.bits_per_byte import IGNORE, bits_per_byte, rolling_rows
+from harness.ttt.lora import training_rows
 
 
 def _write_pile(path, rows, corrupt_at=()):
@@ -111,7 +112,7 @@ def test_training_rows_chunk_long_neighbours():
 def test_plain_text_file_packs_paragraphs(tmp_path):
     p = tmp_path / "book.txt"
     p.write_text("In the beginning.\n\nAnd the earth was\nwithout form.\n\n\n" + "word " * 500, encoding="utf-8")
-    from harness.lm.corpus import read_text_file
+    from harness.data.text import read_text_file
 
     c = read_text_file(p, doc_chars=100)
     assert c.texts[0] == "In the beginning. And the earth was without form."
@@ -120,7 +121,7 @@ def test_plain_text_file_packs_paragraphs(tmp_path):
 
 def test_hf_dataset_reader_round_trip(tmp_path):
     datasets = pytest.importorskip("datasets")
-    from harness.lm.corpus import read_hf_dataset
+    from harness.data.text import read_hf_dataset
 
     texts = ["alpha beta", "gamma é", None, "delta"]  # a null text is a skipped row, like a corrupt line
     metas = [{"pile_set_name": "Pile-CC"}, {"pile_set_name": "ArXiv"}, None, {"pile_set_name": None}]

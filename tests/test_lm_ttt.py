@@ -5,11 +5,14 @@ import zlib
 import pytest
 import torch
 
-from harness.lm.batched import BatchedLoRATTT
-from harness.lm.config import LMTTTConfig
-from harness.lm.model import load_causal_lm, load_tokenizer
-from harness.lm.synthetic import make_tiny_qwen2, topical_corpus
-from harness.lm.ttt import EmptyTextError, NoNeighboursError, PeftLoRATTT, prepare_sequences
+from harness.data.text import topical_corpus
+from harness.models.hub import check_available, hub_offline, pretrained_kwargs
+from harness.models.lm import load_causal_lm, load_tokenizer
+from harness.models.tiny_qwen2 import make_tiny_qwen2
+from harness.ttt.lora import EmptyTextError, NoNeighboursError, PeftLoRATTT, prepare_sequences
+from harness.ttt.lora_batched import BatchedLoRATTT
+from harness.ttt.lora_config import LMTTTConfig
+from harness.ttt.lora_engines import build_lora_engine
 
 CFG = LMTTTConfig(rank=4, num_neighbours=3, max_tokens=32, max_query_tokens=16, lr=1e-3)
 
@@ -54,7 +57,7 @@ def test_batched_engine_equals_peft_loop(tiny, seqs, dtype, tol):
     got = engine.run(seqs)
     assert [r.point_id for r in got] == [s.point_id for s in seqs]
     moved = 0.0
-    for a, b in zip(ref, got):
+    for a, b in zip(ref, got, strict=True):
         assert a.n_steps == b.n_steps == len(seqs[[s.point_id for s in seqs].index(a.point_id)].train_rows)
         assert b.bpb_global == pytest.approx(a.bpb_global, abs=tol)
         assert b.bpb_ttt == pytest.approx(a.bpb_ttt, abs=tol)
@@ -71,7 +74,7 @@ def test_fused_loss_and_adam_equal_peft_loop(tiny, seqs):
                             init=loop.initial_adapter(), fuse_loss=True, fuse_adam=True)
     got = engine.run(seqs)
     assert [r.point_id for r in got] == [s.point_id for s in seqs]
-    for a, b in zip(ref, got):
+    for a, b in zip(ref, got, strict=True):
         assert b.bpb_ttt == pytest.approx(a.bpb_ttt, abs=1e-8)
         assert b.bpb_global == pytest.approx(a.bpb_global, abs=1e-8)
     assert max(abs(a.bpb_ttt - a.bpb_global) for a in ref) > 1e-3
@@ -130,8 +133,9 @@ def test_retriever_sees_only_the_query_prefix(tiny):
     assert seq.n_bytes == len(seq.eval_text.encode("utf-8"))
 
 
-def test_bad_inputs_give_clear_errors(tiny, tmp_path):
+def test_bad_inputs_give_clear_errors(tiny, tmp_path, monkeypatch):
     path, tok, texts = tiny
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an uncached hub name then fails at once, without the network
     with pytest.raises(EmptyTextError, match="test sequence 7"):
         prepare_sequences(tok, [(7, "")], _neighbours(texts), CFG)
     with pytest.raises(NoNeighboursError, match="test sequence 3"):
@@ -142,6 +146,30 @@ def test_bad_inputs_give_clear_errors(tiny, tmp_path):
         load_causal_lm("Qwen/Qwen2.5-0.5B-never-cached")
     with pytest.raises(ValueError, match="LMTTTConfig.max_tokens"):
         LMTTTConfig(max_tokens=1)
+    with pytest.raises(KeyError, match="did you mean 'peft'"):
+        build_lora_engine("pef", load_causal_lm(path), CFG, tok.eos_token_id, max_batch=2)
+
+
+def test_hub_downloads_follow_hf_hub_offline(monkeypatch):
+    """local_files_only is passed only when HF_HUB_OFFLINE says offline, so a user with network can download."""
+    for value, offline in (("1", True), ("true", True), ("ON", True), ("0", False), ("", False)):
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+        assert hub_offline() is offline
+        assert pretrained_kwargs() == ({"local_files_only": True} if offline else {})
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert pretrained_kwargs() == {}
+    check_available("Qwen/Qwen2.5-0.5B-never-cached")  # online: left to the download, no error up front
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
+        check_available("Qwen/Qwen2.5-0.5B-never-cached")
+
+
+def test_engine_names_match_the_config_choices():
+    from typing import get_args
+
+    from harness.ttt.lora_engines import LORA_TTT_ENGINES, LoRAEngine
+
+    assert sorted(get_args(LoRAEngine)) == LORA_TTT_ENGINES.names() == ["batched", "peft"]
 
 
 @pytest.mark.slow

@@ -1,8 +1,12 @@
-"""Text corpora: Pile-format JSONL (optionally .zst) and HF `datasets` saved to disk; retrieval units.
+"""Text corpora: Pile-format JSONL (optionally .zst), plain text, HF `datasets` saved to disk; retrieval
+units; a generated topical corpus for tests and smoke runs.
 
 A Pile line is `{"text": "...", "meta": {"pile_set_name": "..."}}`. Readers return a `Corpus`:
 the texts, their subset names, and a count of the lines that were skipped (with their line numbers),
 so a corrupt shard never silently shrinks the study.
+
+Optional packages: `zstandard` for .zst files, `datasets` for HF dataset folders (`pip install datasets`,
+in the `lm` extra); each is imported only by the reader that needs it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 
 class CorruptLineError(ValueError):
@@ -112,7 +118,7 @@ def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_fiel
         raise TypeError(f"{path}: column {text_field!r} is {feature}, not a string column")
     metas = ds["meta"] if "meta" in ds.column_names else itertools.repeat(None)
     corpus = Corpus([], [], [], source=str(path))
-    for i, (text, m) in enumerate(zip(ds[text_field], metas)):
+    for i, (text, m) in enumerate(zip(ds[text_field], metas, strict=False)):
         if not isinstance(text, str):
             if on_error == "raise":
                 raise CorruptLineError(f"{path}: row {i + 1} has no {text_field!r} text ({text!r})")
@@ -145,7 +151,29 @@ def read_corpus(path: str | os.PathLike, on_error: str = "skip", split: str | No
         return read_text_file(p)
     if p.name.endswith((".jsonl", ".jsonl.zst", ".json", ".zst")):
         return read_jsonl(p, on_error=on_error, limit=limit)
-    raise ValueError(f"cannot read corpus {p}: expected a .jsonl / .jsonl.zst file or a HF dataset folder")
+    raise ValueError(f"cannot read corpus {p}: expected a .jsonl / .jsonl.zst / .txt file or a HF dataset folder")
+
+
+def write_jsonl(path: str | os.PathLike, texts: Iterable[str], subsets: Iterable[str] | None = None) -> Path:
+    """Write texts as Pile-format JSONL (`{"text", "meta": {"pile_set_name"}}` per line), readable by read_jsonl."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = itertools.repeat("") if subsets is None else subsets
+    with open(path, "w", encoding="utf-8") as f:
+        for text, subset in zip(texts, names, strict=False):
+            row = {"text": text, "meta": {"pile_set_name": subset}} if subset else {"text": text}
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def corpus_name(path: str | os.PathLike, corpus: Corpus) -> str:
+    """The dataset name of result rows: "pile" when every text carries a Pile subset name, else the file's
+    stem (its folder's name when the stem is only a split name such as "test")."""
+    if corpus.subsets and all(corpus.subsets):
+        return "pile"
+    p = Path(path)
+    stem = p.name.split(".")[0]
+    return p.resolve().parent.name if stem in ("train", "test", "val", "validation") else stem
 
 
 def chunk_document(text: str, max_chars: int) -> list[str]:
@@ -173,3 +201,30 @@ def _pack(pieces: Iterable[str], limit: int) -> list[str]:
     if current:
         out.append(current)
     return out
+
+
+_TOPICS = {
+    "astronomy": "star planet orbit comet galaxy telescope nebula moon solar eclipse gravity light year",
+    "cooking": "flour butter oven recipe sugar knife simmer garlic onion bake pepper salt dough",
+    "sailing": "boat sail wind harbour mast anchor tide rope deck keel starboard port wave",
+    "chess": "pawn knight bishop rook queen king castle gambit opening endgame check mate board",
+    "botany": "leaf root stem flower seed pollen soil moss fern bark branch petal sprout",
+    "music": "chord melody rhythm piano violin tempo note scale harmony drum choir song bass",
+}
+
+
+def topical_corpus(n_docs: int, words_per_doc: int = 120, seed: int = 0) -> tuple[list[str], list[str]]:
+    """n_docs generated documents cycling through 6 topics, each drawn mostly (85%) from its topic's
+    13 words, else from common function words. -> (texts, topic names). Offline stand-in for the Pile."""
+    rng = np.random.default_rng(seed)
+    topics = sorted(_TOPICS)
+    common = "the a of and to in is was on with for as by at it".split()
+    texts, labels = [], []
+    for i in range(n_docs):
+        topic = topics[i % len(topics)]
+        vocab = _TOPICS[topic].split()
+        words = [vocab[rng.integers(len(vocab))] if rng.random() < 0.85 else common[rng.integers(len(common))]
+                 for _ in range(words_per_doc)]
+        texts.append(" ".join(words).capitalize() + ".")
+        labels.append(topic)
+    return texts, labels

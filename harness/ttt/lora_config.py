@@ -1,8 +1,14 @@
-"""Hyperparameters of LoRA TTT on the Pile: one place for every default (paper Table 9)."""
+"""Hyperparameters of LoRA TTT of a causal LM (S3 on the Pile): one place for every default (paper Table 9).
+
+Used by both engines, harness.ttt.lora.PeftLoRATTT (the reference loop) and
+harness.ttt.lora_batched.BatchedLoRATTT.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+
+from harness.errors import ConfigError
 
 QWEN_LORA_TARGETS: tuple[str, ...] = (
     "q_proj", "k_proj", "v_proj", "o_proj",  # attention projections
@@ -27,6 +33,8 @@ class LMTTTConfig:
     adapter_seed: int = 0  # seed of the LoRA A init, identical for every test sequence
 
     def __post_init__(self) -> None:
+        for name in ("target_modules", "adam_betas"):  # lists from JSON / Ray Tune configs -> tuples
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         checks = [
             ("rank", self.rank >= 1, "must be >= 1"),
             ("alpha", self.alpha > 0, "must be > 0"),
@@ -34,14 +42,15 @@ class LMTTTConfig:
             ("num_neighbours", self.num_neighbours >= 1, "must be >= 1"),
             ("lr", self.lr > 0, "must be > 0"),
             ("adam_eps", self.adam_eps > 0, "must be > 0"),
-            ("adam_betas", all(0 <= b < 1 for b in self.adam_betas), "must lie in [0, 1)"),
+            ("adam_betas", len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas),
+             "must be two numbers in [0, 1)"),
             ("max_tokens", self.max_tokens >= 2, "must be >= 2 (a step needs one input and one target)"),
             ("grad_clip", self.grad_clip is None or self.grad_clip > 0, "must be None or > 0"),
             ("max_query_tokens", self.max_query_tokens >= 1, "must be >= 1"),
         ]
         for name, ok, why in checks:
             if not ok:
-                raise ValueError(f"LMTTTConfig.{name} = {getattr(self, name)!r} {why}")
+                raise ConfigError(f"LMTTTConfig.{name} = {getattr(self, name)!r} {why}")
 
     @property
     def scale(self) -> float:
@@ -49,4 +58,5 @@ class LMTTTConfig:
         return self.alpha / self.rank
 
     def hparams(self) -> dict:
+        """Every field, JSON-able: what result rows record as the TTT method's hyperparameters."""
         return dataclasses.asdict(self)
