@@ -84,6 +84,25 @@ def test_embedding_study_resumes_and_recomputes_after_an_input_file_is_edited(tm
     assert ttt["mean"].min() > 0.8  # trained on flipped labels, as the edited file says
 
 
+def test_s3_runs_on_the_pipeline_and_resumes(tmp_path):
+    import studies.lm_scaling as study
+
+    out = tmp_path / "s3"
+    args = ["--smoke-test", "--num-neighbours", "2", "--out-dir", str(out)]
+    first = study.main(args)
+    points = pl.read_parquet(out / "points.parquet")
+    assert set(points["study"]) == {"lm_scaling"} and set(points["metric"]) == {"bits_per_byte"}
+    assert points.group_by("method").len().sort("method")["len"].to_list() == [12, 12]  # every sequence once
+    assert np.isfinite(points["value"].to_numpy()).all()
+    assert set(first["method"]) == {"global", "ttt"} and (out / "summary.parquet").exists()
+    assert (out / "figure.png").stat().st_size > 10_000
+    files = _rows_files(out)
+    assert len(files) == 1
+    assert study.main([*args, "--resume"]).equals(first) and _rows_files(out) == files
+    with pytest.raises(ConfigError, match="--num-neighbours: stored 2, now 3"):
+        study.main(["--smoke-test", "--num-neighbours", "3", "--out-dir", str(out), "--resume"])
+
+
 def test_console_entry_point_lists_and_runs_studies(tmp_path, capsys):
     from harness.cli import main
 

@@ -34,7 +34,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, **kwargs) 
     if address is None and not os.environ.get("RAY_ADDRESS"):
         address = _this_machines_cluster()
     paths = [str(REPO_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}
+    env_vars = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
+                # a model or embedder loading in each of many actors draws no progress bar of its own
+                "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "1")}
+    runtime_env = {"env_vars": env_vars}
     extra = {"num_cpus": num_cpus} if num_cpus is not None else {}
     ray.init(address=address, runtime_env=runtime_env, log_to_driver=kwargs.pop("log_to_driver", True),
              **extra, **kwargs)

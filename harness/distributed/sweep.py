@@ -188,12 +188,18 @@ def stale_reason(meta: Mapping[str, Any] | None, expected: Mapping[str, Any]) ->
 
 def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: TrialKind,
                expected: Mapping[str, dict], rows_path: str, summarise: Summarise, metric: str,
-               require_split: str | None, reuse_stale: bool, run_kwargs: Mapping[str, Any], workdir: str) -> None:
+               require_split: str | None, reuse_stale: bool, run_kwargs: Mapping[str, Any], workdir: str,
+               quiet: bool) -> None:
     """One Ray Tune trial: read back valid cached rows or compute them; report the summary."""
     if os.path.isdir(workdir):  # Tune starts trials in their own folder: relative paths mean the driver's
         os.chdir(workdir)
     # shared inputs come read-only from the object store; the trials never write them
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    if quiet:  # the sweep's one progress bar stands for the Ray Data pipelines a trial runs
+        import ray.data
+
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars, context.print_on_execution_start = False, False
     key = config_hash(config)
     cfg = trials_by_hash[key] if trials_by_hash is not None else kind.config(**config)
     want = expected.get(key) or provenance(cfg)
@@ -286,7 +292,7 @@ def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, 
         _trainable, trials_by_hash=trials_by_hash, kind=kind, expected=expected,
         rows_path=sweep.rows_path, summarise=summarise, metric=sweep.metric, require_split=require_split,
         reuse_stale=reuse_stale, run_kwargs=_kwargs_for(kind.run, shared, curves=trials_by_hash is not None),
-        workdir=os.getcwd(),
+        workdir=os.getcwd(), quiet=not sweep.verbose,
     )
     trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([head, *sweep.child_bundles]))
     progress = [] if sweep.verbose else [_TrialProgress(num_samples, sweep.name)]
