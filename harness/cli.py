@@ -53,7 +53,7 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, presets: Ma
     if named:
         lines.append(f"defaults shown are those of {_preset_flag(named[0])}")
     try:
-        return tyro.cli(tyro.conf.OmitArgPrefixes[cls], default=base, args=args,  # type: ignore[valid-type]
+        return tyro.cli(tyro.conf.OmitArgPrefixes[cls], default=base, args=args,
                         description="\n\n".join(lines), prog=prog)
     except (ValueError, TypeError) as e:  # a field's own check (ConfigError) or a constructor's
         raise ConfigError(str(e)) from None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TypedDict
 
 import polars as pl
 
@@ -37,8 +38,17 @@ from harness.trials.embedding_head import EmbeddingHeadConfig, EmbeddingOptions 
 from harness.trials.mnist import MnistTrialConfig  # noqa: E402
 from harness.trials.options import ComputeOptions  # noqa: E402
 
-MNIST_TTT = {"ttt_k": 80, "ttt_lr": 0.02, "ttt_steps": 500}  # §E.4, dataset scaling
-LINEAR_TTT = {"ttt_k": 600, "ttt_lr": 0.02, "ttt_steps": 50}  # §E.6, TTT of the linear head on CLIP
+
+class TTTValues(TypedDict):
+    """The TTT fields of a trial config that S4 sets (keyword arguments of MnistTrialConfig / EmbeddingHeadConfig)."""
+
+    ttt_k: int
+    ttt_lr: float
+    ttt_steps: int
+
+
+MNIST_TTT: TTTValues = {"ttt_k": 80, "ttt_lr": 0.02, "ttt_steps": 500}  # §E.4, dataset scaling
+LINEAR_TTT: TTTValues = {"ttt_k": 600, "ttt_lr": 0.02, "ttt_steps": 50}  # §E.6, TTT of the linear head on CLIP
 
 
 @dataclasses.dataclass(frozen=True)

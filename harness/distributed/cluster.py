@@ -35,7 +35,8 @@ def cluster_config_problems(config: Any, base_dir: Path) -> list[str]:
     ptype = provider.get("type")
     if "provider" in config and ptype not in PROVIDER_KEYS:
         problems.append(f"provider.type must be one of {sorted(PROVIDER_KEYS)}, got {ptype!r}")
-    for key in PROVIDER_KEYS.get(ptype, ()):
+    required = PROVIDER_KEYS.get(ptype, ()) if isinstance(ptype, str) else ()  # YAML of another type names none
+    for key in required:
         if not provider.get(key):
             problems.append(f"provider.{key} is missing (required for provider.type {ptype!r})")
     if ptype == "local" and not isinstance(provider.get("worker_ips", []), list):

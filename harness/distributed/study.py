@@ -138,13 +138,14 @@ def sweep_config(name: str, out_dir: str, ray_options: RayOptions, device: str |
     from harness.distributed.sweep import SweepConfig
 
     storage = ray_options.storage_path or str(Path(out_dir) / "sweeps")
-    common = {"metric": metric, "mode": mode, "verbose": ray_options.verbose}
     if ray_options.actors:  # the trial only coordinates; its actors hold the resources
         sharding = ShardingConfig(actors=ray_options.actors, gpus_per_actor=ray_options.gpus_per_actor)
         bundle = {"CPU": sharding.cpus_per_actor, "GPU": sharding.gpus_per_actor}
-        return SweepConfig(name, storage, cpus_per_trial=0, child_bundles=(bundle,) * ray_options.actors, **common)
+        return SweepConfig(name, storage, cpus_per_trial=0, child_bundles=(bundle,) * ray_options.actors,
+                           metric=metric, mode=mode, verbose=ray_options.verbose)
     gpus = ray_options.gpus_per_trial if ray_options.gpus_per_trial is not None else (1.0 if device == "cuda" else 0.0)
-    return SweepConfig(name, storage, cpus_per_trial=ray_options.cpus_per_trial, gpus_per_trial=gpus, **common)
+    return SweepConfig(name, storage, cpus_per_trial=ray_options.cpus_per_trial, gpus_per_trial=gpus,
+                       metric=metric, mode=mode, verbose=ray_options.verbose)
 
 
 def prepare_sweep(cfg: Any, *, name: str, out_dir: str, metric: str, mode: str = "min",

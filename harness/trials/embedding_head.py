@@ -148,12 +148,13 @@ def head_features(cfg: EmbeddingHeadConfig,
 
     out = cached_features(cfg.cache_dir, key, compute)
     head_path = Path(cfg.cache_dir) / f"{key}.head.npz" if cfg.cache_dir is not None else None
-    if not head:
+    if not head:  # features came from the cache: the head is cached beside them
+        assert head_path is not None  # without a cache, cached_features computes (and fills head)
         with np.load(head_path) as f:
             head = {"w": f["w"], "b": f["b"]}
     elif head_path is not None:
         with atomic_path(head_path, suffix=".tmp.npz") as tmp:
-            np.savez(tmp, **head)
+            np.savez(tmp, w=head["w"], b=head["b"])
     return out, head["w"], head["b"]
 
 
@@ -198,9 +199,11 @@ def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None 
                   k=cfg.ttt_k, fraction=cfg.fraction, config_hash=config_hash(cfg), device=device,
                   wall_time_s=time.perf_counter() - start)
     train = cfg.train_config()
-    hp = {"global": {"lr": train.lr, "batch_size": train.batch_size, "epochs": train.epochs,
-                     "dropout": head_spec(cfg.hidden).dropout},
-          "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k}}
+    hp: dict[str, dict[str, object]] = {
+        "global": {"lr": train.lr, "batch_size": train.batch_size, "epochs": train.epochs,
+                   "dropout": head_spec(cfg.hidden).dropout},
+        "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k},
+    }
     frames = [point_rows(run, method, metric, values, out["point_id"], hparams=hp[method],
                          k={"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}[method])
               for method, metric, values in prediction_metrics(out)]

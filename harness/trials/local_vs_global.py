@@ -84,6 +84,7 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
     ttt/accuracy_test_set per randomly chosen head (point_id = the head's test point)."""
     start = time.perf_counter()
     mcfg = cfg.features_config().resolved()
+    assert mcfg.ttt_lr is not None and mcfg.ttt_steps is not None and mcfg.ttt_k is not None  # resolved() fills them
     feats, weight, bias = mnist_features(mcfg, images)
     ttt = HeadTTTConfig(lr=mcfg.ttt_lr, steps=mcfg.ttt_steps, k=mcfg.ttt_k)
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)

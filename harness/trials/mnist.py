@@ -114,6 +114,7 @@ def train_lenet(cfg: MnistTrialConfig, images: ImageSplits,
                 on_epoch: Callable[[int, float], None] | None = None) -> tuple[LeNet, np.ndarray]:
     """Seeded global training on the (subsampled) train split. Returns the model and the train indices used."""
     cfg = cfg.resolved()
+    assert cfg.epochs is not None  # resolved() fills every None
     spec = lenet_for_size(cfg.model_size)
     train_idx = class_balanced_subsample(images.train_y, cfg.fraction, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -147,17 +148,19 @@ def mnist_features(
 
     splits = cached_features(cfg.cache_dir, key, compute)
     if not head:  # features came from the cache: the head is cached beside them
+        assert cfg.cache_dir is not None  # without a cache, cached_features computes (and fills head)
         with np.load(Path(cfg.cache_dir) / f"{key}.head.npz") as f:
             head = {"w": f["w"], "b": f["b"]}
     elif cfg.cache_dir is not None:
         with atomic_path(Path(cfg.cache_dir) / f"{key}.head.npz", suffix=".tmp.npz") as tmp:
-            np.savez(tmp, **head)
+            np.savez(tmp, w=head["w"], b=head["b"])
     return splits, head["w"], head["b"]
 
 
 def evaluate_in_process(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
                         cfg: MnistTrialConfig) -> tuple[dict[str, np.ndarray], str]:
     """Per-point prediction columns of one evaluator in this process, and the device it ran on."""
+    assert cfg.majority_k is not None, "cfg must be resolved() (majority_k is None)"
     evaluator = HeadTTTEvaluator(state, ttt, majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
                                  engine=cfg.engine)
     return evaluator({"point_id": point_ids, "feature": x, "label": y}), str(evaluator.device)
@@ -168,6 +171,7 @@ def evaluate_on_actors(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: n
     """The same columns, the test points sharded over `sharding.actors` Ray Data actors."""
     from harness.distributed.sharding import evaluate_sharded
 
+    assert cfg.majority_k is not None, "cfg must be resolved() (majority_k is None)"
     out = evaluate_sharded(state, ttt, x, y, point_ids, sharding, majority_k=cfg.majority_k,
                            retriever=cfg.retriever, engine=cfg.engine)
     return out, "+".join(sorted(set(out.pop("device").tolist())))
@@ -182,6 +186,7 @@ def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, *, sha
     (sharding None) or sharded over Ray Data actors (only `wall_time_s` and `device` differ)."""
     start = time.perf_counter()
     cfg = cfg.resolved()
+    assert cfg.ttt_lr is not None and cfg.ttt_steps is not None and cfg.ttt_k is not None  # resolved() fills them
     feats, weight, bias = mnist_features(cfg, images, on_epoch)
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
@@ -195,8 +200,8 @@ def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, *, sha
         study=cfg.study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=cfg.ttt_k,
         fraction=cfg.fraction, config_hash=config_hash(cfg), device=device, wall_time_s=time.perf_counter() - start,
     )
-    hp = {"ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k},
-          "global": {"epochs": cfg.epochs}}
+    hp: dict[str, dict[str, object]] = {"ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k},
+                                        "majority": {"k": cfg.majority_k}, "global": {"epochs": cfg.epochs}}
     ks = {"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}
     return pl.concat([
         point_rows(run, method, metric, values, out["point_id"], hparams=hp[method], k=ks[method])

@@ -65,12 +65,13 @@ class MoETrialConfig:
         return mnist_input_files(self.data_dir)
 
     def ttt_config(self) -> HeadTTTConfig:
-        spec = moe_spec(self.experts) if None in (self.lr, self.steps, self.neighbours) else None
-        return HeadTTTConfig(
-            lr=spec.lr if self.lr is None else self.lr,
-            steps=spec.epochs if self.steps is None else self.steps,
-            k=spec.neighbours if self.neighbours is None else self.neighbours,
-        )
+        lr, steps, k = self.lr, self.steps, self.neighbours
+        if lr is None or steps is None or k is None:  # Table 6 fills the gaps
+            spec = moe_spec(self.experts)
+            lr = spec.lr if lr is None else lr
+            steps = spec.epochs if steps is None else steps
+            k = spec.neighbours if k is None else k
+        return HeadTTTConfig(lr=lr, steps=steps, k=k)
 
     def features_config(self) -> MnistTrialConfig:
         """The S1 trial whose CNN (features + head) this MoE shares: same cache key, same model."""
