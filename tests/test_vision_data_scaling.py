@@ -9,7 +9,7 @@ from harness.data.subsample import class_balanced_subsample
 from harness.features.cache import FeatureSplits
 from harness.trials.embedding_head import EmbeddingHeadConfig, head_features
 from harness.trials.mnist import MnistTrialConfig, mnist_features, mnist_trial
-from studies.data_scaling import MNIST_TTT, DataScalingConfig
+from studies.data_scaling import MNIST_TTT, DataScaling
 
 RUN_COLUMNS = ["study", "config_hash", "wall_time_s", "git_sha"]
 
@@ -23,20 +23,22 @@ def test_class_balanced_counts_on_mnist(mnist):
 
 
 def test_fraction_one_equals_the_s1_trial(mnist, tmp_path):
-    study = DataScalingConfig(fractions=(1.0,), model_size=280, epochs=0, test_points=30, out_dir=str(tmp_path))
+    study = DataScaling(fractions=(1.0,), model_size=280, epochs=0, test_points=30, out_dir=str(tmp_path))
     s4 = study.trials()[0]
     s4 = dataclasses.replace(s4, ttt_steps=40)  # shorter than 500 for the test; both sides use the same
     s1 = MnistTrialConfig(model_size=280, epochs=0, test_points=30, ttt_k=MNIST_TTT["ttt_k"], ttt_lr=MNIST_TTT["ttt_lr"],
                           ttt_steps=40)
     assert (s4.fraction, s4.ttt_k, s4.ttt_lr, s4.epochs) == (1.0, 80, 0.02, 0)
-    a = mnist_trial(s4, mnist, study="data_scaling").drop(RUN_COLUMNS)
-    b = mnist_trial(s1, mnist).drop(RUN_COLUMNS)
+    a = mnist_trial(s4, mnist)
+    b = mnist_trial(s1, mnist)
+    assert set(a["study"]) == {"data_scaling"} and set(b["study"]) == {"model_scaling"}
+    a, b = a.drop([*RUN_COLUMNS, "study"]), b.drop([*RUN_COLUMNS, "study"])
     assert a.height == 30 * 5
     assert a.equals(b)
 
 
 def test_equal_steps_epochs():
-    cfg = DataScalingConfig(epochs=3)
+    cfg = DataScaling(epochs=3)
     assert [cfg.epochs_at(f) for f in (1.0, 0.3, 0.1, 0.01)] == [3, 10, 30, 300]
     assert dataclasses.replace(cfg, equal_steps=False).epochs_at(0.01) == 3
 

@@ -7,11 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.data.embeddings import EmbeddingSource, load_embedding_file, load_embedding_splits
+from harness.data.embeddings import load_embedding_file, load_embedding_splits
 from harness.data.holdout import class_balanced_holdout
 from harness.features.cache import FeatureSplits
-from harness.features.clip import (ClipConfig, cached_folder_embeddings, clip_folder_splits, encode_image_folder,
-                                   load_clip)
+from harness.features.clip import (
+    ClipConfig,
+    cached_folder_embeddings,
+    clip_folder_splits,
+    encode_image_folder,
+    load_clip,
+)
+from harness.features.embedding_source import EmbeddingSource
 from harness.models.mlp import MLP_SPECS, MlpHead, head_spec
 from harness.trials.embedding_head import EmbeddingHeadConfig, embedding_head_trial
 

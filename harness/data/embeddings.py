@@ -11,9 +11,7 @@ dimensions or columns disagree. `embedding_splits` holds out a class-balanced va
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -137,19 +135,3 @@ def mnist_pixel_embeddings(data_dir: str | None = None) -> FeatureSplits:
 
     return FeatureSplits(flat(im.train_x), im.train_y, flat(im.val_x), im.val_y, flat(im.test_x), im.test_y)
 
-
-# Moved to harness/features/embedding_source.py: choosing a source includes encoding image folders with
-# open_clip, and data must not depend on features. Forwarded (with a DeprecationWarning) only until the
-# last importers (harness/trials/embedding_head.py, studies/{mlp_scaling,neighbourhood_size,data_scaling}.py,
-# tests/test_vision_features.py) import from the new module; then delete this block.
-_MOVED_TO_FEATURES = ("EMBEDDING_KINDS", "EmbeddingSource", "add_embedding_arguments", "embedding_source_from_args")
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED_TO_FEATURES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"harness.data.embeddings.{name} moved to harness.features.embedding_source.{name}",
-                  DeprecationWarning, stacklevel=2)
-    from harness.features import embedding_source  # lazy: only for not yet updated callers
-
-    return getattr(embedding_source, name)

@@ -7,7 +7,6 @@ only when needed because open_clip is heavy). The studies print `describe()` bes
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -81,33 +80,3 @@ class EmbeddingSource:
 
         return clip_folder_splits(train, test, ClipConfig(self.arch, self.pretrained), self.holdout,
                                   cache_dir=self.cache_dir)
-
-
-def add_embedding_arguments(parser: argparse.ArgumentParser) -> None:
-    """The studies' shared command-line flags choosing an EmbeddingSource."""
-    parser.add_argument("--embeddings", nargs="+", metavar="PATH",
-                        help="TRAIN TEST embedding files (.npy with <stem>.labels.npy, or .parquet), or 'mnist-pixels'")
-    parser.add_argument("--image-folder", nargs=2, metavar=("TRAIN", "TEST"),
-                        help="ImageFolder roots (e.g. ImageNet train/ and val/) to encode with open_clip")
-    parser.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture for --image-folder")
-    parser.add_argument("--clip-pretrained", default="openai", help="open_clip pretrained tag ('none' for random)")
-    parser.add_argument("--holdout", type=int, default=IMAGENET_HOLDOUT, help="class-balanced validation hold-out")
-
-
-def embedding_source_from_args(args: argparse.Namespace, cache_dir: str) -> EmbeddingSource | None:
-    """--embeddings TRAIN TEST | --embeddings mnist-pixels | --image-folder TRAIN TEST -> source; None if none given."""
-    if args.embeddings and args.image_folder:
-        raise SystemExit("give --embeddings or --image-folder, not both")
-    if args.image_folder:
-        train, test = args.image_folder  # nargs=2
-        pretrained = None if args.clip_pretrained.lower() == "none" else args.clip_pretrained
-        return EmbeddingSource("image-folder", train, test, holdout=args.holdout, arch=args.clip_arch,
-                               pretrained=pretrained, cache_dir=cache_dir)
-    if args.embeddings == ["mnist-pixels"]:
-        return EmbeddingSource("mnist-pixels")
-    if args.embeddings:
-        if len(args.embeddings) != 2:
-            raise SystemExit("--embeddings takes TRAIN TEST (two files) or the word mnist-pixels")
-        train, test = args.embeddings
-        return EmbeddingSource("file", train, test, holdout=args.holdout)
-    return None
