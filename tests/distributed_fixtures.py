@@ -107,7 +107,7 @@ def _sleepy(cfg: SleepyTrial) -> "pl.DataFrame":
 
 
 def _register() -> None:
-    from harness.trials.registry import TRIALS, register_trial
+    from harness.registry import TRIALS, register_trial
 
     if "sleepy_test" not in TRIALS:
         register_trial("sleepy_test", SleepyTrial)(_sleepy)

@@ -32,7 +32,7 @@ def test_fraction_one_equals_the_s1_trial(mnist, tmp_path):
     a = mnist_trial(s4, mnist)
     b = mnist_trial(s1, mnist)
     assert set(a["study"]) == {"data_scaling"} and set(b["study"]) == {"model_scaling"}
-    a, b = a.drop([*RUN_COLUMNS, "study"]), b.drop([*RUN_COLUMNS, "study"])
+    a, b = a.drop(RUN_COLUMNS), b.drop(RUN_COLUMNS)
     assert a.height == 30 * 5
     assert a.equals(b)
 

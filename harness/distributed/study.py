@@ -174,11 +174,12 @@ def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metri
 
     opts = ray_options if ray_options is not None else cfg.ray
     shared = dict(shared or {})
-    if opts.actors:
-        if not all(trial_kind(t).shardable for t in trials):
+    if opts.actors:  # shardable kinds get their actors here; a kind with its own pool names it in its config
+        if not all(trial_kind(t).shardable or getattr(t, "actors", None) == opts.actors for t in trials):
             raise ConfigError(f"--actors {opts.actors}: the trials of {name} do not shard over Ray Data actors; "
                               "use --actors 0")
-        shared["sharding"] = ShardingConfig(actors=opts.actors, gpus_per_actor=opts.gpus_per_actor)
+        if all(trial_kind(t).shardable for t in trials):
+            shared["sharding"] = ShardingConfig(actors=opts.actors, gpus_per_actor=opts.gpus_per_actor)
     sweep = prepare_sweep(cfg, name=name, out_dir=out_dir, metric=metric, mode=mode, ray_options=opts)
     with ray_session(opts.address):
         if opts.actors:  # GPUs asked for where none exist: fail now, naming the option
