@@ -83,6 +83,13 @@ def _node_totals() -> list[dict[str, float]]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
+def cluster_offers_gpus() -> bool:
+    """Whether some alive node of the connected cluster has a GPU (or GPU nodes may autoscale in)."""
+    if os.environ.get("TTT_HARNESS_GPUS_MAY_AUTOSCALE") == "1":  # set by cluster.yaml on the head
+        return True
+    return any(n.get("GPU", 0.0) > 0 for n in _node_totals())
+
+
 def require_resources(gpus_per_actor: float, cpus_per_actor: float, on_missing_gpu: str = "error") -> float:
     """Check one actor of (cpus_per_actor, gpus_per_actor) fits on some node; return the GPUs to ask for.
 

@@ -154,6 +154,9 @@ def prepare_sweep(cfg: Any, *, name: str, out_dir: str, metric: str, mode: str =
     options equal to the stored ones) and its SweepConfig."""
     opts = ray_options if ray_options is not None else cfg.ray
     check_unique_values(cfg)
+    if getattr(cfg, "epochs", None) == 0:
+        raise ConfigError("--epochs 0 leaves the global model untrained (its error would be chance level); "
+                          "give --epochs >= 1, or None for the paper's tables")
     check_writable(out_dir)
     compute = getattr(cfg, "compute", cfg)  # the study's ComputeOptions (or device among its own fields)
     sweep = sweep_config(name, out_dir, opts, getattr(compute, "device", None), metric, mode)
@@ -167,7 +170,7 @@ def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metri
 
     cfg: the study's config (its options are checked and stored beside the sweep); trials: its trial
     configs, all of one registered kind; shared: large read-only inputs of the trial function."""
-    from harness.distributed.runtime import ray_session, require_resources
+    from harness.distributed.runtime import cluster_offers_gpus, ray_session, require_resources
     from harness.distributed.sharding import ShardingConfig
     from harness.distributed.sweep import run_trials
     from harness.registry import trial_kind
@@ -180,8 +183,17 @@ def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metri
                               "use --actors 0")
         if all(trial_kind(t).shardable for t in trials):
             shared["sharding"] = ShardingConfig(actors=opts.actors, gpus_per_actor=opts.gpus_per_actor)
+    data = {k: v for k, v in shared.items() if k != "sharding"}
+    for trial in trials:  # against the data: neighbourhoods and test points fit, the engine can run here
+        check = getattr(trial, "check_inputs", None)
+        if check is not None:
+            check(**data)
     sweep = prepare_sweep(cfg, name=name, out_dir=out_dir, metric=metric, mode=mode, ray_options=opts)
+    device = getattr(getattr(cfg, "compute", cfg), "device", None)
     with ray_session(opts.address):
+        if device == "cuda" and not cluster_offers_gpus():
+            raise ConfigError("--device cuda, but no node of this Ray cluster has a GPU; use --device cpu "
+                              "(or None: cuda where available)")
         if opts.actors:  # GPUs asked for where none exist: fail now, naming the option
             require_resources(opts.gpus_per_actor, ShardingConfig().cpus_per_actor)
         result = run_trials(trials, sweep, shared=shared, resume=opts.resume, reuse_stale=opts.reuse_stale)

@@ -27,7 +27,16 @@ from harness.registry import register_trial
 from harness.results.atomic import atomic_path
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
-from harness.trials.mnist import check_device, check_engine, mnist_input_files, test_subset
+from harness.trials.mnist import (
+    check_device,
+    check_engine,
+    check_engine_on_device,
+    check_neighbourhoods,
+    check_seed,
+    check_test_points,
+    mnist_input_files,
+    test_subset,
+)
 from harness.trials.options import Device, HeadEngine, Split
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
@@ -104,10 +113,22 @@ class EmbeddingHeadConfig:
             raise ConfigError(f"split must be 'test' or 'val', got {self.split!r}")
         check_engine(self.engine)
         check_device(self.device)
+        check_seed(self.seed)
         self.ttt_config()  # validates lr / steps / k
 
     def input_files(self) -> tuple[str, ...]:
         return source_input_files(self.source)
+
+    def check_inputs(self, splits: FeatureSplits | None = None, **_: object) -> None:
+        """Checks against the embeddings, run by the study before any work: k and test points fit, the engine
+        can run here."""
+        splits = splits if splits is not None else self.source.load()
+        n = class_balanced_subsample(splits.train_y, self.fraction, seed=self.seed).size
+        check_neighbourhoods({"ttt_k": (self.ttt_k, ""), "majority_k": (self.majority_k, "")}, n,
+                             f"fraction {self.fraction} of the {splits.train_y.size} training embeddings")
+        check_test_points(self.test_points, (splits.test_y if self.split == "test" else splits.val_y).size,
+                          self.split)
+        check_engine_on_device(self.engine, self.device)
 
     def ttt_config(self) -> HeadTTTConfig:
         return HeadTTTConfig(lr=self.ttt_lr, steps=self.ttt_steps, k=self.ttt_k)

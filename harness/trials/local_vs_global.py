@@ -71,6 +71,10 @@ class LocalVsGlobalConfig:
     def input_files(self) -> tuple[str, ...]:
         return mnist_input_files(self.data_dir)
 
+    def check_inputs(self, images: ImageSplits | None = None, **_: object) -> None:
+        """The checks of the S1 trial this shares its CNN with (k and test points fit, the engine runs here)."""
+        dataclasses.replace(self.features_config(), engine=self.engine, device=self.device).check_inputs(images)
+
     def features_config(self) -> MnistTrialConfig:
         """The S1 trial this shares its CNN with (same cache key) and whose Table 4 values fill the Nones."""
         return MnistTrialConfig(model_size=self.model_size, seed=self.seed, epochs=self.epochs,

