@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.runtime import ray_session  # noqa: E402
+from harness.distributed.sharding import ShardingConfig  # noqa: E402
 from harness.distributed.study import RayOptions, prepare_sweep  # noqa: E402
 from harness.distributed.sweep import search_trials  # noqa: E402
 from harness.results.schema import write_parquet_atomic  # noqa: E402
@@ -74,11 +75,13 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
               for size in cfg.sizes}
     best = []
     with ray_session(cfg.ray.address):
-        images = load_mnist()
+        shared: dict[str, object] = {"images": load_mnist()}
+        if cfg.ray.actors:  # each searched trial shards its validation points over the actors it reserves
+            shared["sharding"] = ShardingConfig(actors=cfg.ray.actors, gpus_per_actor=cfg.ray.gpus_per_actor)
         for size, sweep in sweeps.items():
             result = search_trials(MnistTrialConfig, SEARCH_SPACE, sweep, fixed=cfg.fixed(size),
                                    num_samples=cfg.samples, max_concurrent=cfg.concurrent, seed=cfg.seed,
-                                   resume=cfg.ray.resume, shared={"images": images})
+                                   resume=cfg.ray.resume, shared=shared)
             top = result.grid.get_best_result()
             best.append({"model_size": size, "ttt_lr": top.config["ttt_lr"], "ttt_steps": top.config["ttt_steps"],
                          "ttt_k": top.config["ttt_k"], "val_ttt_error": top.metrics["ttt_error"],

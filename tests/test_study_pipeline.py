@@ -115,3 +115,21 @@ def test_console_entry_point_lists_and_runs_studies(tmp_path, capsys):
     assert "did you mean 'model_scaling'" in capsys.readouterr().err
     assert main(["model_scaling", "--sizes", "123", "--out-dir", str(tmp_path)]) == 2
     assert "model_size 123 is not a LeNet size" in capsys.readouterr().err
+
+
+def test_resume_refuses_finished_trials_made_by_other_code(tmp_path, capsys):
+    import json
+
+    import studies.theory_check as study
+
+    args = ["--d1", "64", "--d2", "8", "--s", "1", "--n-test", "50", "--out-dir", str(tmp_path)]
+    first = study.main(args)
+    (meta,) = tmp_path.rglob("rows/*.meta.json")
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "code_version": "0123456789ab"}))  # other code
+    capsys.readouterr()
+    with pytest.raises(ConfigError, match="--resume: 1 finished trial"):  # Tune would hand the old rows back
+        study.main([*args, "--resume"])
+    assert "made by other code (0123456789ab" in capsys.readouterr().out
+    assert study.main([*args, "--resume", "--reuse-stale"]).equals(first)  # kept, as asked
+    assert study.main(args).equals(first)  # without --resume: recomputed (deterministic: the same table)
+    assert json.loads(meta.read_text())["code_version"] != "0123456789ab"

@@ -352,7 +352,15 @@ def run_trials(trials: Sequence[Any], sweep: SweepConfig, *, shared: Mapping[str
     if dupes:
         raise ConfigError(f"duplicate trials (each would be computed twice and counted twice): {dupes}")
     expected = {k: provenance(t) for k, t in zip(keys, trials, strict=True)}
-    _print_cache_state(sweep, keys, labels, expected, reuse_stale)
+    restoring = resume and tune.Tuner.can_restore(sweep.experiment_path)
+    verb = ("reused as asked (--reuse-stale; their rows keep their own git sha)" if reuse_stale else
+            "so --resume is refused" if restoring else "recomputed")
+    stale = _print_cache_state(sweep, keys, labels, expected, verb)
+    if stale and restoring and not reuse_stale:
+        # a restored sweep hands back its finished trials as they were: stale rows would come back unasked
+        raise ConfigError(f"--resume: {len(stale)} finished trial(s) of the sweep at {sweep.experiment_path} were "
+                          "made by other code or from other inputs (listed above); run without --resume to "
+                          "recompute them, or add --reuse-stale to keep them")
     from ray.tune.search import BasicVariantGenerator
 
     grid = _fit(sweep, dict(configs[0]), trials_by_hash=dict(zip(keys, trials, strict=True)),
@@ -369,8 +377,9 @@ def run_trials(trials: Sequence[Any], sweep: SweepConfig, *, shared: Mapping[str
 
 
 def _print_cache_state(sweep: SweepConfig, keys: list[str], labels: list[str], expected: Mapping[str, dict],
-                       reuse_stale: bool) -> None:
-    """Say which trials' cached rows will be reused, which are stale (and why) and which are new."""
+                       verb: str) -> list[str]:
+    """Say which trials' cached rows will be reused, which are stale (and why) and which are new; return the
+    stale ones."""
     reused, stale = 0, []
     for key, label in zip(keys, labels, strict=True):
         if not _exists(f"{sweep.rows_path}/{key}.parquet"):
@@ -381,10 +390,10 @@ def _print_cache_state(sweep: SweepConfig, keys: list[str], labels: list[str], e
         else:
             stale.append(f"  {label}: {reason}")
     if stale:
-        verb = "reused as asked (--reuse-stale; their rows keep their own git sha)" if reuse_stale else "recomputed"
         print(f"{sweep.name}: {len(stale)} trial(s) have stale cached rows, {verb}:\n" + "\n".join(stale))
     if reused:
         print(f"{sweep.name}: {reused} of {len(keys)} trial(s) reuse their cached rows (same config, inputs and code)")
+    return stale
 
 
 def search_trials(config_cls: type, space: Mapping[str, Any], sweep: SweepConfig, *,
