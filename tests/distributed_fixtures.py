@@ -124,7 +124,8 @@ def calls(log) -> list[int]:
 
 
 def run_sleepy_sweep(storage: str, calls_log: str, resume: bool, xs: int = 6, sleep: float = 1.5) -> None:
-    """The sweep the resume test kills and restores (run in a subprocess: see __main__)."""
+    """The sweep the resume test kills and restores (run in a subprocess: see __main__); its rows go to
+    <storage>/table.parquet."""
     import json
 
     import ray
@@ -135,6 +136,7 @@ def run_sleepy_sweep(storage: str, calls_log: str, resume: bool, xs: int = 6, sl
     init_ray("local", num_cpus=2)
     sweep = SweepConfig("sleepy", storage, max_concurrent=1)
     result = run_trials([SleepyTrial(x, sleep, calls_log) for x in range(xs)], sweep, resume=resume)
+    result.rows.write_parquet(f"{storage}/table.parquet")
     print("RESULT " + json.dumps({"trials": len(result.grid), "rows": result.rows.height,
                                   "xs": sorted(result.trials["config/x"].to_list())}), flush=True)
     ray.shutdown()

@@ -78,6 +78,12 @@ def test_killed_sweep_resumes_without_recomputing_finished_trials(tmp_path):
     # each finished trial was computed once; only a trial killed mid-flight may have started twice
     assert all(computed.count(x) == 1 for x in range(len(done_before))), computed
     assert len(computed) <= 6 + 1
+    # the killed-and-resumed sweep's table equals an uninterrupted run's, row for row
+    whole = tmp_path / "uninterrupted"
+    subprocess.run([*cmd[:2], str(whole), str(tmp_path / "calls2.log")], env=env, cwd=tmp_path, check=True,
+                   capture_output=True, timeout=240)
+    resumed_table = pl.read_parquet(storage / "table.parquet").drop("wall_time_s")
+    assert resumed_table.equals(pl.read_parquet(whole / "table.parquet").drop("wall_time_s"))
 
 
 def test_optuna_search_tunes_on_validation_only(ray_cluster, tiny_trial, mnist, tmp_path):
