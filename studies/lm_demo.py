@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import signal
 import sys
 import tempfile
 import time
@@ -23,7 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.cli import run_main, study_parser  # noqa: E402
-from harness.data.text import chunk_document, read_corpus, topical_corpus  # noqa: E402
+from harness.data.text import chunk_document, read_corpus, require_text, skipped_summary, topical_corpus  # noqa: E402
+from harness.errors import ConfigError  # noqa: E402
 from harness.eval.metrics import bootstrap_ci  # noqa: E402
 from harness.features.text_embedder import SentenceEmbedder  # noqa: E402
 from harness.models.lm import load_causal_lm, load_tokenizer  # noqa: E402
@@ -58,28 +60,55 @@ class LMDemo:
     rank: int = 64  # LoRA rank (alpha = rank)
     seed: int = 0  # corpus, split and model seed
 
+    def __post_init__(self) -> None:
+        if self.sequences < 1:
+            raise ConfigError(f"--sequences must be >= 1, got {self.sequences}")
+
 
 parse = study_parser(LMDemo, {}, __doc__)  # the options
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C, so the temporary model folder is removed
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     t0 = time.time()
-    with tempfile.TemporaryDirectory(prefix="lm_demo_") as workdir:  # the tiny model lives only as long as the demo
-        run_demo(args, Path(workdir))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `timeout` / a scheduler's kill leaves no folder
+    try:
+        with tempfile.TemporaryDirectory(prefix="lm_demo_") as workdir:  # the tiny model lives as long as the demo
+            run_demo(args, Path(workdir))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"({time.time() - t0:.0f} s)")
 
 
-def run_demo(args: LMDemo, workdir: Path) -> None:
+def demo_split(args: LMDemo) -> tuple[list[tuple[int, str]], list[str]]:
+    """(test points (id, text), training texts) of the corpus, split by the seed. What the reader skipped (corrupt
+    lines, blank texts) is printed; a corpus without usable text, or with no more than --sequences, is refused."""
     if args.corpus:
-        texts = read_corpus(args.corpus).texts
+        corpus = read_corpus(args.corpus)
+        require_text(corpus, "--corpus")
+        if skipped_summary(corpus):
+            print(f"--corpus {args.corpus}: {skipped_summary(corpus)}; {len(corpus)} texts left")
+        texts = corpus.texts
+        if len(texts) <= args.sequences:
+            raise ConfigError(f"--sequences {args.sequences}: --corpus {args.corpus} holds {len(texts)} usable texts; "
+                              "give fewer --sequences (the texts left over are the retrieval pool)")
     else:
         texts, _ = topical_corpus(240, words_per_doc=80, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(texts))
     test_ids, train_ids = order[:args.sequences], order[args.sequences:]
-    train = [texts[i] for i in train_ids]
+    return [(int(i), texts[i]) for i in test_ids], [texts[i] for i in train_ids]
+
+
+def run_demo(args: LMDemo, workdir: Path) -> None:
+    points, train = demo_split(args)
     units = [u for t in train for u in chunk_document(t, 2000)]
+    cfg = LMTTTConfig(rank=args.rank, alpha=float(args.rank), num_neighbours=min(args.neighbours, len(units)),
+                      max_tokens=args.max_tokens, lr=args.lr)  # checked before the model is built
 
     if args.gguf:
         folder, name = smollm2_gguf()
@@ -92,9 +121,7 @@ def run_demo(args: LMDemo, workdir: Path) -> None:
 
     embedder = SentenceEmbedder()
     retrieval = Retrieval(embedder, build_text_index(embedder, units, kind="flat"))
-    cfg = LMTTTConfig(rank=args.rank, alpha=float(args.rank), num_neighbours=min(args.neighbours, len(units)),
-                      max_tokens=args.max_tokens, lr=args.lr)
-    seqs = prepare_sequences(tok, [(int(i), texts[i]) for i in test_ids], retrieval, cfg)
+    seqs = prepare_sequences(tok, points, retrieval, cfg)
     engine = BatchedLoRATTT(model, cfg, tok.eos_token_id, max_batch=len(seqs), pad_id=tok.pad_token_id or 0)
     results = engine.run(seqs)
 

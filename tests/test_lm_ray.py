@@ -202,6 +202,7 @@ def test_lm_scaling_config_names_bad_fields(tmp_path):
     assert cfg.input_files() == ("train.jsonl", "test.jsonl")  # a size label is no file
     folder = tmp_path / "model"
     folder.mkdir()
+    (folder / "config.json").write_text("{}")  # a model folder holds config.json (checked at construction)
     local = LMScalingTrialConfig(**{**base, "model": str(folder)}, embedder=str(tmp_path / "enc"))
     assert local.input_files() == ("train.jsonl", "test.jsonl", str(folder), str(tmp_path / "enc"))
 

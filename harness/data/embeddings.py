@@ -3,9 +3,11 @@
 File formats:
   .npy      (n, d) float array; labels in `labels=` (.npy, (n,) ints) or beside it as `<stem>.labels.npy`.
   .parquet  an embedding column (list / array of d floats per row) and an integer label column.
-Every loader returns float32 (n, d) and int64 (n,) and fails with a message naming the file when rows,
-dimensions or columns disagree. `embedding_splits` holds out a class-balanced validation set from train
-(ImageNet: 50,000 images; the official validation set is the test set).
+Every loader returns float32 (n, d) and int64 (n,) and fails with a ConfigError naming the file when it is
+no .npy / Parquet file, holds no rows, holds no real numbers (strings, objects, complex values: the dtype is
+named), holds NaN or inf rows (their indices and count are named), or when rows, dimensions or columns
+disagree. `embedding_splits` holds out a class-balanced validation set from train (ImageNet: 50,000
+images; the official validation set is the test set).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.data.feature_splits import FeatureSplits
+from harness.data.feature_splits import FeatureSplits, describe_rows, nonfinite_rows
 from harness.data.holdout import class_balanced_holdout
+from harness.errors import ConfigError
 
 IMAGENET_HOLDOUT = 50_000  # §E.6: class-balanced validation images held out of train
 
@@ -26,22 +29,50 @@ def labels_path_for(path: Path) -> Path:
     return path.with_name(path.stem + ".labels.npy")
 
 
+def _read_npy(path: Path, what: str) -> np.ndarray:
+    """A .npy file memory-mapped, after its header says it holds real numbers (no pickled objects are loaded)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            major, _ = fmt.read_magic(f)
+            shape, _, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)
+    except (ValueError, EOFError, OSError) as e:
+        raise ConfigError(f"{path}: not a readable .npy file ({e})") from None
+    if dtype.kind not in "fiu":  # complex would lose its imaginary part; strings, objects, records are no numbers
+        raise ConfigError(f"{path}: {what} must be real numbers (a float or integer dtype), got dtype {dtype}"
+                          + (" (complex: the imaginary part would be dropped)" if dtype.kind == "c" else ""))
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:  # the header promises more bytes than the file holds
+        raise ConfigError(f"{path}: cannot read its {shape} {dtype} array, truncated? ({e})") from None
+
+
 def _check_pair(path: Path, x: np.ndarray, y: np.ndarray, dim: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The checked pair: embeddings (n, d) float32 with finite rows, labels (n,) int64 >= 0."""
     if x.ndim != 2:
-        raise ValueError(f"{path}: embeddings must be 2-D (n, d), got shape {x.shape}")
+        raise ConfigError(f"{path}: embeddings must be 2-D (n, d), got shape {x.shape}")
     if y.ndim != 1:
-        raise ValueError(f"{path}: labels must be 1-D (n,), got shape {y.shape}")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{path}: {x.shape[0]} embedding rows but {y.shape[0]} labels")
+        raise ConfigError(f"{path}: labels must be 1-D (n,), got shape {y.shape}")
     if x.shape[0] == 0:
-        raise ValueError(f"{path}: holds no rows")
+        raise ConfigError(f"{path}: holds no rows (shape {x.shape}, dtype {x.dtype})")
+    if x.shape[0] != y.shape[0]:
+        raise ConfigError(f"{path}: {x.shape[0]} embedding rows but {y.shape[0]} labels")
+    if x.shape[1] == 0:
+        raise ConfigError(f"{path}: embeddings have dimension 0")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{path}: embeddings have dimension {x.shape[1]}, expected {dim}")
+        raise ConfigError(f"{path}: embeddings have dimension {x.shape[1]}, expected {dim}")
+    if y.dtype.kind not in "iuf":
+        raise ConfigError(f"{path}: labels must be integers, got dtype {y.dtype}")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError(f"{path}: labels must be integers, got dtype {y.dtype}")
+            raise ConfigError(f"{path}: labels must be integers, got dtype {y.dtype}")
     if y.min() < 0:
-        raise ValueError(f"{path}: labels must be >= 0, found {y.min()}")
+        raise ConfigError(f"{path}: labels must be >= 0, found {y.min()}")
+    x = np.asarray(x, dtype=np.float32)
+    bad = nonfinite_rows(x)
+    if bad.size:
+        raise ConfigError(f"{path}: {describe_rows(bad)} of {x.shape[0]} hold NaN or inf (or values beyond float32's "
+                          "range); fix or drop them: a head would train on NaN")
     return x, y.astype(np.int64)
 
 
@@ -51,20 +82,23 @@ def _read_parquet(path: Path, column: str, label_column: str) -> tuple[np.ndarra
     names = pl.read_parquet_schema(path)
     missing = [c for c in (column, label_column) if c not in names]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; columns are {list(names)}")
+        raise ConfigError(f"{path}: missing column(s) {missing}; columns are {list(names)}")
     df = pl.read_parquet(path, columns=[column, label_column])
     if df[label_column].null_count() or df[column].null_count():
-        raise ValueError(f"{path}: null values in {column!r} or {label_column!r}")
+        raise ConfigError(f"{path}: null values in {column!r} or {label_column!r}")
     emb = df[column]
+    inner = getattr(emb.dtype, "inner", None)
+    if inner is not None and not (inner.is_float() or inner.is_integer()):
+        raise ConfigError(f"{path}: column {column!r} must hold real numbers per row, got {emb.dtype}")
     if isinstance(emb.dtype, pl.Array):  # fixed width: one dimension by construction
         x = emb.to_numpy()
     elif isinstance(emb.dtype, pl.List):
         lengths = emb.list.len().unique().sort()
         if lengths.len() != 1:
-            raise ValueError(f"{path}: rows of {column!r} have different dimensions {lengths.to_list()[:5]}")
+            raise ConfigError(f"{path}: rows of {column!r} have different dimensions {lengths.to_list()[:5]}")
         x = emb.explode().to_numpy().reshape(df.height, int(lengths[0]))
     else:
-        raise ValueError(f"{path}: column {column!r} must hold a list of floats per row, got {emb.dtype}")
+        raise ConfigError(f"{path}: column {column!r} must hold a list of floats per row, got {emb.dtype}")
     return np.asarray(x, dtype=np.float32), df[label_column].to_numpy()
 
 
@@ -83,15 +117,14 @@ def load_embedding_file(
         lpath = Path(labels) if labels is not None else labels_path_for(path)
         if not lpath.exists():
             raise FileNotFoundError(f"{path}: labels file {lpath} not found (pass labels=...)")
-        x, y = np.load(path, mmap_mode="r"), np.load(lpath)
+        x, y = _read_npy(path, "embeddings"), _read_npy(lpath, "labels")
     elif path.suffix == ".parquet":
         if labels is not None:
-            raise ValueError(f"{path}: a .parquet file carries its labels in column {label_column!r}; drop labels=")
+            raise ConfigError(f"{path}: a .parquet file carries its labels in column {label_column!r}; drop labels=")
         x, y = _read_parquet(path, column, label_column)
     else:
-        raise ValueError(f"{path}: unsupported embedding file type {path.suffix!r} (use .npy or .parquet)")
-    x, y = _check_pair(path, x, y, dim)
-    return np.asarray(x, dtype=np.float32), y
+        raise ConfigError(f"{path}: unsupported embedding file type {path.suffix!r} (use .npy or .parquet)")
+    return _check_pair(path, x, y, dim)
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -106,7 +139,7 @@ def embedding_splits(
 ) -> FeatureSplits:
     """Train minus a class-balanced hold-out of `holdout` points (-> val), and the test set."""
     if train_x.shape[1] != test_x.shape[1]:
-        raise ValueError(f"train embeddings have dimension {train_x.shape[1]} but test embeddings {test_x.shape[1]}")
+        raise ConfigError(f"train embeddings have dimension {train_x.shape[1]} but test embeddings {test_x.shape[1]}")
     keep, held = class_balanced_holdout(train_y, holdout, seed)
     return FeatureSplits(np.asarray(train_x[keep], np.float32), train_y[keep], np.asarray(train_x[held], np.float32),
                          train_y[held], np.asarray(test_x, np.float32), np.asarray(test_y, np.int64))

@@ -11,7 +11,26 @@ import os
 
 import numpy as np
 
+from harness.errors import ConfigError
 from harness.results.atomic import atomic_path
+
+SPLITS = ("train", "val", "test")
+
+
+def nonfinite_rows(x: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Indices of the rows of x (n, d) holding a NaN or an inf, ascending. (m,) int64.
+
+    Checked `chunk` rows at a time, so a memory-mapped file is read once without an (n, d) mask."""
+    if x.dtype.kind not in "fc":  # integers are always finite
+        return np.zeros(0, np.int64)
+    bad = [np.flatnonzero(~np.isfinite(x[i:i + chunk]).all(axis=1)) + i for i in range(0, x.shape[0], chunk)]
+    return np.concatenate(bad).astype(np.int64) if bad else np.zeros(0, np.int64)
+
+
+def describe_rows(rows: np.ndarray, shown: int = 5) -> str:
+    """'3 row(s) (rows 2, 7, 9)', the first `shown` of them named."""
+    head = ", ".join(str(int(r)) for r in rows[:shown])
+    return f"{rows.size} row(s) (rows {head}{', ...' if rows.size > shown else ''})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +46,7 @@ class FeatureSplits:
 
     def __post_init__(self) -> None:
         dims = set()
-        for split in ("train", "val", "test"):
+        for split in SPLITS:
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.ndim != 2 or y.shape != (x.shape[0],):
                 raise ValueError(f"{split} features {x.shape} and labels {y.shape} disagree (need (n, d) and (n,))")
@@ -35,7 +54,22 @@ class FeatureSplits:
         if len(dims) != 1:
             raise ValueError(f"feature dimensions differ between splits: {sorted(dims)}")
 
+    def nonfinite(self) -> dict[str, np.ndarray]:
+        """Split -> indices of its feature rows holding NaN or inf (splits without any left out)."""
+        rows = {split: nonfinite_rows(getattr(self, f"{split}_x")) for split in SPLITS}
+        return {split: r for split, r in rows.items() if r.size}
+
+    def check_finite(self, what: str) -> None:
+        """Raise ConfigError naming `what` (a cache key or file) and each split with NaN or inf features."""
+        bad = self.nonfinite()
+        if bad:
+            where = "; ".join(f"{split} split: {describe_rows(rows)}" for split, rows in bad.items())
+            raise ConfigError(f"{what}: non-finite features (NaN or inf) in {where}; refusing to use or cache them "
+                              "(check the input embeddings, or a diverged training run)")
+
     def save(self, path: str | os.PathLike) -> None:
+        """Write atomically to `path` (.npz); refused (ConfigError naming the file) for non-finite features."""
+        self.check_finite(str(path))
         with atomic_path(path, suffix=".tmp.npz") as tmp:
             np.savez(tmp, **dataclasses.asdict(self))
 

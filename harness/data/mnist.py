@@ -10,12 +10,15 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import importlib.util
+import math
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from harness.errors import ConfigError
 from harness.registry import Registry
 
 DATASETS: Registry = Registry("dataset")
@@ -48,26 +51,50 @@ class ImageSplits:
                 raise ValueError(f"{self.source}: {split} has {x.shape[0]} images but {y.shape[0]} labels")
 
 
-def _open_maybe_gz(path: Path):
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+def _idx_bytes(path: Path) -> tuple[bytes, bool]:
+    """The file's bytes, gunzipped when it starts with the gzip magic; and whether a gzip stream ended early."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw, False
+    parts, rest = [], raw
+    while rest[:2] == b"\x1f\x8b":  # one member after another, as gzip.open reads them
+        stream = zlib.decompressobj(wbits=31)
+        try:
+            parts.append(stream.decompress(rest) + stream.flush())
+        except zlib.error as e:
+            raise ConfigError(f"{path}: corrupt gzip data ({e}); download the file again") from None
+        if not stream.eof:
+            return b"".join(parts), True
+        rest = stream.unused_data
+    return b"".join(parts), False
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one idx file (the MNIST format; gzipped or not) into a uint8 array of its shape."""
+    """Read one idx file (the MNIST format; gzipped or not) into a uint8 array of its shape.
+
+    Raises ConfigError naming the file for a bad magic number, a header shorter than its dimensions, a
+    truncated or corrupt gzip stream, or a payload whose size disagrees with the header's shape."""
     path = Path(path)
-    with _open_maybe_gz(path) as f:
-        header = f.read(4)
-        if len(header) != 4 or header[:2] != b"\x00\x00" or header[2] != 0x08:
-            raise ValueError(f"{path}: not an unsigned-byte idx file (magic {header.hex()!r})")
-        ndim = header[3]
-        dims = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
-        data = np.frombuffer(f.read(), dtype=np.uint8)
-    expected = int(np.prod(dims))
-    if data.size != expected:
-        raise ValueError(f"{path}: header says shape {dims} ({expected} bytes) but holds {data.size} bytes")
-    return data.reshape(dims)
+    data, cut_short = _idx_bytes(path)
+    gz = " (truncated: the gzip stream ends early)" if cut_short else ""
+    header = data[:4]
+    if len(header) != 4 or header[:2] != b"\x00\x00" or header[2] != 0x08:
+        if len(header) < 4 and b"\x00\x00\x08".startswith(header[:3]):
+            raise ConfigError(f"{path}: header too short: an idx file starts with 4 magic bytes, "
+                              f"the file holds {len(data)} byte(s){gz}")
+        raise ConfigError(f"{path}: not an unsigned-byte idx file (magic {header.hex()!r})")
+    ndim = header[3]
+    end = 4 + 4 * ndim
+    if len(data) < end:
+        raise ConfigError(f"{path}: header too short: the magic announces {ndim} dimension(s), so {end} header "
+                          f"bytes, but the file holds {len(data)} byte(s){gz}")
+    dims = struct.unpack(">" + "I" * ndim, data[4:end])
+    payload = np.frombuffer(data, dtype=np.uint8, offset=end)
+    expected = math.prod(dims)
+    if payload.size != expected or cut_short:
+        why = gz or (" (truncated)" if payload.size < expected else "")
+        raise ConfigError(f"{path}: header says shape {dims}: expected {expected} bytes, got {payload.size}{why}")
+    return payload.reshape(dims)
 
 
 def _find_idx(data_dir: Path, stem: str) -> Path:
@@ -86,12 +113,12 @@ def load_mnist_idx(data_dir: str | Path) -> ImageSplits:
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise ValueError(
+            raise ConfigError(
                 f"data_dir {data_dir}: {split} images shape {images.shape} and labels shape {labels.shape} disagree"
             )
     tx, ty = arrays["train_images"], arrays["train_labels"].astype(np.int64)
     if tx.shape[0] <= VALIDATION_SIZE:
-        raise ValueError(f"data_dir {data_dir}: train has {tx.shape[0]} images, need more than {VALIDATION_SIZE}")
+        raise ConfigError(f"data_dir {data_dir}: train has {tx.shape[0]} images, need more than {VALIDATION_SIZE}")
     cut = tx.shape[0] - VALIDATION_SIZE
     return ImageSplits(
         tx[:cut], ty[:cut], tx[cut:], ty[cut:],

@@ -2,8 +2,10 @@
 units; a generated topical corpus for tests and smoke runs.
 
 A Pile line is `{"text": "...", "meta": {"pile_set_name": "..."}}`. Readers return a `Corpus`:
-the texts, their subset names, and a count of the lines that were skipped (with their line numbers),
-so a corrupt shard never silently shrinks the study.
+the texts, their subset names, and the lines that were skipped (their line numbers): corrupt lines, and
+blank texts (empty or whitespace only: nothing to retrieve, nothing to score), so a corrupt shard never
+silently shrinks the study. `skipped_summary` says what was skipped (studies print it); `require_text`
+refuses a corpus left with no text, naming its file.
 
 Optional packages: `zstandard` for .zst files, `datasets` for HF dataset folders (`pip install datasets`,
 in the `lm` extra); each is imported only by the reader that needs it.
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import ConfigError
+
 
 class CorruptLineError(ValueError):
     """A JSONL line that is not a JSON object with a string `text` field."""
@@ -30,8 +34,9 @@ class CorruptLineError(ValueError):
 class Corpus:
     texts: list[str]
     subsets: list[str]  # Pile `meta.pile_set_name` per text ("" when absent)
-    skipped_lines: list[int] = dataclasses.field(default_factory=list)  # 1-based line numbers
+    skipped_lines: list[int] = dataclasses.field(default_factory=list)  # 1-based numbers of corrupt lines
     source: str = ""
+    blank_lines: list[int] = dataclasses.field(default_factory=list)  # 1-based numbers of blank texts (skipped)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -75,13 +80,18 @@ def iter_jsonl(path: str | os.PathLike, on_error: str = "skip") -> Iterator[tupl
 
 
 def read_jsonl(path: str | os.PathLike, on_error: str = "skip", limit: int | None = None) -> Corpus:
-    """Read a Pile-format .jsonl or .jsonl.zst file; `limit` stops after that many good texts."""
+    """Read a Pile-format .jsonl or .jsonl.zst file; `limit` stops after that many good texts.
+
+    A blank text (empty or whitespace only) is skipped and its line number recorded in `blank_lines`."""
     corpus = Corpus([], [], [], source=str(path))
     for item in iter_jsonl(path, on_error):
         if isinstance(item, int):
             corpus.skipped_lines.append(item)
             continue
-        _, text, subset = item
+        line_no, text, subset = item
+        if not text.strip():
+            corpus.blank_lines.append(line_no)
+            continue
         corpus.texts.append(text)
         corpus.subsets.append(subset)
         if limit is not None and len(corpus.texts) >= limit:
@@ -96,6 +106,7 @@ def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_fiel
     Like `read_jsonl`: a row whose text is not a string (null) is skipped and its 1-based row number
     recorded in `skipped_lines` (on_error="skip"), or raises CorruptLineError (on_error="raise");
     `limit` stops after that many good texts. Subsets come from a `meta.pile_set_name` column ("" if absent/null).
+    A blank text (empty or whitespace only) is skipped and its row number recorded in `blank_lines`.
     """
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -123,6 +134,9 @@ def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_fiel
             if on_error == "raise":
                 raise CorruptLineError(f"{path}: row {i + 1} has no {text_field!r} text ({text!r})")
             corpus.skipped_lines.append(i + 1)
+            continue
+        if not text.strip():
+            corpus.blank_lines.append(i + 1)
             continue
         corpus.texts.append(text)
         corpus.subsets.append((m.get("pile_set_name") or "") if isinstance(m, dict) else "")
@@ -152,6 +166,27 @@ def read_corpus(path: str | os.PathLike, on_error: str = "skip", split: str | No
     if p.name.endswith((".jsonl", ".jsonl.zst", ".json", ".zst")):
         return read_jsonl(p, on_error=on_error, limit=limit)
     raise ValueError(f"cannot read corpus {p}: expected a .jsonl / .jsonl.zst / .txt file or a HF dataset folder")
+
+
+def _numbers(kind: str, numbers: list[int], shown: int = 5) -> str:
+    head = ", ".join(map(str, numbers[:shown])) + (", ..." if len(numbers) > shown else "")
+    return f"{kind}{'s' if len(numbers) > 1 else ''} {head}"
+
+
+def skipped_summary(corpus: Corpus) -> str:
+    """What the reader skipped, e.g. "skipped 2 corrupt lines (lines 3, 7) and 1 blank text (line 5)"; "" if nothing."""
+    unit = "row" if Path(corpus.source).is_dir() else "line"  # HF dataset folders have rows
+    parts = [f"{len(numbers)} {what}{'s' if len(numbers) > 1 else ''} ({_numbers(unit, numbers)})"
+             for what, numbers in ((f"corrupt {unit}", corpus.skipped_lines), ("blank text", corpus.blank_lines))
+             if numbers]
+    return "skipped " + " and ".join(parts) if parts else ""
+
+
+def require_text(corpus: Corpus, option: str) -> None:
+    """Raise ConfigError naming `option` and the corpus file when no usable text is left in it."""
+    if not corpus.texts:
+        why = skipped_summary(corpus) or "it holds no text"
+        raise ConfigError(f"{option} {corpus.source}: no usable text ({why})")
 
 
 def write_jsonl(path: str | os.PathLike, texts: Iterable[str], subsets: Iterable[str] | None = None) -> Path:

@@ -2,8 +2,9 @@
 
 `ray submit cluster.yaml studies/x.py` copies only the script, so every node must get the project
 from the YAML itself: a file mount of the checkout and a setup command that pip-installs it. This
-checks that, the keys the launcher needs for the provider (AWS region, local head_ip, ...), the node
-types, and finally Ray's own JSON schema. Every problem is reported at once, each naming its key.
+checks that, the type of every section (`provider: aws` is a string where a mapping belongs), the keys
+the launcher needs for the provider (AWS region, local head_ip, ...), the node types, and finally Ray's own
+JSON schema. Every problem is reported at once, each naming its key.
 
     python -m harness.distributed.cluster check cluster.yaml cluster.local.yaml
 """
@@ -21,19 +22,60 @@ PROVIDER_KEYS = {"aws": ("region",), "gcp": ("region", "project_id"), "azure": (
                  "local": ("head_ip",)}
 START_KEYS = ("head_start_ray_commands", "worker_start_ray_commands")
 PROJECT_MARKER = "pyproject.toml"  # what a mounted checkout of this project holds
+COMMANDS = "a list of shell commands"
+SECTION_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {  # top-level key -> (its type, how to write it)
+    "cluster_name": (str, "a string"),
+    "provider": (dict, "a mapping (type: aws, region: ..., or type: local, head_ip: ...)"),
+    "auth": (dict, "a mapping (ssh_user: ...)"),
+    "file_mounts": (dict, "a mapping of remote path: local path"),
+    "available_node_types": (dict, "a mapping of node type name: {node_config, min_workers, max_workers}"),
+    "head_node_type": (str, "a node type name"),
+    "docker": (dict, "a mapping (image: ..., container_name: ...)"),
+    "max_workers": (int, "an integer"),
+    "idle_timeout_minutes": ((int, float), "a number"),
+    "upscaling_speed": ((int, float), "a number"),
+    "rsync_exclude": (list, "a list of patterns"),
+    "rsync_filter": (list, "a list of file names"),
+    "cluster_synced_files": (list, "a list of paths"),
+    **{key: (list, COMMANDS) for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+                                         "worker_setup_commands", *START_KEYS)},
+}
+NODE_TYPE_TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "node_config": (dict, "a mapping (the provider's instance settings; {} for none)"),
+    "resources": (dict, "a mapping of resource name: amount"),
+    "min_workers": (int, "an integer"),
+    "max_workers": (int, "an integer"),
+}
+
+
+def _type_problem(key: str, value: Any, types: type | tuple[type, ...], what: str) -> str | None:
+    """'key must be <what>, got <type> <value>' when value has another type (None, an empty YAML entry, passes;
+    no key takes a YAML boolean, which Python counts as an int)."""
+    if value is None or (isinstance(value, types) and not isinstance(value, bool)):
+        return None
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    return f"{key} must be {what}, got {type(value).__name__} {shown}"
+
+
+def section_type_problems(config: dict) -> dict[str, str]:
+    """Top-level key -> why its value has the wrong type (the other checks then skip that key)."""
+    found = {key: _type_problem(key, config.get(key), *SECTION_TYPES[key]) for key in SECTION_TYPES if key in config}
+    return {key: why for key, why in found.items() if why is not None}
 
 
 def cluster_config_problems(config: Any, base_dir: Path) -> list[str]:
     """Every problem found in a parsed cluster YAML, each naming its key; [] when it looks launchable."""
     if not isinstance(config, dict):
         return [f"the file must hold a YAML mapping, got {type(config).__name__}"]
-    problems = []
+    wrong = section_type_problems(config)
+    problems = list(wrong.values())
+    config = {k: v for k, v in config.items() if k not in wrong}  # checked no further: their type is named
     for key in ("cluster_name", "provider", "auth", "setup_commands", "file_mounts", *START_KEYS):
-        if key not in config:
+        if key not in config and key not in wrong:
             problems.append(f"{key} is missing")
     provider = config.get("provider") or {}
     ptype = provider.get("type")
-    if "provider" in config and ptype not in PROVIDER_KEYS:
+    if "provider" in config and (not isinstance(ptype, str) or ptype not in PROVIDER_KEYS):
         problems.append(f"provider.type must be one of {sorted(PROVIDER_KEYS)}, got {ptype!r}")
     required = PROVIDER_KEYS.get(ptype, ()) if isinstance(ptype, str) else ()  # YAML of another type names none
     for key in required:
@@ -49,18 +91,29 @@ def cluster_config_problems(config: Any, base_dir: Path) -> list[str]:
         if node_types is not None:
             problems.append("available_node_types is not supported for provider.type 'local' (list hosts in "
                             "provider.head_ip / provider.worker_ips instead)")
+    elif "available_node_types" in wrong:
+        pass
     elif not isinstance(node_types, dict) or not node_types:
         problems.append("available_node_types is missing or empty")
     else:
         head = config.get("head_node_type")
-        if head not in node_types:
+        if "head_node_type" not in wrong and head not in node_types:
             problems.append(f"head_node_type {head!r} is not one of available_node_types {sorted(node_types)}")
         for name, spec in node_types.items():
-            spec = spec or {}
+            spec = {} if spec is None else spec
+            why = _type_problem(f"available_node_types.{name}", spec, dict,
+                                "a mapping (node_config, min_workers, max_workers)")
+            if why is not None:
+                problems.append(why)
+                continue
+            field_types = {k: _type_problem(f"available_node_types.{name}.{k}", spec.get(k), *t)
+                           for k, t in NODE_TYPE_TYPES.items()}
+            problems += [why for why in field_types.values() if why is not None]
             if "node_config" not in spec:
                 problems.append(f"available_node_types.{name}.node_config is missing")
             lo, hi = spec.get("min_workers", 0), spec.get("max_workers", 0)
-            if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
+            if field_types["min_workers"] is None and field_types["max_workers"] is None and not (
+                    isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
                 problems.append(f"available_node_types.{name}: need 0 <= min_workers <= max_workers, got {lo} and {hi}")
 
     mounts = config.get("file_mounts") or {}
@@ -83,7 +136,8 @@ def cluster_config_problems(config: Any, base_dir: Path) -> list[str]:
     if "file_mounts" in config and not project_mounts:
         problems.append("file_mounts must mount the project checkout (a folder holding pyproject.toml) on every node")
     setup = [str(c) for c in config.get("setup_commands") or []]
-    if project_mounts and not any("pip install" in c and any(m in c for m in project_mounts) for c in setup):
+    if (project_mounts and "setup_commands" not in wrong
+            and not any("pip install" in c and any(m in c for m in project_mounts) for c in setup)):
         problems.append(f"setup_commands must pip-install the mounted project ({project_mounts[0]}) on every node: "
                         "ray submit copies only the script")
     for key in START_KEYS:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.data.embeddings import IMAGENET_HOLDOUT, load_embedding_splits, mnist_pixel_embeddings
 from harness.data.feature_splits import FeatureSplits
+from harness.errors import ConfigError
 
 EMBEDDING_KINDS = ("mnist-pixels", "file", "image-folder")
 
@@ -39,11 +40,11 @@ class EmbeddingSource:
 
     def __post_init__(self) -> None:
         if self.kind not in EMBEDDING_KINDS:
-            raise ValueError(f"EmbeddingSource.kind must be one of {EMBEDDING_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"EmbeddingSource.kind must be one of {EMBEDDING_KINDS}, got {self.kind!r}")
         if self.kind != "mnist-pixels" and (self.train is None or self.test is None):
-            raise ValueError(f"EmbeddingSource kind {self.kind!r} needs both train and test paths")
+            raise ConfigError(f"EmbeddingSource kind {self.kind!r} needs both train and test paths")
         if self.holdout < 1:
-            raise ValueError(f"EmbeddingSource.holdout must be >= 1, got {self.holdout}")
+            raise ConfigError(f"EmbeddingSource.holdout must be >= 1, got {self.holdout}")
 
     def _paths(self) -> tuple[str, str]:
         """(train, test) of a "file" or "image-folder" source (both set: checked in __post_init__)."""
@@ -71,6 +72,8 @@ class EmbeddingSource:
                 f"test {self.test} (class-balanced hold-out {self.holdout})")
 
     def load(self) -> FeatureSplits:
+        """The splits; files are refused at load (ConfigError naming the file) for NaN / inf rows, no rows or
+        no real numbers, and image-folder embeddings for NaN / inf rows (naming the folders and the split)."""
         if self.kind == "mnist-pixels":
             return mnist_pixel_embeddings(self.data_dir)
         train, test = self._paths()
@@ -78,5 +81,7 @@ class EmbeddingSource:
             return load_embedding_splits(train, test, self.train_labels, self.test_labels, self.holdout)
         from harness.features.clip import ClipConfig, clip_folder_splits  # heavy: open_clip
 
-        return clip_folder_splits(train, test, ClipConfig(self.arch, self.pretrained), self.holdout,
-                                  cache_dir=self.cache_dir)
+        splits = clip_folder_splits(train, test, ClipConfig(self.arch, self.pretrained), self.holdout,
+                                    cache_dir=self.cache_dir)
+        splits.check_finite(f"open_clip embeddings of image folders {train}, {test}")
+        return splits

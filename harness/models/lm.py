@@ -8,9 +8,11 @@ transformers dequantises them to the requested dtype. LoRA adapters for TTT are 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from harness.models.hub import check_available, missing_message, pretrained_kwargs
+from harness.models.hub import check_available, hub_offline, is_local_path, missing_message, pretrained_kwargs
 
 QWEN25_SIZES: dict[str, str] = {  # S3 sweep: size label -> HF name
     "0.5B": "Qwen/Qwen2.5-0.5B",
@@ -25,6 +27,27 @@ QWEN25_SIZES: dict[str, str] = {  # S3 sweep: size label -> HF name
 def resolve_model_name(name_or_path: str) -> str:
     """A size label ("0.5B") -> its Qwen2.5 name; anything else unchanged."""
     return QWEN25_SIZES.get(name_or_path, name_or_path)
+
+
+def unloadable_reason(name_or_path: str) -> str | None:
+    """Why `name_or_path` cannot load as a causal LM, found without loading or downloading anything; None if it may.
+
+    A Qwen2.5 size label may load (its weights may be cached on the nodes that load it); a folder must hold
+    config.json; a hub name (owner/name) may load, except with HF_HUB_OFFLINE set when the local HF cache
+    lacks it; anything else names a folder that does not exist."""
+    if name_or_path in QWEN25_SIZES:
+        return None
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        return None if (folder / "config.json").exists() else f"the folder {folder} holds no config.json"
+    if is_local_path(name_or_path):
+        return f"no folder {folder} exists, and it is no Qwen2.5 size label"
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+            return "HF_HUB_OFFLINE is set and the local HF cache does not hold it"
+    return None
 
 
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None):

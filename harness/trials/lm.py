@@ -18,6 +18,7 @@ lower max_batch for 14B); 32B (64 GB of bf16 weights) gets 2 GPUs per actor, spl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,13 +26,22 @@ from typing import get_args
 
 import polars as pl
 
-from harness.data.text import Corpus, chunk_document, corpus_name, read_corpus, topical_corpus, write_jsonl
+from harness.data.text import (
+    Corpus,
+    chunk_document,
+    corpus_name,
+    read_corpus,
+    require_text,
+    skipped_summary,
+    topical_corpus,
+    write_jsonl,
+)
 from harness.data.text_split import sample_test_indices
 from harness.distributed.actor_pool import ShardingConfig
 from harness.distributed.lm_sharding import LMActorSpec, embed_texts_sharded, evaluate_lm_sharded
 from harness.errors import ConfigError
 from harness.models.hub import is_local_path
-from harness.models.lm import resolve_model_name
+from harness.models.lm import QWEN25_SIZES, resolve_model_name, unloadable_reason
 from harness.models.tiny_qwen2 import make_tiny_qwen2
 from harness.registry import register_trial
 from harness.results.provenance import input_fingerprint
@@ -42,6 +52,7 @@ from harness.ttt.lora_config import LMTTTConfig
 from harness.ttt.lora_engines import LoRAEngine
 
 EMBED_BATCH = 256  # units per embedding call of an actor
+TRAIN, TEST = "LMScalingTrialConfig.train (--train)", "LMScalingTrialConfig.test (--test)"  # as errors name them
 TWO_GPU_MODELS = ("Qwen/Qwen2.5-32B",)  # 64 GB of bf16 weights: split over 2 GPUs per actor
 # the --smoke-test preset's TTT: the tiny random Qwen2 of smoke_inputs learns visibly from 4 short steps
 SMOKE_TTT = LMTTTConfig(rank=4, num_neighbours=4, max_tokens=64, max_query_tokens=32, lr=1e-2)
@@ -95,6 +106,17 @@ class LMScalingTrialConfig:
         for name, ok, why in checks:
             if not ok:
                 raise ConfigError(f"LMScalingTrialConfig.{name} = {getattr(self, name)!r} {why}")
+        why_not = unloadable_reason(self.model)  # cheap: no loading, no download; before any corpus is embedded
+        if why_not is not None:
+            raise ConfigError(f"LMScalingTrialConfig.model (--models) = {self.model!r} cannot load: {why_not}; give a "
+                              f"model folder with config.json, a Qwen2.5 size label ({', '.join(QWEN25_SIZES)}) "
+                              "or a hub name owner/name")
+
+    def check_inputs(self, **_: object) -> None:
+        """Checks against the corpora, run by the study before Ray starts: the test corpus holds a text to score
+        (what its reader skipped is printed, once per file and version), the train corpus one to retrieve from."""
+        _check_test_corpus(self.test, _file_stamp(self.test))
+        require_text(read_corpus(self.train, limit=1), TRAIN)  # stops at the first usable text
 
     def input_files(self) -> tuple[str, ...]:
         """Every file or folder the trial reads: the corpora, and the model and embedder when they are paths."""
@@ -109,6 +131,24 @@ class LMScalingTrialConfig:
         if self.device == "cpu":
             return 0.0
         return 2.0 if resolve_model_name(self.model) in TWO_GPU_MODELS else 1.0
+
+
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None  # read_corpus names the missing file
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=8)
+def _check_test_corpus(path: str, stamp: tuple[int, int] | None) -> None:
+    """Refuse a test corpus without usable text; print what its reader skipped (once per path and file version:
+    the study checks every model's trial against the same corpus)."""
+    test = read_corpus(path)
+    require_text(test, TEST)
+    if skipped_summary(test):
+        print(f"test corpus {path}: {skipped_summary(test)}; {len(test)} test sequences left")
 
 
 def _embedder_key(embedder: str | None) -> list[str]:
@@ -129,12 +169,14 @@ def corpus_index(cfg: LMScalingTrialConfig, sharding: ShardingConfig) -> TextInd
     if folder is not None and folder.exists():
         return TextIndex.load(folder)
     train = read_corpus(cfg.train)
-    units = [u for text in train.texts for u in chunk_document(text, cfg.unit_chars)]
-    if not units:
-        raise ConfigError(f"LMScalingTrialConfig.train = {cfg.train!r} holds no text to retrieve from")
+    require_text(train, TRAIN)  # before anything is embedded
+    if skipped_summary(train):
+        print(f"train corpus {cfg.train}: {skipped_summary(train)}")
+    units = [u for text in train.texts for u in chunk_document(text, cfg.unit_chars)]  # >= 1 per (non-blank) text
     embed = dataclasses.replace(sharding, gpus_per_actor=min(1.0, sharding.gpus_per_actor), batch_size=EMBED_BATCH)
     vectors = embed_texts_sharded(units, cfg.embedder, embed, device=cfg.device)
-    info = {"train": cfg.train, "train_skipped_lines": len(train.skipped_lines), "unit_chars": cfg.unit_chars,
+    info = {"train": cfg.train, "train_skipped_lines": len(train.skipped_lines),
+            "train_blank_texts": len(train.blank_lines), "unit_chars": cfg.unit_chars,
             "index_kind": resolve_index_kind(cfg.index_kind, len(units))}
     index = TextIndex(build_text_retriever(vectors, cfg.index_kind), units, cfg.embedder or DEFAULT_EMBEDDER, info)
     if folder is not None:
@@ -149,11 +191,15 @@ def sample_points(test: Corpus, fraction: float, seed: int) -> list[tuple[int, s
 
 @register_trial("lm_scaling", LMScalingTrialConfig)
 def lm_scaling_trial(cfg: LMScalingTrialConfig) -> pl.DataFrame:
-    """Per-sequence bits per byte of the global LM and after LoRA TTT: 2 rows per sampled test sequence."""
+    """Per-sequence bits per byte of the global LM and after LoRA TTT: 2 rows per sampled test sequence.
+
+    Blank test texts are skipped by the reader (not sampled) and counted in the rows' hparams beside the
+    corrupt lines; an empty test or train corpus is refused (ConfigError naming the file) before any work."""
     start = time.perf_counter()
     gpus = cfg.resolved_gpus_per_actor()
     sharding = ShardingConfig(actors=cfg.actors, gpus_per_actor=gpus, batch_size=cfg.max_batch)
     test = read_corpus(cfg.test)
+    require_text(test, TEST)
     points = sample_points(test, cfg.fraction, cfg.seed)
     index = corpus_index(cfg, sharding)
     spec = LMActorSpec(model=cfg.model, engine=cfg.engine, max_batch=cfg.max_batch, device=cfg.device,
@@ -163,7 +209,8 @@ def lm_scaling_trial(cfg: LMScalingTrialConfig) -> pl.DataFrame:
     run = RunInfo(study="lm_scaling", dataset=corpus_name(cfg.test, test), model_size=int(cols["n_params"][0]),
                   seed=cfg.seed, k=cfg.ttt.num_neighbours, fraction=cfg.fraction, config_hash=config_hash(cfg),
                   device="+".join(sorted(set(cols["device"].tolist()))), wall_time_s=time.perf_counter() - start)
-    data = {"test_skipped_lines": len(test.skipped_lines), **index.info, "embedder": index.embedder}
+    data = {"test_skipped_lines": len(test.skipped_lines), "test_blank_texts": len(test.blank_lines), **index.info,
+            "embedder": index.embedder}
     hparams = {"global": {"model": cfg.model, "data": data},
                "ttt": {"model": cfg.model, "data": data, "engine": cfg.engine, **cfg.ttt.hparams()}}
     return pl.concat([
