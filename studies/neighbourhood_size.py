@@ -67,7 +67,8 @@ PRESETS = {
 def global_at_every_k(rows: pl.DataFrame, ks: tuple[int, ...]) -> pl.DataFrame:
     """The global head does not depend on k (every trial evaluates the same one): its rows once per point,
     repeated at each k so the figure and table show it as a flat reference line."""
-    glob = rows.filter(pl.col("method") == "global").unique(subset=["point_id", "metric"], keep="first").drop("k")
+    glob = rows.filter(pl.col("method") == "global")
+    glob = glob.unique(subset=["point_id", "metric"], keep="first", maintain_order=True).drop("k")
     grid = pl.DataFrame({"k": list(ks)}, schema={"k": rows.schema["k"]})
     return pl.concat([rows.filter(pl.col("method") != "global"), glob.join(grid, how="cross").select(rows.columns)])
 

@@ -159,7 +159,9 @@ def summarise(
     if missing:
         raise KeyError(f"summarise: columns {missing} not in the results table (have {df.columns})")
     out = []
+    order = [c for c in ("seed", "point_id") if c in df.columns and c not in by]
     for key, part in df.group_by(by, maintain_order=True):
+        part = part.sort(order) if order else part  # the same rows give the same CI, in whatever order they came
         groups = None
         if group_resample_by and group_resample_by not in by and part[group_resample_by].null_count() == 0:
             groups = part[group_resample_by].to_numpy()
