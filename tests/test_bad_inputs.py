@@ -92,6 +92,19 @@ def _s1(tmp: Path, *args: str) -> object:
     return study.main([*args, "--out-dir", str(tmp / "out")])
 
 
+def _s5(tmp: Path, *args: str) -> object:
+    import studies.neighbourhood_size as study
+
+    return study.main([*args, "--out-dir", str(tmp / "out")])
+
+
+def _s1_unwritable_out(tmp: Path) -> object:
+    import studies.model_scaling as study
+
+    (tmp / "blocker").write_text("a file where the out-dir's parent folder should be")
+    return study.main(["--sizes", "280", "--out-dir", str(tmp / "blocker" / "out")])
+
+
 def _s1_on_idx(tmp: Path, break_files: Callable[[Path], object]) -> object:
     folder = _idx_folder(tmp)
     break_files(folder)
@@ -314,6 +327,21 @@ CASES = [
          r"model_size 123 is not a LeNet size .* choose from \[280, 600"),
     Case("s1-unknown-engine-option", lambda t: _s1(t, "--engine", "nope"), SystemExit,
          r"invalid choice 'nope' for argument '--engine'"),
+    # the study rows: refused before training (and before Ray starts), naming the field or option
+    Case("s1-k-larger-than-training-set", lambda t: _s1(t, "--sizes", "280", "--fraction", "0.0005"), ConfigError,
+         r"ttt_k = 200 \(Table 4-5's value for LeNet-280\) is larger than the training set: .* holds 20 points"),
+    Case("s5-ks-larger-than-training-set", lambda t: _s5(t, "--ks", "60000"), ConfigError,
+         r"ttt_k = 60000 is larger than the training set: .*50000 training embeddings"),
+    Case("s1-test-points-beyond-the-test-set", lambda t: _s1(t, "--sizes", "280", "--test-points", "20000"),
+         ConfigError, r"test_points = 20000 exceeds the 10000 points of the test split"),
+    Case("s1-negative-seed", lambda t: _s1(t, "--seeds", "-1"), ConfigError, r"seed must be >= 0, got -1"),
+    Case("s1-epochs-zero", lambda t: _s1(t, "--epochs", "0"), ConfigError, r"--epochs 0 leaves the global model untrained"),
+    Case("s1-fused-engine-on-cpu", lambda t: _s1(t, "--sizes", "280", "--engine", "fused-fp16-state", "--device", "cpu"),
+         ConfigError, r"engine 'fused-fp16-state' is a Triton GPU engine, but the trials compute on the CPU"),
+    Case("s1-device-typo", lambda t: _s1(t, "--device", "gpu"), SystemExit, r"invalid choice 'gpu' for argument '--device'"),
+    Case("s1-gpus-per-actor-without-actors", lambda t: _s1(t, "--gpus-per-actor", "1"), SystemExit,
+         r"--gpus-per-actor 1.0 needs --actors"),
+    Case("s1-out-dir-not-writable", lambda t: _s1_unwritable_out(t), ConfigError, r"--out-dir .*blocker/out: cannot write"),
     Case("mnist-unknown-engine", lambda t: _mnist_config(engine="nope"), ConfigError,
          r"engine must be one of \['exact', .*got 'nope'"),
     Case("mnist-fraction-zero", lambda t: _mnist_config(fraction=0), ConfigError, r"fraction must be in \(0, 1\], got 0"),
