@@ -148,6 +148,11 @@ def sweep_config(name: str, out_dir: str, ray_options: RayOptions, device: str |
                        metric=metric, mode=mode, verbose=ray_options.verbose)
 
 
+def study_device(cfg: Any) -> str | None:
+    """The device a study's trials compute on: its ComputeOptions' (or a `device` among its own fields)."""
+    return getattr(getattr(cfg, "compute", cfg), "device", None)
+
+
 def prepare_sweep(cfg: Any, *, name: str, out_dir: str, metric: str, mode: str = "min",
                   ray_options: RayOptions | None = None) -> Any:
     """The checks every study sweep makes before any work (duplicate values, a writable out-dir, resume
@@ -158,8 +163,7 @@ def prepare_sweep(cfg: Any, *, name: str, out_dir: str, metric: str, mode: str =
         raise ConfigError("--epochs 0 leaves the global model untrained (its error would be chance level); "
                           "give --epochs >= 1, or None for the paper's tables")
     check_writable(out_dir)
-    compute = getattr(cfg, "compute", cfg)  # the study's ComputeOptions (or device among its own fields)
-    sweep = sweep_config(name, out_dir, opts, getattr(compute, "device", None), metric, mode)
+    sweep = sweep_config(name, out_dir, opts, study_device(cfg), metric, mode)
     check_resume(cfg, sweep.experiment_path, opts.resume)
     return sweep
 
@@ -189,9 +193,8 @@ def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metri
         if check is not None:
             check(**data)
     sweep = prepare_sweep(cfg, name=name, out_dir=out_dir, metric=metric, mode=mode, ray_options=opts)
-    device = getattr(getattr(cfg, "compute", cfg), "device", None)
     with ray_session(opts.address):
-        if device == "cuda" and not cluster_offers_gpus():
+        if study_device(cfg) == "cuda" and not cluster_offers_gpus():
             raise ConfigError("--device cuda, but no node of this Ray cluster has a GPU; use --device cpu "
                               "(or None: cuda where available)")
         if opts.actors:  # GPUs asked for where none exist: fail now, naming the option
