@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from dashboards.figures import plot_metric_vs
+from harness.results.paper import beside_paper, ours
 from harness.results.schema import summarise, write_parquet_atomic
 
 
@@ -40,28 +41,34 @@ def finish_study(
     by: list[str],
     figure: dict | None = None,
     resamples: int = 1000,
+    paper: dict | None = None,
 ) -> StudyOutputs:
     """Write `points.parquet` and `summary.parquet` under out_dir, draw the figure, return the table.
 
     figure: keyword arguments for dashboards.figures.plot_metric_vs (x, ylabel, ... and `metric` to
     select which metric's rows to plot; path defaults to out_dir/figure.png).
+    paper: {"study": name, **coordinates} of the paper's published numbers (harness.results.paper) to
+    write beside ours in the summary (column `source`: "this run" / "paper").
     """
     out_dir = Path(out_dir)
     points = write_parquet_atomic(rows, out_dir / "points.parquet")
     table = summarise(rows, by=by, resamples=resamples)
+    if paper is not None:
+        coords = dict(paper)
+        table = beside_paper(table, coords.pop("study"), **coords)
     summary = write_parquet_atomic(table, out_dir / "summary.parquet")
     fig_path = None
     if figure is not None:
         figure = dict(figure)
         metric = figure.pop("metric", None)
-        part = table.filter(pl.col("metric") == metric) if metric else table
+        part = ours(table).filter(pl.col("metric") == metric) if metric else ours(table)
         fig_path = plot_metric_vs(part, path=figure.pop("path", out_dir / "figure.png"), **figure)
     return StudyOutputs(points, summary, fig_path, table)
 
 
 def format_table(table: pl.DataFrame, index: str, metric: str, percent: bool = True) -> str:
-    """One line per `index` value, one column per method: 'mean [low, high]'."""
-    part = table.filter(pl.col("metric") == metric)
+    """One line per `index` value, one column per method: 'mean [low, high]' (this run's rows only)."""
+    part = ours(table).filter(pl.col("metric") == metric)
     methods = part["method"].unique(maintain_order=True).to_list()
     scale, unit = (100.0, "%") if percent else (1.0, "")
     header = f"{index:>12} | " + " | ".join(f"{m:^24}" for m in methods)
@@ -76,4 +83,30 @@ def format_table(table: pl.DataFrame, index: str, metric: str, percent: bool = T
             else:
                 cells.append(" " * 24)
         lines.append(f"{value:>12} | " + " | ".join(f"{c:^24}" for c in cells))
+    return "\n".join(lines)
+
+
+def format_beside_paper(table: pl.DataFrame, percent_metrics: tuple[str, ...] = ("accuracy", "error")) -> str:
+    """One line per published number in `table` (rows of source "paper"): where it is printed, the paper's
+    value (± its s.e.) and ours (mean [90% CI]) for the same method, metric and coordinates. Metrics whose
+    name starts with one of `percent_metrics` are shown in percent. Empty when the table holds no paper rows."""
+    if "source" not in table.columns:
+        return ""
+    paper = table.filter(pl.col("source") == "paper")
+    if paper.is_empty():
+        return ""
+    keys = [c for c in paper.columns if c not in ("mean", "se", "where", "source", "ci_low", "ci_high", "n")
+            and paper[c].null_count() < paper.height]
+    mine = ours(table)
+    header = f"{'where':<44} | {'method / metric':<40} | {'paper (± s.e.)':>16} | ours (90% CI)"
+    lines = ["the paper's numbers beside ours", header]
+    for row in paper.iter_rows(named=True):
+        scale = 100.0 if row["metric"].startswith(percent_metrics) else 1.0
+        unit = "%" if scale == 100.0 else ""
+        match = mine.filter(pl.all_horizontal([pl.col(k) == row[k] for k in keys if k in mine.columns]))
+        se = f" ± {scale * row['se']:.2f}" if row.get("se") is not None else ""
+        cell = (f"{scale * match['mean'][0]:.2f}{unit} [{scale * match['ci_low'][0]:.2f}, "
+                f"{scale * match['ci_high'][0]:.2f}]" if match.height == 1 else "-")
+        value = f"{scale * row['mean']:.2f}{unit}{se}"
+        lines.append(f"{row['where'][:44]:<44} | {row['method'] + ' / ' + row['metric']:<40} | {value:>16} | {cell}")
     return "\n".join(lines)
