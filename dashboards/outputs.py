@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 
 from dashboards.figures import plot_metric_vs
-from harness.results.paper import beside_paper, ours
+from harness.results.paper import SOURCE_OURS, beside_paper, ours
 from harness.results.schema import summarise, write_parquet_atomic
 
 
@@ -56,6 +56,8 @@ def finish_study(
     if paper is not None:
         coords = dict(paper)
         table = beside_paper(table, coords.pop("study"), **coords)
+    else:  # every summary says whose numbers its rows are
+        table = table.with_columns(pl.lit(SOURCE_OURS).alias("source"))
     summary = write_parquet_atomic(table, out_dir / "summary.parquet")
     fig_path = None
     if figure is not None:

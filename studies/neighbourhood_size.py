@@ -1,13 +1,15 @@
 """S5 — neighbourhood size (paper §4.2, Fig 5 right): TTT error of the linear head on embeddings as the
 number of neighbours k grows; the paper finds a U-shape (small k: too little diversity; large k: too
-little locality). TTT as in §E.6: lr 0.02, 50 full-batch Adam steps; the global head (Adam lr 1e-3,
+little locality). The sweep runs past the size of one class (ImageNet: ~1,230 images a class; the MNIST
+stand-in: ~5,000), where a neighbourhood must mix classes and the U's far arm appears. TTT as in §E.6:
+lr 0.02, 50 full-batch Adam steps; the global head (Adam lr 1e-3,
 batch 250) is trained once and cached.
 
 The embedded default runs on MNIST pixels (784-d, L2-normalised) as stand-in embeddings (no ImageNet /
 CLIP offline) and says so in its output; point it at real embeddings with --embeddings / --image-folder.
 
 Run (from the repository root):
-    python studies/neighbourhood_size.py         # embedded default: MNIST pixels, k = 3..1000, 2 epochs,
+    python studies/neighbourhood_size.py         # embedded default: MNIST pixels, k = 3..10000, 2 epochs,
                                                  # 500 test points; a few minutes on a laptop CPU
     python studies/neighbourhood_size.py --paper --embeddings imagenet_train.npy imagenet_val.npy
     python studies/neighbourhood_size.py --resume  # finish a killed run; finished trials are not redone
@@ -37,7 +39,7 @@ from harness.trials.options import ComputeOptions  # noqa: E402
 class NeighbourhoodSize:
     """S5's options (each trial: one k, the same global linear head)."""
 
-    ks: tuple[int, ...] = (3, 10, 30, 100, 300, 1000)  # neighbourhood sizes k
+    ks: tuple[int, ...] = (3, 10, 30, 100, 300, 1000, 3000, 10000)  # neighbourhood sizes k (past one class: ~5k)
     seed: int = 0  # global-training seed
     epochs: int | None = 2  # global linear head epochs (None: §E.6's 50)
     ttt_lr: float = 0.02  # TTT Adam learning rate (§E.6)

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.mnist import load_mnist, read_idx
+from harness.data.mnist import MNIST_MEAN, MNIST_STD, load_mnist, read_idx, stratified_split
 from harness.data.subsample import class_balanced_subsample
 from harness.data.synthetic import LRHConfig, make_lrh
 from harness.models.lenet import LENET_SPECS, LeNet, lenet_for_size
 from harness.registry import Registry
 
-FEATURE_DIMS = {280: 25, 600: 50, 1268: 80, 1976: 128, 2985: 176, 4430: 240, 6386: 320, 11770: 512, 24294: 832, 40818: 1152}
+FEATURE_DIMS = {280: 25, 600: 50, 1268: 80, 1976: 128, 2985: 176, 3246: 192, 4430: 240, 6386: 320, 11770: 512, 24294: 832,
+                40818: 1152}
 
 
 def test_lenet_parameter_counts_match_the_paper():
@@ -49,10 +50,14 @@ def test_idx_reader_round_trip(tmp_path, gz):
     _write_idx(tmp_path / f"t10k-labels-idx1-ubyte{sfx}", te_y, gz)
     s = load_mnist(tmp_path)
     assert s.train_x.shape == (10, 28, 28) and s.val_x.shape == (10_000, 28, 28)
-    np.testing.assert_array_equal(s.train_x, tr_x[:10])
-    np.testing.assert_array_equal(s.val_y, tr_y[10:])
+    train, val = stratified_split(tr_y, 10_000)  # the paper's split: stratified, fixed seed
+    np.testing.assert_array_equal(s.train_x, tr_x[train])
+    np.testing.assert_array_equal(s.val_y, tr_y[val])
     np.testing.assert_array_equal(s.test_x, te_x)
     np.testing.assert_array_equal(s.test_y, te_y)
+    pixels = tr_x[train] / 255.0  # idx files from --data-dir: standardised with their training split's own stats
+    assert (s.pixel_mean, s.pixel_std) == pytest.approx((pixels.mean(), pixels.std()), rel=1e-12)
+    assert f"{pixels.mean():.4f}" in s.describe_standardisation() and "own" in s.describe_standardisation()
 
 
 def test_idx_reader_errors_name_the_file(tmp_path):

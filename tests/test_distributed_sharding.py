@@ -22,8 +22,9 @@ def test_two_node_sharded_trial_equals_in_process(ray_cluster, tiny_trial, mnist
     cfg, in_process = tiny_trial
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     rows = mnist_trial(cfg, mnist, sharding=ShardingConfig(actors=2, gpus_per_actor=1.0, batch_size=16))
-    assert rows.height == 5 * 100  # 100 points x (global, ttt) x (error, CE) + majority error
-    assert rows.group_by("method", "metric").len()["len"].to_list() == [100] * 5
+    assert rows.height == 5 * 100 + 1  # 100 points x (global, ttt) x (error, CE) + majority error; dead features
+    per_point = rows.filter(pl.col("metric") != "dead_features")
+    assert per_point.group_by("method", "metric").len()["len"].to_list() == [100] * 5
     assert_same_table(rows, in_process)
     errors = dict(rows.filter(pl.col("metric") == "error").group_by("method").agg(pl.col("value").mean()).iter_rows())
     assert 0.0 < errors["ttt"] < errors["global"]  # a 1-epoch LeNet-280 is weak; TTT on 200 neighbours helps

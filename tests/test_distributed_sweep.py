@@ -33,7 +33,7 @@ def test_grid_sweep_of_mnist_trials_writes_rows_and_reports(ray_cluster, tiny_tr
     cfg, in_process = tiny_trial
     trials = [dataclasses.replace(cfg, ttt_k=k) for k in (20, 200)]
     result = run_trials(trials, SweepConfig("grid", str(tmp_path)), shared={"images": mnist})
-    assert len(result.grid) == 2 and result.rows.height == 2 * 500
+    assert len(result.grid) == 2 and result.rows.height == 2 * 501  # 5 x 100 points + the dead-features row
     assert len(list((tmp_path / "grid" / "rows").glob("*.parquet"))) == 2  # one file per trial
     # Tune's own tables carry the config's real fields, not an opaque key
     assert sorted(result.trials["config/ttt_k"].to_list()) == [20, 200]
@@ -82,8 +82,8 @@ def test_killed_sweep_resumes_without_recomputing_finished_trials(tmp_path):
     whole = tmp_path / "uninterrupted"
     subprocess.run([*cmd[:2], str(whole), str(tmp_path / "calls2.log")], env=env, cwd=tmp_path, check=True,
                    capture_output=True, timeout=240)
-    resumed_table = pl.read_parquet(storage / "table.parquet").drop("wall_time_s")
-    assert resumed_table.equals(pl.read_parquet(whole / "table.parquet").drop("wall_time_s"))
+    resumed_table = pl.read_parquet(storage / "table.parquet").drop("wall_time_s", "phase_seconds")
+    assert resumed_table.equals(pl.read_parquet(whole / "table.parquet").drop("wall_time_s", "phase_seconds"))
 
 
 def test_optuna_search_tunes_on_validation_only(ray_cluster, tiny_trial, mnist, tmp_path):

@@ -11,7 +11,7 @@ from harness.trials.embedding_head import EmbeddingHeadConfig, head_features
 from harness.trials.mnist import MnistTrialConfig, mnist_features, mnist_trial
 from studies.data_scaling import MNIST_TTT, DataScaling
 
-RUN_COLUMNS = ["study", "config_hash", "wall_time_s", "git_sha"]
+RUN_COLUMNS = ["study", "config_hash", "wall_time_s", "phase_seconds", "git_sha"]
 
 
 def test_class_balanced_counts_on_mnist(mnist):
@@ -23,7 +23,8 @@ def test_class_balanced_counts_on_mnist(mnist):
 
 
 def test_fraction_one_equals_the_s1_trial(mnist, tmp_path):
-    study = DataScaling(fractions=(1.0,), model_size=280, epochs=0, test_points=30, out_dir=str(tmp_path))
+    study = DataScaling(fractions=(1.0,), protocol="retrain-cnn", model_size=280, epochs=0, test_points=30,
+                        out_dir=str(tmp_path))
     s4 = study.trials()[0]
     s4 = dataclasses.replace(s4, ttt_steps=40)  # shorter than 500 for the test; both sides use the same
     s1 = MnistTrialConfig(model_size=280, epochs=0, test_points=30, ttt_k=MNIST_TTT["ttt_k"], ttt_lr=MNIST_TTT["ttt_lr"],
@@ -33,12 +34,12 @@ def test_fraction_one_equals_the_s1_trial(mnist, tmp_path):
     b = mnist_trial(s1, mnist)
     assert set(a["study"]) == {"data_scaling"} and set(b["study"]) == {"model_scaling"}
     a, b = a.drop(RUN_COLUMNS), b.drop(RUN_COLUMNS)
-    assert a.height == 30 * 5
+    assert a.height == 30 * 5 + 1  # and the dead-features row
     assert a.equals(b)
 
 
 def test_equal_steps_epochs():
-    cfg = DataScaling(epochs=3)
+    cfg = DataScaling(epochs=3, protocol="retrain-cnn", equal_steps=True)
     assert [cfg.epochs_at(f) for f in (1.0, 0.3, 0.1, 0.01)] == [3, 10, 30, 300]
     assert dataclasses.replace(cfg, equal_steps=False).epochs_at(0.01) == 3
 

@@ -25,7 +25,7 @@ def test_table2_columns_recomputed_one_point_at_a_time(mnist, tmp_path):
     cfg = LocalVsGlobalConfig(model_size=280, epochs=0, test_points=12, ttt_steps=15, ttt_k=40, ttt_lr=0.05,
                               global_heads=3, chunk=5, cache_dir=str(tmp_path))
     rows = local_vs_global_trial(cfg, mnist)
-    feats, W, c = mnist_features(cfg.features_config(), mnist)
+    feats, W, c = mnist_features(cfg.model_config(), mnist)
     subset = fixed_test_points(10_000, 12)
     nb = retrieve_neighbours(build_retriever(feats.train_x), feats.test_x[subset], 40)
     ttt = HeadTTTConfig(lr=0.05, steps=15, k=40)

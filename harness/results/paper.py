@@ -37,10 +37,12 @@ class PaperNumber:
 
 
 def _table2(dataset: str, values: tuple[float, ...], ses: tuple[float, ...]) -> list[PaperNumber]:
+    """Table 2's row of `dataset`: MNIST is the paper's 280-parameter LeNet, ImageNet a linear head on CLIP."""
     cells = (("global", "accuracy"), ("ttt", "accuracy"), ("ttt", "accuracy_neighbourhood"),
              ("ttt", "accuracy_test_set"))
-    return [PaperNumber("local_vs_global", m, k, v / 100, f"Table 2, {'MNIST' if dataset == 'mnist' else 'ImageNet'}",
-                        s / 100, (("dataset", dataset),))
+    where, coords = ("Table 2, MNIST (LeNet-280)", (("dataset", "mnist"), ("model_size", 280))) \
+        if dataset == "mnist" else ("Table 2, ImageNet (linear head on CLIP)", (("dataset", "imagenet"),))
+    return [PaperNumber("local_vs_global", m, k, v / 100, where, s / 100, coords)
             for (m, k), v, s in zip(cells, values, ses, strict=True)]
 
 

@@ -2,7 +2,8 @@
 
 A result row is one metric of one test point under one method and run:
     study, dataset, model_size, method, seed, k, experts, fraction, point_id, metric, value
-plus run metadata (hparams as JSON, config hash, git sha, device, wall time) so tables from
+plus run metadata (hparams as JSON, config hash, git sha, device, wall time, and where the wall time went,
+`phase_seconds`: JSON {"train": s, "features": s, "retrieval": s, "ttt": s, ...}) so tables from
 different runs join. Columns that do not apply to a study are null (e.g. `experts` in S1).
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from harness.eval.metrics import bootstrap_ci
+from harness.eval.metrics import bootstrap_means
 from harness.results.atomic import atomic_path
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
@@ -38,6 +39,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "git_sha": pl.Utf8,
     "device": pl.Utf8,
     "wall_time_s": pl.Float64,
+    "phase_seconds": pl.Utf8,  # JSON: the trial's wall time by phase (null where a trial does not record it)
 }
 
 _GIT_SHA: str | None = None
@@ -83,6 +85,7 @@ class RunInfo:
     config_hash: str = ""
     device: str = "cpu"
     wall_time_s: float | None = None
+    phase_seconds: dict[str, float] | None = None  # {"train": s, "features": s, "retrieval": s, "ttt": s, ...}
 
 
 def point_rows(
@@ -119,6 +122,8 @@ def point_rows(
         "git_sha": [git_sha()] * n,
         "device": [run.device] * n,
         "wall_time_s": [run.wall_time_s] * n,
+        "phase_seconds": [None if run.phase_seconds is None else
+                          json.dumps({k: round(v, 4) for k, v in run.phase_seconds.items()}, sort_keys=True)] * n,
     }
     return pl.DataFrame(columns, schema=RESULT_SCHEMA)
 
@@ -153,8 +158,11 @@ def summarise(
     """Mean and bootstrap CI of `value` per group of `by` columns.
 
     With `group_resample_by` (default "seed"), points are resampled within each seed and the
-    resamples pooled (the paper: 5 seeds x 200 = 1000). Returns columns by + [mean, ci_low, ci_high, n].
+    resamples pooled (the paper: 5 seeds x 200 = 1000). Returns columns by + [mean, ci_low, ci_high, se, n]
+    (se: the bootstrap standard error, the std of the same resampled means, as the paper's Tables 1-2).
     """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
     missing = [c for c in by if c not in df.columns]
     if missing:
         raise KeyError(f"summarise: columns {missing} not in the results table (have {df.columns})")
@@ -165,6 +173,9 @@ def summarise(
         groups = None
         if group_resample_by and group_resample_by not in by and part[group_resample_by].null_count() == 0:
             groups = part[group_resample_by].to_numpy()
-        mean, low, high = bootstrap_ci(part["value"].to_numpy(), groups, resamples=resamples, level=level)
-        out.append({**dict(zip(by, key, strict=True)), "mean": mean, "ci_low": low, "ci_high": high, "n": part.height})
+        values = part["value"].to_numpy()
+        means = bootstrap_means(values, groups, resamples=resamples)
+        low, high = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+        out.append({**dict(zip(by, key, strict=True)), "mean": float(values.mean()), "ci_low": float(low),
+                    "ci_high": float(high), "se": float(np.std(means, ddof=1)), "n": part.height})
     return pl.DataFrame(out).sort(by)

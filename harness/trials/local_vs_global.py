@@ -1,7 +1,11 @@
-"""S7 (paper Table 2): is a TTT head good locally or globally? For each test point x* of a LeNet's
-features: accuracy of the global head, of x*'s TTT head on x*, of x*'s TTT head on its own training
-neighbourhood (the k points it was fitted on), and of `global_heads` randomly chosen TTT heads on the
-whole test split."""
+"""S7 (paper Table 2): is a TTT head good locally or globally? For each test point x* of a model's features:
+accuracy of the global head, of x*'s TTT head on x*, of x*'s TTT head on its own training neighbourhood (the
+k points it was fitted on), and of `global_heads` randomly chosen TTT heads on the whole test split.
+
+Two kinds of model, as Table 2's two rows: a LeNet on MNIST (the paper's code: the 280-parameter net with
+Table 4's TTT, k 200, lr 0.05, 50 steps), or a linear head on embeddings (`source`: CLIP on ImageNet in the
+paper, Adam lr 1e-3, batch 250, 50 epochs; TTT k 600, lr 0.02, 50 steps).
+"""
 
 from __future__ import annotations
 
@@ -14,36 +18,40 @@ import torch
 
 from harness.data.mnist import ImageSplits
 from harness.errors import ConfigError
-from harness.models.lenet import lenet_for_size
+from harness.features.cache import FeatureSplits
+from harness.features.embedding_source import EmbeddingSource
+from harness.models.lenet import Init, lenet_for_size
 from harness.registry import register_trial
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.index import build_retriever, retrieve_neighbours
+from harness.trials.embedding_head import EmbeddingHeadConfig, head_features, source_input_files
 from harness.trials.mnist import (
     MnistTrialConfig,
     check_device,
     check_engine,
+    dead_feature_rows,
     mnist_features,
     mnist_input_files,
     test_subset,
+    trial_device,
 )
 from harness.trials.options import Device, HeadEngine, Split
 from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 from harness.ttt.local import heads_accuracy
 
-PAPER_TABLE2 = {  # accuracy in percent: global, TTT on test sample, TTT on neighbourhood, global TTT
-    "mnist": (98.57, 99.01, 100.00, 36.38),
-    "imagenet": (78.33, 79.39, 95.19, 77.04),
-}
+LINEAR_HEAD_TTT = HeadTTTConfig(lr=0.02, steps=50, k=600)  # §E.6: TTT of the linear head on CLIP embeddings
 
 
 @dataclasses.dataclass(frozen=True)
 class LocalVsGlobalConfig:
-    """None means the LeNet size's Table 3 / Table 4 value."""
+    """One model's Table 2. None means the paper's value: Table 3 / 4 for the LeNet, §E.6 for the linear head."""
 
-    model_size: int = 1268
+    model_size: int = 280  # LeNet size on MNIST (the paper's Table 2 uses the 280-parameter net)
+    source: EmbeddingSource | None = None  # embeddings: a linear head on them instead of a LeNet on MNIST
     seed: int = 0
     epochs: int | None = None
+    init: Init = "pytorch"  # the LeNet's initialisation (MnistTrialConfig.init)
     test_points: int | None = None
     ttt_lr: float | None = None
     ttt_steps: int | None = None
@@ -66,35 +74,69 @@ class LocalVsGlobalConfig:
             raise ConfigError(f"global_heads must be >= 0, got {self.global_heads}")
         if self.chunk < 1:
             raise ConfigError(f"chunk must be >= 1, got {self.chunk}")
-        self.features_config()  # validates the shared fields
+        self.model_config()  # validates the shared fields
 
     def input_files(self) -> tuple[str, ...]:
-        return mnist_input_files(self.data_dir)
+        return source_input_files(self.source) if self.source is not None else mnist_input_files(self.data_dir)
 
-    def check_inputs(self, images: ImageSplits | None = None, **_: object) -> None:
-        """The checks of the S1 trial this shares its CNN with (k and test points fit, the engine runs here)."""
-        dataclasses.replace(self.features_config(), engine=self.engine, device=self.device).check_inputs(images)
+    def check_inputs(self, images: ImageSplits | None = None, splits: FeatureSplits | None = None,
+                     **_: object) -> None:
+        """The checks of the trial this shares its model with (k and test points fit, the engine runs here)."""
+        model = self.model_config()
+        if isinstance(model, EmbeddingHeadConfig):
+            model.check_inputs(splits)
+        else:
+            model.check_inputs(images)
 
-    def features_config(self) -> MnistTrialConfig:
-        """The S1 trial this shares its CNN with (same cache key) and whose Table 4 values fill the Nones."""
-        return MnistTrialConfig(model_size=self.model_size, seed=self.seed, epochs=self.epochs,
-                                test_points=self.test_points, ttt_lr=self.ttt_lr, ttt_steps=self.ttt_steps,
-                                ttt_k=self.ttt_k, split=self.split, data_dir=self.data_dir, cache_dir=self.cache_dir)
+    def ttt_config(self) -> HeadTTTConfig:
+        if self.source is None:
+            mnist = self.model_config().resolved()
+            assert isinstance(mnist, MnistTrialConfig) and mnist.ttt_lr is not None and mnist.ttt_steps is not None
+            assert mnist.ttt_k is not None  # resolved() fills Table 4's values
+            return HeadTTTConfig(lr=mnist.ttt_lr, steps=mnist.ttt_steps, k=mnist.ttt_k)
+        base = LINEAR_HEAD_TTT
+        return HeadTTTConfig(lr=self.ttt_lr if self.ttt_lr is not None else base.lr,
+                             steps=self.ttt_steps if self.ttt_steps is not None else base.steps,
+                             k=self.ttt_k if self.ttt_k is not None else base.k)
+
+    def model_config(self) -> MnistTrialConfig | EmbeddingHeadConfig:
+        """The trial whose global model this shares (same feature cache key): the S1 LeNet trial, or the
+        linear-head embedding trial; its Table 4 / §E.6 values fill the Nones."""
+        common = {"seed": self.seed, "epochs": self.epochs, "test_points": self.test_points, "split": self.split,
+                  "retriever": self.retriever, "engine": self.engine, "device": self.device,
+                  "cache_dir": self.cache_dir}
+        if self.source is None:
+            return MnistTrialConfig(model_size=self.model_size, init=self.init, ttt_lr=self.ttt_lr,
+                                    ttt_steps=self.ttt_steps, ttt_k=self.ttt_k, data_dir=self.data_dir, **common)
+        ttt = self.ttt_config()
+        return EmbeddingHeadConfig(source=self.source, hidden=None, ttt_k=ttt.k, ttt_lr=ttt.lr, ttt_steps=ttt.steps,
+                                   majority_k=0, **common)
+
+
+def global_model(cfg: LocalVsGlobalConfig, images: ImageSplits | None,
+                 splits: FeatureSplits | None) -> tuple[FeatureSplits, np.ndarray, np.ndarray, str]:
+    """(features, head weight (C, d), head bias (C,), dataset name) of the trial's trained global model."""
+    model = cfg.model_config()
+    if isinstance(model, EmbeddingHeadConfig):
+        feats, weight, bias = head_features(model, splits)
+        return feats, weight, bias, model.source.name
+    feats, weight, bias = mnist_features(model, images)
+    return feats, weight, bias, "mnist"
 
 
 @register_trial("local_vs_global", LocalVsGlobalConfig)
-def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None = None) -> pl.DataFrame:
+def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None = None,
+                          splits: FeatureSplits | None = None) -> pl.DataFrame:
     """Rows: global/accuracy, ttt/accuracy, ttt/accuracy_neighbourhood per test point, and
     ttt/accuracy_test_set per randomly chosen head (point_id = the head's test point)."""
     start = time.perf_counter()
-    mcfg = cfg.features_config().resolved()
-    assert mcfg.ttt_lr is not None and mcfg.ttt_steps is not None and mcfg.ttt_k is not None  # resolved() fills them
-    feats, weight, bias = mnist_features(mcfg, images)
-    ttt = HeadTTTConfig(lr=mcfg.ttt_lr, steps=mcfg.ttt_steps, k=mcfg.ttt_k)
+    feats, weight, bias, dataset = global_model(cfg, images, splits)
+    ttt = cfg.ttt_config()
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    neighbours = retrieve_neighbours(build_retriever(feats.train_x, cfg.retriever), x[subset], ttt.k)  # (n, k)
+    device = trial_device(cfg.device)
+    neighbours = retrieve_neighbours(build_retriever(feats.train_x, cfg.retriever, device=str(device)), x[subset],
+                                     ttt.k)  # (n, k)
 
     def t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)
@@ -113,19 +155,22 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
         for i in chosen[(chosen >= s) & (chosen < s + cfg.chunk)]:
             kept[int(i)] = (W[i - s], c[i - s])
     order = sorted(kept)
+    acc_heads = None
     if order:
-        Wh, ch = torch.stack([kept[i][0] for i in order]), torch.stack([kept[i][1] for i in order])
         X, Y = t(x), t(y, torch.int64)  # the whole split
-        acc_heads = heads_accuracy(Wh, ch, X.expand(len(order), *X.shape), Y.expand(len(order), Y.shape[0]))
-    run = RunInfo(study=cfg.study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=ttt.k,
+        acc_heads = torch.cat([heads_accuracy(kept[i][0][None], kept[i][1][None], X[None], Y[None]) for i in order])
+    model_size = cfg.model_size if cfg.source is None else None
+    run = RunInfo(study=cfg.study, dataset=f"{dataset}-{cfg.split}", model_size=model_size, seed=cfg.seed, k=ttt.k,
                   fraction=1.0, config_hash=config_hash(cfg), device=str(device),
                   wall_time_s=time.perf_counter() - start)
-    hp = {"lr": ttt.lr, "steps": ttt.steps, "k": ttt.k}
+    hp = {"lr": ttt.lr, "steps": ttt.steps, "k": ttt.k, "engine": cfg.engine}
     frames = [
         point_rows(run, "global", "accuracy", torch.cat(acc_global).cpu().numpy(), subset, k=None),
         point_rows(run, "ttt", "accuracy", torch.cat(acc_point).cpu().numpy(), subset, hparams=hp),
         point_rows(run, "ttt", "accuracy_neighbourhood", torch.cat(acc_nbhd).cpu().numpy(), subset, hparams=hp),
     ]
-    if order:
+    if acc_heads is not None:
         frames.append(point_rows(run, "ttt", "accuracy_test_set", acc_heads.cpu().numpy(), subset[order], hparams=hp))
+    if cfg.source is None:  # a LeNet may come out dead (all features zero): say so in the rows
+        frames.append(dead_feature_rows(run, feats.train_x, {"init": cfg.init}))
     return pl.concat(frames)

@@ -17,7 +17,7 @@ from harness.data.subsample import class_balanced_subsample
 from harness.distributed.sharding import ShardingConfig
 from harness.errors import ConfigError
 from harness.features.cache import FeatureSplits, cached_features
-from harness.models.lenet import LeNet, lenet_for_size, to_input
+from harness.models.lenet import INITS, Init, LeNet, dead_features, lenet_for_size
 from harness.models.training import TrainConfig, train_classifier
 from harness.registry import register_trial
 from harness.results.atomic import atomic_path
@@ -40,6 +40,11 @@ def check_engine(engine: str) -> None:
 def check_device(device: str | None) -> None:
     if device not in (None, "cpu", "cuda"):
         raise ConfigError(f"device must be 'cpu', 'cuda' or None (cuda when available), got {device!r}")
+
+
+def trial_device(device: str | None) -> torch.device:
+    """Where a trial computes (global training, features, TTT): `device`, or cuda when torch sees a GPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def check_seed(seed: int) -> None:
@@ -84,6 +89,9 @@ class MnistTrialConfig:
     model_size: int
     seed: int = 0
     epochs: int | None = None  # global training epochs (Table 3)
+    train_lr: float | None = None  # global training Adam learning rate (Table 3)
+    train_batch_size: int | None = None  # global training batch size (Table 3)
+    init: Init = "pytorch"  # the CNN's initialisation: PyTorch's default (the paper's) or "he"
     fraction: float = 1.0  # class-balanced fraction of train used for training and retrieval (S4)
     test_points: int | None = None  # evaluate on this many test points (seeded subset); None: all
     ttt_lr: float | None = None  # Table 4
@@ -113,10 +121,14 @@ class MnistTrialConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ConfigError(f"{name} must be >= 0, got {v}")
-        for name in ("ttt_k", "majority_k"):
+        for name in ("ttt_k", "majority_k", "train_batch_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1, got {v}")
+        if self.train_lr is not None and not self.train_lr > 0:
+            raise ConfigError(f"train_lr must be > 0, got {self.train_lr}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {list(INITS)}, got {self.init!r}")
 
     def input_files(self) -> tuple[str, ...]:
         return mnist_input_files(self.data_dir)
@@ -139,6 +151,8 @@ class MnistTrialConfig:
         return dataclasses.replace(
             self,
             epochs=spec.epochs if self.epochs is None else self.epochs,
+            train_lr=spec.lr if self.train_lr is None else self.train_lr,
+            train_batch_size=spec.batch_size if self.train_batch_size is None else self.train_batch_size,
             ttt_lr=spec.ttt_lr if self.ttt_lr is None else self.ttt_lr,
             ttt_steps=spec.ttt_epochs if self.ttt_steps is None else self.ttt_steps,
             ttt_k=spec.ttt_k if self.ttt_k is None else self.ttt_k,
@@ -155,39 +169,51 @@ def test_subset(n: int, points: int | None) -> np.ndarray:
 
 def train_lenet(cfg: MnistTrialConfig, images: ImageSplits,
                 on_epoch: Callable[[int, float], None] | None = None) -> tuple[LeNet, np.ndarray]:
-    """Seeded global training on the (subsampled) train split. Returns the model and the train indices used."""
+    """Seeded global training on the (subsampled) train split, on the trial's device (the training images
+    are copied there once). Returns the model (on that device) and the train indices used."""
     cfg = cfg.resolved()
-    assert cfg.epochs is not None  # resolved() fills every None
-    spec = lenet_for_size(cfg.model_size)
+    assert cfg.epochs is not None and cfg.train_lr is not None and cfg.train_batch_size is not None  # resolved()
+    device = trial_device(cfg.device)
     train_idx = class_balanced_subsample(images.train_y, cfg.fraction, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = LeNet(spec)
-    x = torch.from_numpy(images.train_x[train_idx])
-    y = torch.from_numpy(images.train_y[train_idx])
-    train_classifier(model, x, y, TrainConfig(spec.lr, spec.batch_size, cfg.epochs, cfg.seed), prepare=to_input,
-                     on_epoch=on_epoch)
+    torch.manual_seed(cfg.seed)  # the initial weights are drawn on the CPU: the same on every device
+    model = LeNet(lenet_for_size(cfg.model_size), init=cfg.init, pixel_mean=images.pixel_mean,
+                  pixel_std=images.pixel_std).to(device)
+    x = torch.from_numpy(images.train_x[train_idx]).to(device)
+    y = torch.from_numpy(images.train_y[train_idx]).to(device)
+    train_classifier(model, x, y, TrainConfig(cfg.train_lr, cfg.train_batch_size, cfg.epochs, cfg.seed),
+                     prepare=model.standardise, on_epoch=on_epoch)
     return model, train_idx
 
 
 def mnist_features(
     cfg: MnistTrialConfig, images: ImageSplits | None = None, on_epoch: Callable[[int, float], None] | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
-    """Train the CNN and return (features of train-subsample / val / test, head weight (C, d), head bias (C,))."""
+    """Train the CNN and return (features of train-subsample / val / test, head weight (C, d), head bias (C,)).
+    `seconds` receives the wall time of training ("train") and feature extraction ("features") when they run."""
     cfg = cfg.resolved()
-    key_fields = {f: getattr(cfg, f) for f in ("model_size", "seed", "epochs", "fraction", "data_dir")}
-    key_fields.update(inputs=input_fingerprint(cfg.input_files()), code_version=code_version())  # never stale
+    key_fields = {f: getattr(cfg, f) for f in ("model_size", "seed", "epochs", "train_lr", "train_batch_size", "init",
+                                               "fraction", "data_dir")}
+    key_fields.update(inputs=input_fingerprint(cfg.input_files()), code_version=code_version(),  # never stale
+                      train_device=trial_device(cfg.device).type)  # GPU and CPU training differ in the last bits
     key = f"lenet-{cfg.model_size}-{config_hash(key_fields)}"
     head: dict[str, np.ndarray] = {}
 
     def compute() -> FeatureSplits:
         imgs = images if images is not None else load_mnist(cfg.data_dir)
+        start = time.perf_counter()
         model, train_idx = train_lenet(cfg, imgs, on_epoch)
-        feats = {s: model.features(torch.from_numpy(getattr(imgs, f"{s}_x"))).numpy() for s in ("val", "test")}
-        head["w"], head["b"] = model.head.weight.detach().numpy(), model.head.bias.detach().numpy()
-        return FeatureSplits(
-            model.features(torch.from_numpy(imgs.train_x[train_idx])).numpy(), imgs.train_y[train_idx],
-            feats["val"], imgs.val_y, feats["test"], imgs.test_y,
-        )
+        head["w"], head["b"] = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
+        trained = time.perf_counter()
+
+        def feats(x: np.ndarray) -> np.ndarray:
+            return model.features(torch.from_numpy(x)).cpu().numpy()
+
+        out = FeatureSplits(feats(imgs.train_x[train_idx]), imgs.train_y[train_idx], feats(imgs.val_x), imgs.val_y,
+                            feats(imgs.test_x), imgs.test_y)
+        if seconds is not None:
+            seconds.update(train=trained - start, features=time.perf_counter() - trained)
+        return out
 
     splits = cached_features(cfg.cache_dir, key, compute)
     if not head:  # features came from the cache: the head is cached beside them
@@ -201,12 +227,19 @@ def mnist_features(
 
 
 def evaluate_in_process(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
-                        cfg: MnistTrialConfig) -> tuple[dict[str, np.ndarray], str]:
-    """Per-point prediction columns of one evaluator in this process, and the device it ran on."""
+                        cfg: MnistTrialConfig, seconds: dict[str, float] | None = None,
+                        ) -> tuple[dict[str, np.ndarray], str]:
+    """Per-point prediction columns of one evaluator in this process, and the device it ran on; `seconds`
+    receives the wall time of building the index and evaluator ("index"), retrieval and TTT."""
     assert cfg.majority_k is not None, "cfg must be resolved() (majority_k is None)"
+    start = time.perf_counter()
     evaluator = HeadTTTEvaluator(state, ttt, majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
                                  engine=cfg.engine)
-    return evaluator({"point_id": point_ids, "feature": x, "label": y}), str(evaluator.device)
+    built = time.perf_counter() - start
+    out = evaluator({"point_id": point_ids, "feature": x, "label": y})
+    if seconds is not None:
+        seconds.update(index=built, **evaluator.seconds)
+    return out, str(evaluator.device)
 
 
 def evaluate_on_actors(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
@@ -230,23 +263,64 @@ def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, *, sha
     start = time.perf_counter()
     cfg = cfg.resolved()
     assert cfg.ttt_lr is not None and cfg.ttt_steps is not None and cfg.ttt_k is not None  # resolved() fills them
-    feats, weight, bias = mnist_features(cfg, images, on_epoch)
+    seconds: dict[str, float] = {}  # where the trial's time goes (train, features, index, retrieval, ttt)
+    feats, weight, bias = mnist_features(cfg, images, on_epoch, seconds)
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
     state = HeadState(feats.train_x, feats.train_y, weight, bias)
     ttt = HeadTTTConfig(lr=cfg.ttt_lr, steps=cfg.ttt_steps, k=cfg.ttt_k)
     if sharding is None:
-        out, device = evaluate_in_process(state, ttt, x[subset], y[subset], subset, cfg)
+        out, device = evaluate_in_process(state, ttt, x[subset], y[subset], subset, cfg, seconds)
     else:
         out, device = evaluate_on_actors(state, ttt, x[subset], y[subset], subset, cfg, sharding)
     run = RunInfo(
         study=cfg.study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=cfg.ttt_k,
         fraction=cfg.fraction, config_hash=config_hash(cfg), device=device, wall_time_s=time.perf_counter() - start,
+        phase_seconds=seconds or None,
     )
-    hp: dict[str, dict[str, object]] = {"ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k},
-                                        "majority": {"k": cfg.majority_k}, "global": {"epochs": cfg.epochs}}
+    hp: dict[str, dict[str, object]] = {
+        "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k},
+        "global": {"epochs": cfg.epochs, "lr": cfg.train_lr, "batch_size": cfg.train_batch_size, "init": cfg.init,
+                   "train_device": str(trial_device(cfg.device))}}
     ks = {"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}
     return pl.concat([
-        point_rows(run, method, metric, values, out["point_id"], hparams=hp[method], k=ks[method])
-        for method, metric, values in prediction_metrics(out)
+        *(point_rows(run, method, metric, values, out["point_id"], hparams=hp[method], k=ks[method])
+          for method, metric, values in prediction_metrics(out)),
+        dead_feature_rows(run, feats.train_x, hp["global"]),
     ])
+
+
+DEAD_FEATURES = "dead_features"  # metric: the fraction of feature dimensions zero on every training image
+
+
+def dead_networks(rows: pl.DataFrame) -> pl.DataFrame:
+    """(model_size, seed, fraction, dead_features) of every trial whose CNN features are all zero on every
+    training image (a dead network, chance-level error), from the rows of `dead_feature_rows`."""
+    keys = [c for c in ("model_size", "seed", "fraction") if c in rows.columns]
+    return (rows.filter((pl.col("metric") == DEAD_FEATURES) & (pl.col("value") >= 1.0))
+            .select(*keys, pl.col("value").alias(DEAD_FEATURES)).unique(maintain_order=True).sort(keys))
+
+
+def report_dead_networks(rows: pl.DataFrame, exclude: bool) -> pl.DataFrame:
+    """Print every trial whose CNN came out dead (all features zero on every training image: chance-level
+    error); return `rows` without those trials when `exclude` (--exclude-dead), else unchanged."""
+    dead = dead_networks(rows)
+    if dead.is_empty():
+        return rows
+    keys = [c for c in ("model_size", "seed", "fraction") if c in rows.columns]
+    names = ", ".join(" ".join(f"{k}={r[k]}" for k in keys) for r in dead.iter_rows(named=True))
+    if not exclude:
+        print(f"warning: {dead.height} CNN(s) came out dead (all features zero on every training image; their "
+              f"error is chance level) and are included in the summary: {names}. --exclude-dead leaves them out "
+              f"(--init he avoids most)")
+        return rows
+    print(f"left out of the summary as asked (--exclude-dead): {dead.height} dead CNN(s): {names}")
+    return rows.join(dead.select(keys), on=keys, how="anti", nulls_equal=True)
+
+
+def dead_feature_rows(run: RunInfo, train_features: np.ndarray, hparams: dict[str, object]) -> pl.DataFrame:
+    """One row (method "global", metric "dead_features", point_id -1: the whole network) with the fraction of
+    the CNN's feature dimensions that are zero on every training image; 1.0 is a dead network."""
+    dead = dead_features(train_features)
+    return point_rows(run, "global", DEAD_FEATURES, np.array([dead.mean()]), np.array([-1]),
+                      hparams={**hparams, "dead": int(dead.sum()), "features": int(dead.size)}, k=None)

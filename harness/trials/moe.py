@@ -12,7 +12,7 @@ import torch
 
 from harness.data.mnist import ImageSplits, load_mnist
 from harness.errors import ConfigError
-from harness.models.lenet import lenet_for_size
+from harness.models.lenet import Init, lenet_for_size
 from harness.registry import register_trial
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.kmeans import kmeans_centroids
@@ -36,14 +36,16 @@ class MoETrialConfig:
     """One expert count E. None means Table 6's value for E (lr, epochs, neighbours)."""
 
     experts: int
-    model_size: int = 1268  # the LeNet whose features and head the experts start from
+    model_size: int = 3246  # the LeNet whose features and head the experts start from (the paper's S6 net)
     seed: int = 0
     epochs: int | None = None  # global CNN training epochs (None: Table 3)
+    init: Init = "pytorch"  # the CNN's initialisation (MnistTrialConfig.init)
     test_points: int | None = None
     lr: float | None = None
     steps: int | None = None  # Table 6 "epochs" of full-batch Adam on the centroid's neighbours
     neighbours: int | None = None
     kmeans_iterations: int = 20
+    kmeans_restarts: int = 1  # k-means runs from different initial centroids, the best kept (the paper's code: 20)
     chunk: int = 1024  # experts fitted at once (bounds memory)
     split: Split = "test"
     data_dir: str | None = None
@@ -62,7 +64,7 @@ class MoETrialConfig:
             v = getattr(self, name)
             if v is not None and v < 0:
                 raise ConfigError(f"{name} must be >= 0, got {v}")
-        for name in ("neighbours", "chunk"):
+        for name in ("neighbours", "chunk", "kmeans_restarts"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1, got {v}")
@@ -92,8 +94,8 @@ class MoETrialConfig:
 
     def features_config(self) -> MnistTrialConfig:
         """The S1 trial whose CNN (features + head) this MoE shares: same cache key, same model."""
-        return MnistTrialConfig(model_size=self.model_size, seed=self.seed, epochs=self.epochs,
-                                data_dir=self.data_dir, cache_dir=self.cache_dir)
+        return MnistTrialConfig(model_size=self.model_size, seed=self.seed, epochs=self.epochs, init=self.init,
+                                data_dir=self.data_dir, device=self.device, cache_dir=self.cache_dir)
 
 
 @register_trial("moe", MoETrialConfig)
@@ -108,7 +110,8 @@ def moe_trial(cfg: MoETrialConfig, images: ImageSplits | None = None) -> pl.Data
     subset = test_subset(x.shape[0], cfg.test_points)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
-    centroids = kmeans_centroids(feats.train_x, cfg.experts, cfg.kmeans_iterations, seed=cfg.seed)  # (E, d)
+    centroids = kmeans_centroids(feats.train_x, cfg.experts, cfg.kmeans_iterations, seed=cfg.seed,
+                                 restarts=cfg.kmeans_restarts)  # (E, d)
     neighbours = expert_neighbours(feats.train_x, centroids, ttt.k, cfg.retriever)  # (E, k)
     routes = route_to_centroids(x[subset], centroids, cfg.retriever)  # (n,)
 
@@ -121,7 +124,8 @@ def moe_trial(cfg: MoETrialConfig, images: ImageSplits | None = None) -> pl.Data
     run = RunInfo(study=cfg.study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=ttt.k,
                   experts=cfg.experts, fraction=1.0, config_hash=config_hash(cfg), device=str(device),
                   wall_time_s=time.perf_counter() - start)
-    hp = {"lr": ttt.lr, "steps": ttt.steps, "neighbours": ttt.k, "kmeans_iterations": cfg.kmeans_iterations}
+    hp = {"lr": ttt.lr, "steps": ttt.steps, "neighbours": ttt.k, "kmeans_iterations": cfg.kmeans_iterations,
+          "kmeans_restarts": cfg.kmeans_restarts}
     error = (logits.argmax(1) != labels).double().cpu().numpy()
     ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none").double().cpu().numpy()
     return pl.concat([point_rows(run, "moe", "error", error, subset, hparams=hp),

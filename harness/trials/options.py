@@ -9,6 +9,7 @@ from typing import Literal
 # the fp32 torch engine; the fused-* engines are Triton GPU paths (fused-fp16-state the fastest).
 HeadEngine = Literal[
     "exact", "fused-ieee", "fused-tf32x3", "fused-tf32", "fused-bf16", "fused-fp16", "fused-fp16-state"]
+Retriever = Literal["faiss", "torch"]  # kNN backends (harness.retrieval.index.RETRIEVERS): faiss, or exact GEMM + top-k
 Device = Literal["cpu", "cuda"]  # where a trial computes (None in a config: cuda when torch sees a GPU)
 Split = Literal["test", "val"]  # evaluate on test, or on the validation split when tuning hyperparameters
 
@@ -19,3 +20,4 @@ class ComputeOptions:
 
     device: Device | None = None  # where trials compute (None: cuda when available)
     engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths (fp16-state fastest)
+    retriever: Retriever = "faiss"  # kNN index: faiss (CPU, or GPU with faiss-gpu), or torch (exact GEMM + top-k)

@@ -8,6 +8,7 @@ work in `__call__`), and the in-process path calls it the same way.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import torch
@@ -72,12 +73,16 @@ class HeadTTTEvaluator:
         self.train_labels = torch.from_numpy(state.train_labels.astype(np.int64)).to(self.device)
         self.weight = torch.from_numpy(np.asarray(state.weight, np.float32)).to(self.device)
         self.bias = torch.from_numpy(np.asarray(state.bias, np.float32)).to(self.device)
+        self.seconds = {"retrieval": 0.0, "ttt": 0.0}  # wall time of the calls so far (TTT: also global, majority)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feats = check_features("test features", np.stack(list(batch["feature"])), self.weight.shape[1])
         labels = np.asarray(batch["label"], np.int64)
         k_max = max(self.ttt.k, self.majority_k)
+        start = time.perf_counter()
         neighbours = self.retriever.search(feats, k_max)[1]  # (B, k_max), nearest first
+        self.seconds["retrieval"] += time.perf_counter() - start
+        start = time.perf_counter()
         columns = ("pred_global", "pred_ttt", "pred_majority", "ce_global", "ce_ttt")
         cols: dict[str, list[np.ndarray]] = {n: [] for n in columns}
         for s in range(0, feats.shape[0], self.chunk):
@@ -98,7 +103,8 @@ class HeadTTTEvaluator:
                 ("ce_ttt", torch.nn.functional.cross_entropy(ttt_logits, y, reduction="none")),
             ):
                 cols[name].append(value.cpu().numpy())
-        out = {name: np.concatenate(v) for name, v in cols.items()}
+        out = {name: np.concatenate(v) for name, v in cols.items()}  # on the host: the device's work is done
+        self.seconds["ttt"] += time.perf_counter() - start
         return {"point_id": np.asarray(batch["point_id"], np.int64), "label": labels, **out}
 
 
