@@ -28,7 +28,7 @@ from harness.trials.mnist import (
 )
 from harness.trials.options import Device, HeadEngine, Split
 from harness.ttt.linear import HeadTTTConfig
-from harness.ttt.linear_fused import HEAD_TTT_ENGINES
+from harness.ttt.head_engines import HEAD_TTT_ENGINES, resolve_head_engine
 from harness.ttt.local import heads_accuracy
 
 PAPER_TABLE2 = {  # accuracy in percent: global, TTT on test sample, TTT on neighbourhood, global TTT
@@ -53,7 +53,7 @@ class LocalVsGlobalConfig:
     split: Split = "test"
     data_dir: str | None = None
     retriever: str = "faiss"
-    engine: HeadEngine = "exact"  # head-TTT engine (HEAD_TTT_ENGINES); it must return the heads (all of them do)
+    engine: HeadEngine = "auto"  # head-TTT engine (harness.ttt.head_engines; all of them return the heads)
     device: Device | None = None
     cache_dir: str | None = None
     study: str = "local_vs_global"  # the study named in the rows
@@ -100,7 +100,8 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
         return torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)
 
     W0, c0, train_x, train_y = t(weight), t(bias), t(feats.train_x), t(feats.train_y, torch.int64)
-    engine = HEAD_TTT_ENGINES.get(cfg.engine)
+    engine_name = resolve_head_engine(cfg.engine, device, (feats.train_x, weight))  # auto: picked for this device
+    engine = HEAD_TTT_ENGINES.get(engine_name)
     chosen = np.random.default_rng(cfg.seed).choice(subset.size, size=min(cfg.global_heads, subset.size), replace=False)
     acc_global, acc_point, acc_nbhd, kept = [], [], [], {}
     for s in range(0, subset.size, cfg.chunk):
@@ -120,7 +121,7 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
     run = RunInfo(study=cfg.study, dataset=f"mnist-{cfg.split}", model_size=cfg.model_size, seed=cfg.seed, k=ttt.k,
                   fraction=1.0, config_hash=config_hash(cfg), device=str(device),
                   wall_time_s=time.perf_counter() - start)
-    hp = {"lr": ttt.lr, "steps": ttt.steps, "k": ttt.k}
+    hp = {"lr": ttt.lr, "steps": ttt.steps, "k": ttt.k, "engine": engine_name}
     frames = [
         point_rows(run, "global", "accuracy", torch.cat(acc_global).cpu().numpy(), subset, k=None),
         point_rows(run, "ttt", "accuracy", torch.cat(acc_point).cpu().numpy(), subset, hparams=hp),
