@@ -20,6 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.ttt.fused import FlashBlocks, FusedBlocks, fused_head_ttt  # noqa: E402
+from harness.ttt.fused import split as split_design  # noqa: E402
+from harness.ttt.fused.dispatch import fp16_buffers  # noqa: E402
+from harness.ttt.fused.fp16_common import Fp16Run  # noqa: E402
 from harness.ttt.linear import HeadTTTConfig, batched_head_ttt  # noqa: E402
 
 
@@ -197,6 +200,28 @@ def split() -> None:
     assert torch.isfinite(FW).all() and torch.isfinite(out).all()
     _refused(lambda: fused_head_ttt(p.W, p.c, p.X, p.y + p.W.shape[0], p.q, p.cfg, precision="fp16", interpret=True,
                                     blocks=small), "labels")
+    _parts_equal_the_whole(p, dataclasses.replace(small, g_fp16=True, state="fp16"))
+    _parts_equal_the_whole(p, small)
+
+
+def _parts_equal_the_whole(p: Problem, blocks: FlashBlocks) -> None:
+    """The batch run in parts on views of one set of buffers (as FusedHeadTTT runs it on two streams) gives the
+    whole run's heads bit for bit."""
+    B, k, d = p.X.shape
+    C = p.W.shape[0]
+
+    def fresh() -> Fp16Run:
+        x = torch.zeros(B, k, d, dtype=torch.float16)
+        x.copy_(p.X)
+        return Fp16Run(p.W, p.W.half(), p.c, x, p.y, fp16_buffers(B, k, C, d, blocks, "cpu"), p.cfg, blocks, True)
+
+    whole, parts = fresh(), fresh()
+    split_design.run_steps(whole)
+    for lo, hi in ((0, 1), (1, 2)):
+        split_design.run_steps(parts.part(lo, hi))
+    assert torch.equal(whole.ws.W, parts.ws.W) and torch.equal(whole.ws.final_c(p.cfg.steps),
+                                                                parts.ws.final_c(p.cfg.steps))
+    assert float((whole.ws.W - p.W).abs().max()) > 1e-3  # the heads moved: untouched buffers would not compare
 
 
 CASES = {"three_kernel": three_kernel, "flash": flash, "split": split}

@@ -17,9 +17,9 @@ import sys
 import pytest
 import torch
 
-from harness.ttt.linear import HeadTTTConfig, batched_head_ttt, head_ttt_one_point
 from harness.ttt.fused import fused_head_ttt
 from harness.ttt.head_engines import HEAD_TTT_ENGINES
+from harness.ttt.linear import HeadTTTConfig, head_ttt_one_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +96,8 @@ def test_fp16_defaults_and_gradient_buffer_range():
 
     b16, bs = default_blocks("fp16", "cpu"), default_blocks("fp16-state", "cpu")
     assert (b16.design, b16.state, b16.f_tma, b16.g_fp16) == ("split", "fp32", False, True)
-    assert bs.state == "fp16" and fp16_blocks_for("fp16", bs).state == "fp32" and fp16_blocks_for("fp16-state", b16) == bs
+    assert bs.state == "fp16" and fp16_blocks_for("fp16", bs).state == "fp32"
+    assert fp16_blocks_for("fp16-state", b16) == bs
     assert g_fp16_fits(bs, 600, 99.0) and not g_fp16_fits(bs, 600, 101.0)
     assert g_fp16_fits(fp16_blocks_for("fp16", b16.__class__(design="split")), 600, 1e4)  # fp32 buffer: no limit
     wd = HeadTTTConfig(lr=0.02, steps=50, k=600, weight_decay=0.1)

@@ -27,8 +27,8 @@ from harness.trials.mnist import (
     test_subset,
 )
 from harness.trials.options import Device, HeadEngine, Split
-from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.head_engines import HEAD_TTT_ENGINES, resolve_head_engine
+from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.local import heads_accuracy
 
 PAPER_TABLE2 = {  # accuracy in percent: global, TTT on test sample, TTT on neighbourhood, global TTT

@@ -25,8 +25,8 @@ from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.options import Device, HeadEngine, Split
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
-from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.head_engines import check_head_engine_name, why_engine_cannot_run
+from harness.ttt.linear import HeadTTTConfig
 
 TEST_SUBSET_SEED = 12345  # every trial evaluates the same test points, whatever its own seed
 

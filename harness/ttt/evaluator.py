@@ -14,8 +14,8 @@ import torch
 
 from harness.retrieval.index import build_retriever, check_features
 from harness.ttt.baselines import majority_vote
-from harness.ttt.linear import HeadTTTConfig
 from harness.ttt.head_engines import AUTO, HEAD_TTT_ENGINES, resolve_head_engine
+from harness.ttt.linear import HeadTTTConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from harness.ttt.fused.buffers import FlashBuffers, Fp32AdamState, SplitBuffers,
 from harness.ttt.fused.launch import adam_constants, cdiv, launch_options, strides
 from harness.ttt.linear import HeadTTTConfig
 
-BuffersT = TypeVar("BuffersT", FlashBuffers, SplitBuffers)
+BuffersT = TypeVar("BuffersT", bound=FlashBuffers | SplitBuffers)
 
 
 @dataclasses.dataclass(frozen=True)
