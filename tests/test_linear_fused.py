@@ -133,3 +133,18 @@ def test_each_mode_allocates_only_its_buffers():
     assert _nbytes(state16) == common + 4 * B * C * d * 2  # hi, lo, k·m, k·√v
     assert _nbytes(state32) == common + 2 * B * C * d * 4 + 2 * B * C * d * 2  # m, v; two fp16 copies of W
     assert _nbytes(state32.state) == 1_572_864_000 and _nbytes(state16.state) == 1_048_576_000
+
+
+@TRITON
+@pytest.mark.slow
+def test_fp16_state_kernels_compile_for_hopper_without_spills():
+    """Every kernel of fused-fp16-state compiles for sm_90 on this GPU-less machine (benchmarks/tuning/
+    compile_check.py), on tensor cores where it multiplies matrices, with no register spills (~1 min)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "tuning"))
+    from compile_check import compile_all
+
+    got = {s.kernel: s for _, s in compile_all(["fp16-state"], 90)}
+    assert set(got) == {"lse_kernel", "split_forward_kernel", "split_label_kernel", "split_grad_kernel",
+                        "adam_half_kernel"}
+    assert all(got[k].matrix == "wgmma" for k in ("lse_kernel", "split_forward_kernel", "split_grad_kernel"))
+    assert all(s.stack == 0 and s.local == 0 and s.registers <= 255 for s in got.values()), got
