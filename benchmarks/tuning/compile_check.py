@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from harness.ttt.fused import PRECISIONS, FlashBlocks, FusedBlocks, default_blocks, flash, split, three_kernel  # noqa: E402
-from harness.ttt.fused.dispatch import fp16_buffers  # noqa: E402
+from harness.ttt.fused import PRECISIONS, FlashBlocks, FusedBlocks, default_blocks, three_kernel  # noqa: E402
+from harness.ttt.fused.dispatch import fp16_buffers, run_fp16_steps  # noqa: E402
 from harness.ttt.fused.fp16_common import Fp16Run  # noqa: E402
 from harness.ttt.linear import HeadTTTConfig  # noqa: E402
 
@@ -101,10 +101,7 @@ def compile_all(precisions, capability: int = 90) -> list[tuple[str, Compiled]]:
                 xh = torch.zeros(B, k, d, dtype=torch.float16)
                 xh.copy_(X)
                 run = Fp16Run(W, W.half(), c, xh, y, fp16_buffers(B, k, C, d, fb, "cpu"), cfg, fb, False)
-                if prec == "flash":
-                    flash.run_steps(run)
-                else:
-                    split.run_steps(run)
+                run_fp16_steps(run)
             out += [(prec, s) for s in dict.fromkeys(seen[n:])]  # distinct compilations, in launch order
     finally:
         JITFunction.run = real_run

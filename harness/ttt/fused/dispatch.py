@@ -84,7 +84,8 @@ def _fp16_features(B: int, k: int, d: int, device) -> torch.Tensor:
     return torch.zeros(B, k, round_up(d, 16), dtype=torch.float16, device=device)[..., :d]
 
 
-def _run_fp16(run: Fp16Run) -> None:
+def run_fp16_steps(run: Fp16Run) -> None:
+    """cfg.steps Adam steps of the run's B heads by the design its buffers belong to (split or flash)."""
     if isinstance(run.ws, SplitBuffers):
         split.run_steps(run)
     else:
@@ -139,7 +140,7 @@ def fused_head_ttt(
         x.copy_(feats.detach())
         run = Fp16Run(weight, weight.half(), bias, x, labels.contiguous(),
                       fp16_buffers(B, k, C, d, fp16, feats.device), cfg, fp16, interpret)
-        _run_fp16(run)
+        run_fp16_steps(run)
         W_out, c_out = run.ws.W, run.ws.final_c(cfg.steps)
         logits = predict(W_out, c_out, query.detach().float())
         if isinstance(run.ws, SplitBuffers):
@@ -236,7 +237,7 @@ class FusedHeadTTT:
     def _fp16_body(self, run: Fp16Run) -> None:
         n = min(run.blocks.streams, self.batch)
         if n <= 1:
-            _run_fp16(run)
+            run_fp16_steps(run)
             return
         # the batch in parts on several streams: one part's memory-bound kernels can run beside another part's
         # compute-bound ones. Split: part j starts once part j-1 has done its first gradient, so the parts run
