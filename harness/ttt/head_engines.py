@@ -11,18 +11,20 @@ is written into the TTT rows' hparams ("engine"). `auto_head_engine` is the tabl
 
   device                          engine               why
   not CUDA (a CPU)                exact                the fused engines are GPU kernels
-  CUDA, capability 9.0 (Hopper)   fused-fp16-state     the fastest engine, and the one whose predictions equal
-                                                       the fp32 one-point loop on benchmarks/ttt_linear.py's
-                                                       agreement check on a capability-9.0 GPU (argmax of every
-                                                       point against `head_ttt_one_point` and against fp32
-                                                       `batched_head_ttt`; every point checked agreed: RESULTS.md)
+  CUDA, capability 9.0 (Hopper:   fused-fp16-state     the fastest engine measured there, and its predictions
+  H100, H200)                                          equal the fp32 one-point loop's on benchmarks/
+                                                       ttt_linear.py's agreement check on a 9.0 GPU (argmax of
+                                                       every point checked, against `head_ttt_one_point` and
+                                                       against fp32 `batched_head_ttt`: all agreed on the H100;
+                                                       benchmarks/RESULTS.md)
                                   fused-tf32           instead, where the head or the training features exceed
                                                        fp16's range (|x| > 60,000: the fp16 modes refuse them);
-                                                       also equal to the loop on every point checked there
-  CUDA, any other capability      exact                no agreement check of a fused engine has been recorded on
-                                                       such a device: the kernels compile to other instructions
-                                                       there (no wgmma, no TMA), so the 9.0 check is no evidence.
-                                                       Run the benchmark there and add a row to AUTO_BY_CAPABILITY.
+                                                       it too agreed on every point checked (H100 and H200)
+  CUDA, any other capability      exact                no agreement check of a fused engine is recorded on such
+                                                       a device, and the kernels compile to other instructions
+                                                       there (no wgmma, no TMA stores), so the 9.0 check is no
+                                                       evidence: run the benchmark there, then add the
+                                                       capability to AUTO_BY_CAPABILITY
   CUDA without triton             exact                the fused engines cannot run
 
 A named engine is never replaced: one that cannot run on the device (a fused engine on a CPU, or without
