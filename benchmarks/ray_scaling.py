@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.distributed.runtime import init_ray  # noqa: E402
 from harness.distributed.sharding import ShardingConfig, evaluate_sharded  # noqa: E402
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator  # noqa: E402
+from harness.ttt.head_engines import head_engine_choices  # noqa: E402
 from harness.ttt.linear import HeadTTTConfig  # noqa: E402
 
 
@@ -86,9 +87,9 @@ def steady_rate(out: dict[str, np.ndarray]) -> float:
     return done / (t1 - t0)
 
 
-def direct_rate(state, ttt, x, y, batch_size: int, device: str, retriever: str) -> float:
+def direct_rate(state, ttt, x, y, batch_size: int, device: str, retriever: str, engine: str = "auto") -> float:
     """Points/s of the evaluator called in this process, batch by batch, after a warm-up batch."""
-    ev = HeadTTTEvaluator(state, ttt, retriever=retriever, device=device)
+    ev = HeadTTTEvaluator(state, ttt, retriever=retriever, device=device, engine=engine)
     ids = np.arange(x.shape[0])
     ev({"point_id": ids[:batch_size], "feature": x[:batch_size], "label": y[:batch_size]})  # warm-up
     start = time.perf_counter()
@@ -97,13 +98,13 @@ def direct_rate(state, ttt, x, y, batch_size: int, device: str, retriever: str) 
     return x.shape[0] / (time.perf_counter() - start)
 
 
-def ray_rates(state, ttt, x, y, sharding: ShardingConfig, retriever: str) -> dict:
+def ray_rates(state, ttt, x, y, sharding: ShardingConfig, retriever: str, engine: str = "auto") -> dict:
     start = time.perf_counter()
-    out = evaluate_sharded(state, ttt, x, y, np.arange(x.shape[0]), sharding, retriever=retriever,
+    out = evaluate_sharded(state, ttt, x, y, np.arange(x.shape[0]), sharding, retriever=retriever, engine=engine,
                            evaluator_cls=TimedEvaluator)
     wall = time.perf_counter() - start
     return {"actors": sharding.actors, "steady_pts_s": steady_rate(out), "end_to_end_pts_s": x.shape[0] / wall,
-            "devices": sorted(set(out["device"].tolist()))}
+            "devices": sorted(set(out["device"].tolist())), "engines": sorted(set(out["engine"].tolist()))}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=125)
     p.add_argument("--retriever", default="faiss", choices=["faiss", "torch"])
+    p.add_argument("--engine", default="auto", choices=head_engine_choices(),
+                   help="head-TTT engine (auto: picked per device where the TTT runs; the figures in "
+                        "benchmarks/RESULTS.md were measured with exact)")
     p.add_argument("--no-direct", action="store_true", help="skip the in-process baseline")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
@@ -130,16 +134,17 @@ def main(argv: list[str] | None = None) -> dict:
     if not a.no_direct:
         if a.device == "cpu":
             torch.set_num_threads(max(1, int(a.cpus_per_actor)))  # as many threads as one actor gets
-        result["direct_pts_s"] = direct_rate(state, ttt, x, y, a.batch_size, a.device, a.retriever)
+        result["direct_pts_s"] = direct_rate(state, ttt, x, y, a.batch_size, a.device, a.retriever, a.engine)
         print(f"direct engine            : {result['direct_pts_s']:9.1f} points/s", flush=True)
     init_ray()
     for n in a.actors:
         sharding = ShardingConfig(actors=n, gpus_per_actor=a.gpus_per_actor, cpus_per_actor=a.cpus_per_actor,
                                   batch_size=a.batch_size)
-        r = ray_rates(state, ttt, x, y, sharding, a.retriever)
+        r = ray_rates(state, ttt, x, y, sharding, a.retriever, a.engine)
         result["ray"].append(r)
         print(f"ray data, {n} actor(s)     : {r['steady_pts_s']:9.1f} points/s steady, "
-              f"{r['end_to_end_pts_s']:9.1f} end to end (start-up included), on {r['devices']}", flush=True)
+              f"{r['end_to_end_pts_s']:9.1f} end to end (start-up included), on {r['devices']}, engine "
+              f"{r['engines']}", flush=True)
     base = next((r for r in result["ray"] if r["actors"] == 1), None)
     if base and "direct_pts_s" in result:
         result["ray_overhead"] = 1 - base["steady_pts_s"] / result["direct_pts_s"]

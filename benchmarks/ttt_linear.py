@@ -8,24 +8,25 @@ as kNN queries/s); the TTT timings start from pre-drawn neighbour indices (the f
 From the same run it prints test points/s of
   loop      `head_ttt_one_point` (nn.Linear + autograd + torch.optim.Adam), one point at a time, fp32
   batched   `batched_head_ttt` (B heads stacked, hand-written gradient), fp32, and with tf32 GEMMs
-  fused-*   `FusedHeadTTT` (harness/ttt/linear_fused.py: Triton kernels, a CUDA graph) in each precision
-            mode and batch size (fp16 / fp16-state: the split design; --flash-sweep adds other fp16 variants)
+  fused-*   `FusedHeadTTT` (harness/ttt/fused: Triton kernels, a CUDA graph) in each precision mode and batch
+            size (fp16 / fp16-state: the split design)
 with the ratio to the loop, and agreement with the fp32 references: the fraction of equal argmax
-predictions and max |Δlogit| against the loop (its points) and against fp32 `batched_head_ttt` (more points).
+predictions and max |Δlogit| against the loop (its points) and against fp32 `batched_head_ttt` (more points):
+the agreement check behind `--engine auto` (harness/ttt/head_engines.py). Needs torch and triton only.
 
-    python benchmarks/ttt_linear_diag.py --best-json best.json && \
-      python benchmarks/ttt_linear.py --device cuda --blocks-json best.json   # one GPU: the reported numbers
-    python benchmarks/ttt_linear.py --device cuda              # one GPU, default tiles
-    python benchmarks/ttt_linear.py --device cuda --precisions fp16-state fp16 tf32 --fused-b 128 256 \
-      --min-time 2 --flash-sweep                                # the H100 run of benchmarks/RESULTS.md
+    python benchmarks/ttt_linear.py --device cuda --precisions fp16-state fp16 tf32 --fused-b 256 --min-time 2
+                                                                # the fused-engine check (~2-3 minutes, one GPU)
+    python benchmarks/ttt_linear.py --device cuda              # one GPU, every precision, default tiles
+    python benchmarks/tuning/three_kernel_tiles.py --best-json best.json && \
+      python benchmarks/ttt_linear.py --device cuda --blocks-json best.json   # tuned tiles of the three-kernel modes
     python benchmarks/ttt_linear.py --device cpu               # small shapes, seconds (fused = torch fallback)
     TRITON_INTERPRET=1 python benchmarks/ttt_linear.py --device cpu --interpret   # Triton kernels on CPU
+Per-kernel timings and tile sweeps: benchmarks/tuning/.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -37,15 +38,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from harness.retrieval.index import TorchExactRetriever
-from harness.ttt import linear_fused as LF
+from harness.ttt.fused import FP16_PRECISIONS, FlashBlocks, FusedBlocks, FusedHeadTTT, default_blocks, fused_head_ttt
 from harness.ttt.linear import HeadTTTConfig, batched_head_ttt, head_ttt_one_point
-from harness.ttt.linear_fused import (
-    FlashBlocks,
-    FusedBlocks,
-    FusedHeadTTT,
-    default_blocks,
-    fused_head_ttt,
-)
 
 ROWS: list[dict] = []
 
@@ -146,58 +140,6 @@ def selfcheck(device: torch.device, interpret: bool) -> None:
         log("; ".join(line))
 
 
-def flash_sweep_blocks(device) -> list:
-    """The flash design (the fp16 default before the split design), without its second stream, and with Adam in
-    its gradient kernel; then the split design without TMA, with an fp32 gradient buffer, and on one stream."""
-    split, split_state = default_blocks("fp16", device), default_blocks("fp16-state", device)
-    assert isinstance(split, FlashBlocks) and isinstance(split_state, FlashBlocks)  # the fp16 modes' blocks
-    return [FlashBlocks(), FlashBlocks(streams=1), FlashBlocks(separate_adam=False, bkk=32, streams=1),
-            dataclasses.replace(split, f_tma=False), dataclasses.replace(split, g_fp16=False),
-            dataclasses.replace(split_state, streams=1)]
-
-
-def flash_breakdown(eng: FusedHeadTTT, device: torch.device, reps: int = 3) -> str:
-    """µs per point and step of each flash kernel (all steps of one batch, kernel by kernel), regs, spills."""
-    out = []
-    blocks, ws = eng._flash_parts()
-    for only in ("lse", "grad", "flash") if blocks.separate_adam else ("lse", "flash"):
-        def go(only=only):
-            LF._run_flash_steps(eng.weight, eng.weight_h, eng.bias, eng.x, eng.y, ws, eng.cfg, blocks,
-                                False, only=only)
-        go()
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(reps):
-            go()
-        sync(device)
-        us = (time.perf_counter() - t) / reps / eng.cfg.steps / eng.batch * 1e6
-        h = LF.LAST_LAUNCH.get("lse" if only == "lse" else "flash4_adam")
-        h = None if only == "flash" and blocks.separate_adam else h
-        regs = f"{getattr(h, 'n_regs', '?')} regs, {getattr(h, 'n_spills', '?')} spills" if h is not None else ""
-        out.append(f"{only} {us:.2f} us/point-step ({regs})")
-    return "; ".join(out)
-
-
-def flash_sweep(args, W0, c0, cfg, time_variant, batch) -> None:
-    device = W0.device
-    B = max(args.fused_b)
-    for bl in flash_sweep_blocks(device):
-        diff = {k: v for k, v in vars(bl).items() if v != getattr(FlashBlocks(), k)}
-        try:
-            prec = "fp16-state" if bl.state == "fp16" else "fp16"
-            eng = FusedHeadTTT(W0, c0, cfg, batch=B, precision=prec, blocks=bl, cuda_graph=not bl.diag)
-            if not bl.diag:  # diag kernels skip work: their outputs are not TTT results
-                time_variant(f"fused {prec} (graph) {diff}", eng, B)
-            else:
-                eng(*batch(0, B))
-            log(f"  breakdown {diff}: {flash_breakdown(eng, device)}")
-            del eng
-        except Exception as e:
-            log(f"fused fp16 {diff}: FAILED {type(e).__name__}: {e}")
-            traceback.print_exc()
-        torch.cuda.empty_cache()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -214,14 +156,12 @@ def main() -> None:
     ap.add_argument("--batched-b", type=int, nargs="+", default=None)
     ap.add_argument("--fused-b", type=int, nargs="+", default=None)
     ap.add_argument("--precisions", nargs="+", default=["fp16-state", "fp16", "tf32", "bf16", "tf32x3", "ieee"])
-    ap.add_argument("--flash-sweep", action="store_true",
-                    help="fp16 flash design: per-kernel times and a sweep of FlashBlocks at the largest --fused-b")
     ap.add_argument("--min-time", type=float, default=0.4, help="seconds of timed batches per variant (at least)")
     ap.add_argument("--knn-chunk", type=int, default=1024)
     ap.add_argument("--no-graph", action="store_true", help="fused path without CUDA graphs")
-    ap.add_argument("--block-sweep", action="store_true", help="also try other tile shapes at one batch size")
     ap.add_argument("--blocks-json", default=None,
-                    help="per-precision FusedBlocks fields (ttt_linear_diag.py --best-json); default tiles otherwise")
+                    help="per-precision tile fields (benchmarks/tuning/three_kernel_tiles.py --best-json); "
+                         "default tiles otherwise")
     ap.add_argument("--interpret", action="store_true", help="CPU: run the Triton kernels in the interpreter")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -362,7 +302,7 @@ def main() -> None:
             continue
         small_b = max((b for b in args.fused_b if b <= 32), default=min(args.fused_b))
         bs = args.fused_b if prec in ("tf32", "bf16", "fp16", "fp16-state") else [small_b]
-        blocks = ((FlashBlocks if prec in LF.FLASH_PRECISIONS else FusedBlocks)(**tuned[prec]) if prec in tuned
+        blocks = ((FlashBlocks if prec in FP16_PRECISIONS else FusedBlocks)(**tuned[prec]) if prec in tuned
                   else default_blocks(prec, device))
         tag = " tuned" if prec in tuned else ""
         for B in bs:
@@ -370,31 +310,11 @@ def main() -> None:
             time_variant(f"fused {prec}{tag}" + (" (no graph)" if args.no_graph else " (graph)"), eng, B,
                          heads_fn=lambda f, y, q, eng=eng: eng(f, y, q, return_heads=True)[1])
             del eng
-        if tag and prec not in LF.FLASH_PRECISIONS:  # the default tiles at one batch size, for comparison
+        if tag and prec not in FP16_PRECISIONS:  # the default tiles at one batch size, for comparison
             eng = FusedHeadTTT(W0, c0, cfg, batch=32, precision=prec, cuda_graph=not args.no_graph,
                                blocks=FusedBlocks())
             time_variant(f"fused {prec} FusedBlocks() tiles (graph)", eng, 32)
             del eng
-    if gpu and args.flash_sweep:
-        flash_sweep(args, W0, c0, cfg, time_variant, batch)
-    if gpu and args.block_sweep:
-        best: dict[str, tuple[float, int]] = {}  # precision -> (points/s, B) of its fastest fused run
-        for r in ROWS:
-            if r.get("variant", "").startswith("fused") and "points_s" in r:
-                p = r["variant"].split()[1]
-                if r["points_s"] > best.get(p, (0, 0))[0]:
-                    best[p] = (r["points_s"], r["B"])
-        sweeps = [FusedBlocks(x_t=False), FusedBlocks(grad_bc=64), FusedBlocks(fwd_bm=128, fwd_warps=8)]
-        for prec in ("tf32", "bf16"):
-            if prec not in best:
-                continue
-            B = best[prec][1]
-            for bl in sweeps:
-                eng = FusedHeadTTT(W0, c0, cfg, batch=B, precision=prec, blocks=bl)
-                diff = {k: v for k, v in vars(bl).items() if v != getattr(FusedBlocks(), k)}
-                time_variant(f"fused {prec} (graph) {diff}", eng, B)
-                del eng
-
     # ---- table -------------------------------------------------------------------------------------
     log("\n" + "=" * 110)
     log(f"{'variant':<58}{'B':>5}{'points/s':>11}{'x loop':>8}{'agree loop':>11}{'agree ref':>10}{'|Δlogit|':>10}")

@@ -1,9 +1,10 @@
-"""The fused Triton fast path (harness/ttt/linear_fused.py) computes batched_head_ttt's function.
+"""The fused Triton fast path (harness/ttt/fused) computes batched_head_ttt's function.
 
 On CPU `fused_head_ttt` falls back to the exact torch engine; the Triton kernels themselves are checked
-under Triton's numpy interpreter (TRITON_INTERPRET=1, in a subprocess so the flag is set before import),
-against batched_head_ttt in float64: the fp32 ("ieee") kernels land as close to it as the fp32 torch
-engine does, on shapes with several tiles and masked edges, with weight decay.
+under Triton's numpy interpreter (TRITON_INTERPRET=1, in a subprocess so the flag is set before import; the
+cases are tests/fused_interpreted.py), against batched_head_ttt in float64: the fp32 ("ieee") kernels land as
+close to it as the fp32 torch engine does, on shapes with several tiles and masked edges, with weight decay;
+the fp16 designs as close to a float64 emulation of their own roundings as its float32 run is.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import importlib.util
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 
-from harness.ttt.linear import HeadTTTConfig, batched_head_ttt, head_ttt_one_point
-from harness.ttt.linear_fused import HEAD_TTT_ENGINES, fused_head_ttt
+from harness.ttt.fused import fused_head_ttt
+from harness.ttt.head_engines import HEAD_TTT_ENGINES
+from harness.ttt.linear import HeadTTTConfig, head_ttt_one_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,197 +48,39 @@ def test_cpu_fallback_matches_the_one_point_loop():
         fused_head_ttt(W, c, X, y, q, cfg, precision="fp8")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
-def test_triton_kernels_in_interpreter_match_torch():
-    code = textwrap.dedent("""
-        from harness.ttt.linear import batched_head_ttt
-        from harness.ttt.linear_fused import FusedBlocks, fused_head_ttt
-        r64, W64, c64 = batched_head_ttt(W.double(), c.double(), X.double(), y, q.double(), cfg, return_heads=True)
-        r32, W32, _ = batched_head_ttt(W, c, X, y, q, cfg, return_heads=True)
-        tol = 4 * float((W32.double() - W64).abs().max()) + 1e-6
-        for blocks in (FusedBlocks(), FusedBlocks(x_t=False, grad_bc=64, fwd_bn=64, d_bc=32, d_bk=16)):
-            out, FW, Fc = fused_head_ttt(W, c, X, y, q, cfg, True, precision="ieee", interpret=True, blocks=blocks)
-            assert float((FW.double() - W64).abs().max()) <= tol, (float((FW.double() - W64).abs().max()), tol)
-            assert float((Fc.double() - c64).abs().max()) <= 1e-5
-            assert torch.equal(out.argmax(1), r64.argmax(1))
-            out, FW, _ = fused_head_ttt(W, c, X, y, q, cfg, True, precision="bf16", interpret=True, blocks=blocks)
-            assert torch.isfinite(FW).all() and float((out.double() - r64).abs().max()) < 0.5
-        print("OK")
-    """)
-    _interpret(code, emulation=False)
+TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
 
 
-EMULATION = textwrap.dedent("""
-    import torch
-    from harness.ttt.linear import HeadTTTConfig
-
-
-    def emulate(W, c, X, y, cfg, dt, design="flash", g16=False, state16=False):
-        \"\"\"The fp16 engines' arithmetic in torch (dt: float64 or float32), rounding where the kernels round.
-
-        flash: W, X rounded to fp16 as dot operands, P = softmax - onehot rounded to fp16 before the ∇W dot.
-        split: E = exp(S - r) with r the previous step's lse (step 1: this step's), rounded to fp16 with the
-        label entry E - L; XB = X / L rounded to fp16; ∇W = Eᵀ XB / k (g16: Eᵀ XB rounded to fp16 first);
-        state16: k·m and k·sqrt(v) rounded to fp16, W kept as hi + lo (fp16 + fp16).\"\"\"
-        W, c = W.to(dt), c.to(dt)
-        Xh = X.half().to(dt)
-        b1, b2 = cfg.betas
-        B, k, _ = X.shape
-        C = W.shape[0]
-        W = W.expand(B, *W.shape).clone()
-        c = c.expand(B, *c.shape).clone()
-        m, v, mc, vc = (torch.zeros_like(W), torch.zeros_like(W), torch.zeros_like(c), torch.zeros_like(c))
-        onehot = torch.nn.functional.one_hot(y, C).to(dt)
-        r = None
-        for t in range(1, cfg.steps + 1):
-            S = Xh @ W.half().to(dt).transpose(1, 2) + c[:, None, :]
-            if design == "flash":
-                P = torch.softmax(S, -1) - onehot
-                g = P.half().to(dt).transpose(1, 2) @ Xh / k
-                gc = P.sum(1) / k
-            else:
-                r = torch.logsumexp(S, -1) if r is None else r
-                e = torch.exp(S - r[..., None])
-                tot = e.sum(-1)
-                E = torch.where(onehot > 0, e - tot[..., None], e).half().to(dt)
-                g = E.transpose(1, 2) @ (Xh / tot[..., None]).half().to(dt)
-                g = (g.half().to(dt) if g16 else g) / k
-                gc = (E * (1 / tot).half().to(dt)[..., None]).sum(1) / k
-                r = r + torch.log(tot)
-            g = g + cfg.weight_decay * W
-            gc = gc + cfg.weight_decay * c
-            pairs = ((c, gc, mc, vc),) if state16 else ((W, g, m, v), (c, gc, mc, vc))
-            for p, gp, mm, vv in pairs:
-                mm.lerp_(gp, 1 - b1)
-                vv.mul_(b2).addcmul_(gp, gp, value=1 - b2)
-                p.sub_(cfg.lr / (1 - b1 ** t) * mm / (vv.sqrt() / (1 - b2 ** t) ** 0.5 + cfg.eps))
-            if state16:
-                gk = g * k
-                mk = (1 - b1) * gk if t == 1 else m * k + (1 - b1) * (gk - m * k)
-                sk = ((1 - b2) * gk * gk if t == 1 else (v.sqrt() * k) ** 2 * b2 + (1 - b2) * gk * gk).sqrt()
-                Wn = W - cfg.lr / (1 - b1 ** t) * mk / (sk / (1 - b2 ** t) ** 0.5 + k * cfg.eps)
-                m, v = mk.half().to(dt) / k, (sk.half().to(dt) / k) ** 2
-                hi = Wn.half().to(dt)
-                W = hi + (Wn - hi).half().to(dt)
-        return W, c
-""")
-
-FIXTURE = textwrap.dedent("""
-    import torch
-    from harness.ttt.linear import HeadTTTConfig
-
-    g = torch.Generator().manual_seed(0)
-    B, k, C, d = 2, 70, 150, 140  # several tiles of every kernel, masked edges
-    W, c = torch.randn(C, d, generator=g) * 0.1, torch.randn(C, generator=g) * 0.1
-    X = torch.nn.functional.normalize(torch.randn(B, k, d, generator=g), dim=-1)
-    y, q = torch.randint(0, C, (B, k), generator=g), torch.randn(B, d, generator=g)
-    cfg = HeadTTTConfig(lr=0.02, steps=4, k=k, weight_decay=0.01)
-""")
-
-
-def _interpret(code: str, emulation: bool = True) -> str:
-    """Run `code` after FIXTURE (and EMULATION's definitions, unless emulation=False) in a subprocess under
-    Triton's interpreter; it must print OK."""
+def _interpret(case: str) -> str:
+    """Run one case of tests/fused_interpreted.py in a subprocess under Triton's interpreter; it must print OK."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    code = (EMULATION if emulation else "") + FIXTURE + textwrap.dedent(code)
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
-                         check=False)
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "fused_interpreted.py"), case], env=env,
+                         capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
     return res.stdout
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+@TRITON
+def test_triton_kernels_in_interpreter_match_torch():
+    """The three-kernel design's fp32 kernels against float64 batched_head_ttt (see fused_interpreted.three_kernel)."""
+    _interpret("three_kernel")
+
+
+@TRITON
 def test_fp16_flash_kernels_match_an_fp16_emulation():
-    """The fp16 flash design (lse kernel, gradient kernel, streaming Adam; and the in-kernel Adam variant)
-    equals a float64 torch emulation of the same roundings as closely as that emulation run in float32 does;
-    bad ranges are refused."""
-    _interpret("""
-        from harness.ttt.linear_fused import FlashBlocks, fused_head_ttt
-        from harness.ttt.linear import batched_head_ttt
-        W64, c64 = emulate(W, c, X, y, cfg, torch.float64)
-        W32, _ = emulate(W, c, X, y, cfg, torch.float32)
-        tol = 4 * float((W32.double() - W64).abs().max()) + 1e-6
-        _, Wx, _ = batched_head_ttt(W.double(), c.double(), X.double(), y, q.double(), cfg, return_heads=True)
-        assert float((Wx - W64).abs().max()) > 10 * tol  # the check below can tell fp16 from exact arithmetic
-        small = dict(lse_bm=32, lse_bn=64, lse_bk=32, bc=64, bkk=32, adam_block=256)
-        for blocks in (FlashBlocks(**small), FlashBlocks(**small, separate_adam=False)):
-            out, FW, Fc = fused_head_ttt(W, c, X, y, q, cfg, True, precision="fp16", interpret=True, blocks=blocks)
-            err = float((FW.double() - W64).abs().max())
-            assert err <= tol, (blocks, err, tol)
-            assert float((Fc.double() - c64).abs().max()) <= 1e-5
-            ref = torch.einsum("bd,bcd->bc", q.double(), W64) + c64
-            assert torch.equal(out.argmax(1), ref.argmax(1))
-        try:
-            fused_head_ttt(W, c, X * 1e6, y, q, cfg, precision="fp16", interpret=True)
-        except ValueError as e:
-            assert "feats" in str(e) and "fp16" in str(e), e
-        else:
-            raise AssertionError("out-of-range fp16 input accepted")
-        print("OK", tol)
-    """)
+    """The fp16 flash design against a float64 emulation of its roundings (fused_interpreted.flash)."""
+    _interpret("flash")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+@TRITON
 def test_fp16_split_kernels_match_an_fp16_emulation():
-    """The split design (softmax rows against the previous step's lse, one GEMM Eᵀ XB, streaming or fused
-    Adam; TMA stores; fp16 gradient buffer; fp16 optimiser state = precision "fp16-state") equals the float64
-    emulation of its own roundings within the float32 emulation's distance, while the exact engine and the
-    other roundings are measurably farther; a reference that leaves fp16's range is recomputed (flash)."""
-    _interpret("""
-        import dataclasses, warnings
-        from harness.ttt.linear import batched_head_ttt
-        from harness.ttt.linear_fused import FlashBlocks, fused_head_ttt
-        ref = {}
-        for key in ((False, False), (True, False), (True, True)):
-            W64, c64 = emulate(W, c, X, y, cfg, torch.float64, "split", *key)
-            W32, _ = emulate(W, c, X, y, cfg, torch.float32, "split", *key)
-            ref[key] = (W64, c64, 4 * float((W32.double() - W64).abs().max()) + 1e-6)
-        _, Wx, _ = batched_head_ttt(W.double(), c.double(), X.double(), y, q.double(), cfg, return_heads=True)
-        assert float((Wx - ref[(False, False)][0]).abs().max()) > 5 * ref[(False, False)][2]
-        assert float((ref[(True, False)][0] - ref[(False, False)][0]).abs().max()) > 2 * ref[(False, False)][2]
-        small = FlashBlocks(design="split", lse_bm=32, lse_bn=64, lse_bk=32, f_bm=32, f_bn=64, f_bk=32, bc=32,
-                            bd=64, bkk=32, adam_block=256)
-        variants = [(small, "fp16"), (dataclasses.replace(small, separate_adam=False, bc=64), "fp16"),
-                    (dataclasses.replace(small, f_tma=True, g_fp16=True), "fp16"),
-                    (dataclasses.replace(small, g_fp16=True, state="fp16"), "fp16-state")]
-        for blocks, prec in variants:
-            W64, c64, tol = ref[(blocks.g_fp16, blocks.state == "fp16")]
-            out, FW, Fc = fused_head_ttt(W, c, X, y, q, cfg, True, precision=prec, interpret=True, blocks=blocks)
-            err = float((FW.double() - W64).abs().max())
-            assert err <= tol, (blocks, err, tol)
-            assert float((Fc.double() - c64).abs().max()) <= 1e-5
-            assert torch.equal(out.argmax(1), (torch.einsum("bd,bcd->bc", q.double(), W64) + c64).argmax(1))
-        # a step large enough to move the log-sum-exp by more than fp16's range: the point is redone by flash
-        big = HeadTTTConfig(lr=3.0, steps=3, k=k)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out, FW, _ = fused_head_ttt(W, c, X * 20, y, q, big, True, precision="fp16", interpret=True, blocks=small)
-        assert any("recomputed by the flash design" in str(w.message) for w in caught)
-        fo, FWf, _ = fused_head_ttt(W, c, X * 20, y, q, big, True, precision="fp16", interpret=True,
-                                    blocks=FlashBlocks())
-        assert torch.equal(FW, FWf) and torch.equal(out, fo)
-        # X / L out of fp16's range while |lse - r| stays small (large features, a falling lse): flagged too
-        Wz, cz = torch.zeros(3, 16), torch.tensor([0.0, 20.0, 0.0])
-        Xz = 10 + 0.1 * torch.rand(1, 8, 16, generator=g)
-        yz, qz, cz_cfg = torch.zeros(1, 8, dtype=torch.long), torch.ones(1, 16), HeadTTTConfig(lr=10 / 161, steps=2, k=8)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out, FW, _ = fused_head_ttt(Wz, cz, Xz, yz, qz, cz_cfg, True, precision="fp16", interpret=True,
-                                        blocks=dataclasses.replace(small, g_fp16=True))
-        assert any("recomputed by the flash design" in str(w.message) for w in caught)
-        assert torch.isfinite(FW).all() and torch.isfinite(out).all()
-        try:
-            fused_head_ttt(W, c, X, y + C, q, cfg, precision="fp16", interpret=True, blocks=small)
-        except ValueError as e:
-            assert "labels" in str(e), e
-        else:
-            raise AssertionError("labels outside the head's classes accepted")
-        print("OK")
-    """)
+    """The split design, with TMA stores, an fp16 gradient buffer and fp16 Adam state ("fp16-state"), against the
+    float64 emulation of its roundings; overflowing references recomputed by flash (fused_interpreted.split)."""
+    _interpret("split")
 
 
 def test_flash_blocks_reject_bad_fields():
-    from harness.ttt.linear_fused import FlashBlocks
+    from harness.ttt.fused import FlashBlocks
 
     for kw, msg in (({"design": "rowz"}, "design"), ({"design": "split", "bd": 96}, "bd"),
                     ({"state": "fp8"}, "state"), ({"state": "fp16"}, "split")):
@@ -248,12 +91,60 @@ def test_flash_blocks_reject_bad_fields():
 def test_fp16_defaults_and_gradient_buffer_range():
     """The fp16 modes default to the split design (no TMA off Hopper); "fp16-state" alone keeps Adam's state in
     fp16; the fp16 gradient buffer is used only while k·max|feats| fits fp16."""
-    from harness.ttt.linear_fused import _g_fp16_fits, _state_for, default_blocks
+    from harness.ttt.fused.blocks import default_blocks, fp16_blocks_for
+    from harness.ttt.fused.dispatch import g_fp16_fits
 
     b16, bs = default_blocks("fp16", "cpu"), default_blocks("fp16-state", "cpu")
     assert (b16.design, b16.state, b16.f_tma, b16.g_fp16) == ("split", "fp32", False, True)
-    assert bs.state == "fp16" and _state_for("fp16", bs).state == "fp32" and _state_for("fp16-state", b16) == bs
-    assert _g_fp16_fits(bs, 600, 99.0) and not _g_fp16_fits(bs, 600, 101.0)
-    assert _g_fp16_fits(_state_for("fp16", b16.__class__(design="split")), 600, 1e4)  # fp32 buffer: no limit
+    assert bs.state == "fp16" and fp16_blocks_for("fp16", bs).state == "fp32"
+    assert fp16_blocks_for("fp16-state", b16) == bs
+    assert g_fp16_fits(bs, 600, 99.0) and not g_fp16_fits(bs, 600, 101.0)
+    assert g_fp16_fits(fp16_blocks_for("fp16", b16.__class__(design="split")), 600, 1e4)  # fp32 buffer: no limit
     wd = HeadTTTConfig(lr=0.02, steps=50, k=600, weight_decay=0.1)
-    assert _g_fp16_fits(b16, 600, 90.0, wd, 100.0) and not _g_fp16_fits(bs, 600, 90.0, wd, 100.0)
+    assert g_fp16_fits(b16, 600, 90.0, wd, 100.0) and not g_fp16_fits(bs, 600, 90.0, wd, 100.0)
+
+
+def _nbytes(obj) -> int:
+    """Bytes of the storages behind a buffers dataclass (nested dataclasses included)."""
+    import dataclasses
+
+    total = 0
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        total += _nbytes(v) if dataclasses.is_dataclass(v) else v.untyped_storage().nbytes()
+    return total
+
+
+def test_each_mode_allocates_only_its_buffers():
+    """At the ImageNet shape (B 256, k 600, C 1000, d 512; on the meta device: nothing is allocated), fp16-state
+    holds no fp32 m, v and no fp16 copies of W (1.57 GB, which linear_fused.py allocated unused in that mode),
+    and fp16 with fp32 state no half state; neither holds the flash design's fp32 gradient buffer. Every byte is
+    accounted for by the buffers' documented shapes."""
+    from harness.ttt.fused.blocks import default_blocks
+    from harness.ttt.fused.buffers import Fp32AdamState, HalfAdamState
+    from harness.ttt.fused.dispatch import fp16_buffers
+
+    B, k, C, d = 256, 600, 1000, 512
+    state16 = fp16_buffers(B, k, C, d, default_blocks("fp16-state", "cpu"), "meta")
+    state32 = fp16_buffers(B, k, C, d, default_blocks("fp16", "cpu"), "meta")
+    assert isinstance(state16.state, HalfAdamState) and isinstance(state32.state, Fp32AdamState)
+    common = (B * C * d * 4 + 4 * B * C * 4 + 3 * B * 608 * 4 + B * 4  # W, c twice, m_c, v_c; lse, ey, xmax; ovf
+              + B * C * d * 2 + B * k * 1024 * 2 + B * k * 640 * 2)  # fp16 k·∇W; E, XB padded to 128 columns
+    assert _nbytes(state16) == common + 4 * B * C * d * 2  # hi, lo, k·m, k·√v
+    assert _nbytes(state32) == common + 2 * B * C * d * 4 + 2 * B * C * d * 2  # m, v; two fp16 copies of W
+    assert _nbytes(state32.state) == 1_572_864_000 and _nbytes(state16.state) == 1_048_576_000
+
+
+@TRITON
+@pytest.mark.slow
+def test_fp16_state_kernels_compile_for_hopper_without_spills():
+    """Every kernel of fused-fp16-state compiles for sm_90 on this GPU-less machine (benchmarks/tuning/
+    compile_check.py), on tensor cores where it multiplies matrices, with no register spills (~1 min)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks", "tuning"))
+    from compile_check import compile_all
+
+    got = {s.kernel: s for _, s in compile_all(["fp16-state"], 90)}
+    assert set(got) == {"lse_kernel", "split_forward_kernel", "split_label_kernel", "split_grad_kernel",
+                        "adam_half_kernel"}
+    assert all(got[k].matrix == "wgmma" for k in ("lse_kernel", "split_forward_kernel", "split_grad_kernel"))
+    assert all(s.stack == 0 and s.local == 0 and s.registers <= 255 for s in got.values()), got

@@ -1,6 +1,7 @@
 """S1 and S11 end to end at small size: files written, numbers as the paper/theory predicts."""
 
 import importlib
+import json
 
 import numpy as np
 import polars as pl
@@ -41,6 +42,8 @@ def test_mnist_trial_ttt_beats_global_at_the_smallest_size(mnist):
     assert set(rows["method"].unique()) == {"global", "ttt", "majority"}
     assert set(rows["study"].unique()) == {"model_scaling"}
     assert rows.filter(pl.col("metric") == "error").height == 900
+    ttt_hparams = rows.filter(pl.col("method") == "ttt")["hparams"].unique().to_list()
+    assert [json.loads(h)["engine"] for h in ttt_hparams] == ["exact"]  # engine auto ran exact on the CPU
     assert _mean(rows, "global") > 0.05  # one epoch: an imperfect global model ...
     assert _mean(rows, "ttt") < _mean(rows, "global") - 0.03  # ... that TTT improves on
     again = mnist_trial(cfg, mnist)  # same seed, same table
@@ -96,10 +99,12 @@ def test_bad_study_config_fails_before_work(tmp_path, capsys):
 def test_head_engine_choices_are_the_registered_engines():
     import typing
 
-    from harness.trials.options import HeadEngine
-    from harness.ttt.linear_fused import HEAD_TTT_ENGINES
+    from harness.trials.options import ComputeOptions, HeadEngine
+    from harness.ttt.head_engines import HEAD_TTT_ENGINES, head_engine_choices
 
-    assert sorted(typing.get_args(HeadEngine)) == HEAD_TTT_ENGINES.names()
+    assert sorted(typing.get_args(HeadEngine)) == sorted(head_engine_choices()) == sorted(["auto",
+                                                                                          *HEAD_TTT_ENGINES.names()])
+    assert ComputeOptions().engine == "auto"  # the default of every study's --engine
 
 
 def _embedding_files(folder):
@@ -135,7 +140,7 @@ def test_engine_option_reaches_every_trial_and_a_bad_one_fails_before_work(name,
     if "EMB" in extra:
         extra = ["--embeddings", *_embedding_files(tmp_path)]
     out = tmp_path / "out"
-    assert {t.engine for t in trials_of(study.parse(extra))} == {"exact"}
+    assert {t.engine for t in trials_of(study.parse(extra))} == {"auto"}
     trials = trials_of(study.parse([*extra, "--engine", "fused-fp16"]))
     assert len(trials) >= 1 and {t.engine for t in trials} == {"fused-fp16"}
     ray_was_up = ray.is_initialized()  # other tests may have left a local Ray running

@@ -1,6 +1,8 @@
 """S7 (Table 2): neighbourhood accuracy is each head's accuracy on its own k neighbours; global-TTT
 accuracy is a chosen head's accuracy on the whole test split."""
 
+import json
+
 import numpy as np
 import polars as pl
 import torch
@@ -25,6 +27,8 @@ def test_table2_columns_recomputed_one_point_at_a_time(mnist, tmp_path):
     cfg = LocalVsGlobalConfig(model_size=280, epochs=0, test_points=12, ttt_steps=15, ttt_k=40, ttt_lr=0.05,
                               global_heads=3, chunk=5, cache_dir=str(tmp_path))
     rows = local_vs_global_trial(cfg, mnist)
+    ttt_hparams = rows.filter(pl.col("method") == "ttt")["hparams"].unique().to_list()
+    assert [json.loads(h)["engine"] for h in ttt_hparams] == ["exact"]  # engine auto ran exact on the CPU
     feats, W, c = mnist_features(cfg.model_config(), mnist)
     subset = fixed_test_points(10_000, 12)
     nb = retrieve_neighbours(build_retriever(feats.train_x), feats.test_x[subset], 40)

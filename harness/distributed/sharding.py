@@ -46,12 +46,12 @@ def evaluate_sharded(
     majority_k: int = 0,
     retriever: str = "faiss",
     metric: str = "l2",
-    engine: str = "exact",
+    engine: str = "auto",
     evaluator_cls: type = HeadTTTEvaluator,
 ) -> dict[str, np.ndarray]:
     """Evaluate test points (features (n, d), labels (n,), unique point_ids (n,)) on a Ray actor pool.
 
-    Returns the evaluator's per-point columns (point_id, label, pred_*, ce_*) plus `device`, sorted
+    Returns the evaluator's per-point columns (point_id, label, pred_*, ce_*, engine) plus `device`, sorted
     by point_id, each point exactly once. Starts a local Ray if none is connected. Raises before any
     work is scheduled when the request cannot run (see `fit_to_cluster`), or when point_ids repeat.
     """

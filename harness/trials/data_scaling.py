@@ -63,7 +63,7 @@ class FixedFeaturesConfig:
     test_points: int | None = None
     split: Split = "test"
     retriever: str = "faiss"
-    engine: HeadEngine = "exact"
+    engine: HeadEngine = "auto"  # head-TTT engine (harness.ttt.head_engines: auto picks per device)
     device: Device | None = None
     cache_dir: str | None = None  # the reference CNN's features are cached here (shared by every fraction)
     study: str = "data_scaling"
@@ -143,7 +143,8 @@ def fixed_features_trial(cfg: FixedFeaturesConfig, images: ImageSplits | None = 
     hp: dict[str, dict[str, object]] = {
         "global": {"protocol": "fixed-features", "head_lr": cfg.head_lr, "head_batch_size": cfg.head_batch_size,
                    "head_epochs": cfg.head_epochs, "train_points": int(idx.size), "train_device": str(device)},
-        "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}}
+        "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k,
+                "engine": "+".join(sorted(set(out.pop("engine").tolist())))}}  # the engine that ran
     return pl.concat([point_rows(run, method, metric, values, out["point_id"], hparams=hp[method],
                                  k=None if method == "global" else cfg.ttt_k)
                       for method, metric, values in prediction_metrics(out)])

@@ -94,7 +94,7 @@ class EmbeddingHeadConfig:
     test_points: int | None = None
     split: Split = "test"
     retriever: str = "faiss"
-    engine: HeadEngine = "exact"  # head-TTT engine (harness.ttt.linear_fused.HEAD_TTT_ENGINES)
+    engine: HeadEngine = "auto"  # head-TTT engine (harness.ttt.head_engines: auto picks per device)
     device: Device | None = None
     cache_dir: str | None = None  # caches the trained head and its features per (source, head, seed, fraction)
     study: str = "mlp_scaling"  # the study named in the rows
@@ -223,7 +223,9 @@ def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None 
     hp: dict[str, dict[str, object]] = {
         "global": {"lr": train.lr, "batch_size": train.batch_size, "epochs": train.epochs,
                    "dropout": head_spec(cfg.hidden).dropout},
-        "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k},
+        "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k,
+                "engine": "+".join(sorted(set(out.pop("engine").tolist())))},  # the engine that ran (auto resolved)
+        "majority": {"k": cfg.majority_k},
     }
     frames = [point_rows(run, method, metric, values, out["point_id"], hparams=hp[method],
                          k={"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}[method])

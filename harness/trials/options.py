@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-# Head-TTT engines (harness.ttt.linear_fused.HEAD_TTT_ENGINES; a test keeps the two lists equal). "exact" is
-# the fp32 torch engine; the fused-* engines are Triton GPU paths (fused-fp16-state the fastest).
+# Head-TTT engines: "auto" and the names of harness.ttt.head_engines.HEAD_TTT_ENGINES (a test keeps the lists
+# equal). "auto" picks per device where the TTT runs (CPU: exact; see head_engines); "exact" is the fp32 torch
+# engine; the fused-* engines are Triton GPU paths.
 HeadEngine = Literal[
-    "exact", "fused-ieee", "fused-tf32x3", "fused-tf32", "fused-bf16", "fused-fp16", "fused-fp16-state"]
+    "auto", "exact", "fused-ieee", "fused-tf32x3", "fused-tf32", "fused-bf16", "fused-fp16", "fused-fp16-state"]
 Retriever = Literal["faiss", "torch"]  # kNN backends (harness.retrieval.index.RETRIEVERS): faiss, or exact GEMM + top-k
 Device = Literal["cpu", "cuda"]  # where a trial computes (None in a config: cuda when torch sees a GPU)
 Split = Literal["test", "val"]  # evaluate on test, or on the validation split when tuning hyperparameters
@@ -19,5 +20,5 @@ class ComputeOptions:
     """Where a study's trials compute and with which head-TTT engine (the same two options for every study)."""
 
     device: Device | None = None  # where trials compute (None: cuda when available)
-    engine: HeadEngine = "exact"  # head-TTT engine: exact = fp32 torch; fused-* = Triton GPU paths (fp16-state fastest)
+    engine: HeadEngine = "auto"  # head-TTT engine: auto = per device (CPU: exact); exact = fp32 torch; fused-* = Triton
     retriever: Retriever = "faiss"  # kNN index: faiss (CPU, or GPU with faiss-gpu), or torch (exact GEMM + top-k)

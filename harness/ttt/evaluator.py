@@ -15,8 +15,8 @@ import torch
 
 from harness.retrieval.index import build_retriever, check_features
 from harness.ttt.baselines import majority_vote
+from harness.ttt.head_engines import AUTO, HEAD_TTT_ENGINES, resolve_head_engine
 from harness.ttt.linear import HeadTTTConfig
-from harness.ttt.linear_fused import HEAD_TTT_ENGINES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +44,12 @@ class HeadState:
 
 class HeadTTTEvaluator:
     """`__call__({"point_id": (B,), "feature": (B, d), "label": (B,)})` -> per-point columns:
-    point_id, label, pred_{global,ttt,majority}, ce_{global,ttt}.
+    point_id, label, pred_{global,ttt,majority}, ce_{global,ttt}, engine (the head-TTT engine that ran).
 
-    majority_k = 0 skips the majority baseline (its columns are then -1). engine names a head-TTT
-    engine of HEAD_TTT_ENGINES ("exact": the fp32 torch engine; "fused-fp16-state" (the fastest, fp16 Adam
-    state), "fused-fp16" (fp32 Adam state), "fused-tf32" etc.: Triton GPU paths)."""
+    majority_k = 0 skips the majority baseline (its columns are then -1). engine: "auto" (the default: the
+    engine harness/ttt/head_engines.py picks for this device, resolved here, where the device is known) or a
+    name of HEAD_TTT_ENGINES ("exact": the fp32 torch engine; "fused-*": Triton GPU paths). `engine_name` is
+    the engine that runs; one that cannot run on this device is a ConfigError naming `engine`."""
 
     def __init__(
         self,
@@ -59,15 +60,16 @@ class HeadTTTEvaluator:
         metric: str = "l2",
         device: str | None = None,
         chunk: int = 256,
-        engine: str = "exact",
+        engine: str = AUTO,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.engine_name = resolve_head_engine(engine, self.device, (state.train_features, state.weight))
         n = state.train_features.shape[0]
         for name, k in (("ttt.k", ttt.k), ("majority_k", majority_k)):
             if k > n:
                 raise ValueError(f"{name} = {k} is larger than the training set ({n} points)")
         self.ttt, self.majority_k, self.chunk = ttt, majority_k, chunk
-        self.engine = HEAD_TTT_ENGINES.get(engine)  # "exact" (default) or a fused GPU path, see linear_fused
+        self.engine = HEAD_TTT_ENGINES.get(self.engine_name)
         self.retriever = build_retriever(state.train_features, retriever, metric, str(self.device))
         self.train_features = torch.from_numpy(np.ascontiguousarray(state.train_features, np.float32)).to(self.device)
         self.train_labels = torch.from_numpy(state.train_labels.astype(np.int64)).to(self.device)
@@ -105,6 +107,7 @@ class HeadTTTEvaluator:
                 cols[name].append(value.cpu().numpy())
         out = {name: np.concatenate(v) for name, v in cols.items()}  # on the host: the device's work is done
         self.seconds["ttt"] += time.perf_counter() - start
+        out["engine"] = np.full(labels.shape[0], self.engine_name)
         return {"point_id": np.asarray(batch["point_id"], np.int64), "label": labels, **out}
 
 

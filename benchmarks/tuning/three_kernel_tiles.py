@@ -1,11 +1,12 @@
-"""Per-kernel timings of the fused linear-head TTT step (harness/ttt/linear_fused.py) on one GPU.
+"""Tuning of the three-kernel design (harness/ttt/fused/three_kernel.py: precisions ieee, tf32x3, tf32, bf16).
 
-For each precision and tile/layout configuration: µs of one forward launch and one gradient + Adam
-launch for B points at the ImageNet shape, µs per point and step, the points/s they imply for 50 steps,
-achieved bytes/s against the counted bytes, and the compiled kernels' registers, spills, shared memory
-and matrix instruction (wgmma = Hopper tensor-core path, mma.sync = the older path, fma = none).
+For each precision and tile/layout configuration: µs of one forward, one D and one GEMM + Adam launch for B
+points at the ImageNet shape, µs per point and step, the points/s they imply for 50 steps, achieved bytes/s
+against the counted bytes, and the compiled kernels' registers, spills, shared memory and matrix instruction
+(wgmma = Hopper tensor-core path, mma.sync = the older path, fma = none). --best-json writes the fastest parts
+combined, for benchmarks/ttt_linear.py --blocks-json.
 
-    python benchmarks/ttt_linear_diag.py --b 32
+    python benchmarks/tuning/three_kernel_tiles.py --b 32 [--best-json best.json]
 """
 
 from __future__ import annotations
@@ -17,20 +18,17 @@ import traceback
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from harness.ttt.linear import HeadTTTConfig  # noqa: E402
-from harness.ttt.linear_fused import (  # noqa: E402
-    FusedBlocks,
-    _default_z_dtype,
-    _kernels,
-    _launch_dgrad,
-    _launch_fwd,
-    _launch_gemm,
-    _Workspace,
-    _x_for_gemm,
-    triton_cdiv,
+from harness.ttt.fused import FusedBlocks  # noqa: E402
+from harness.ttt.fused.three_kernel import (  # noqa: E402
+    allocate,
+    launch_dgrad,
+    launch_forward,
+    launch_gemm_adam,
+    x_for_gemm,
 )
+from harness.ttt.linear import HeadTTTConfig  # noqa: E402
 
 CONFIGS = {
     "default": FusedBlocks(),
@@ -69,7 +67,6 @@ def main() -> None:
     c0 = torch.randn(C, device=dev, generator=g) * 0.1
     x32 = torch.nn.functional.normalize(torch.randn(B, k, d, device=dev, generator=g), dim=-1)
     y = torch.randint(0, C, (B, k), device=dev, generator=g)
-    fwd, dgrad, gemm = _kernels(False)
     ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
     print(f"{torch.cuda.get_device_name()}  B={B} k={k} C={C} d={d}", flush=True)
     print(f"{'prec':<5} {'config':<12} {'fwd us':>7} {'D us':>6} {'gemm us':>7} {'us/pt-step':>10} {'->pts/s':>8}"
@@ -83,27 +80,27 @@ def main() -> None:
         for name in args.configs:
             bl = CONFIGS[name]
             try:
-                ws = _Workspace(B, k, C, d, _default_z_dtype(prec), triton_cdiv(C, bl.fwd_bn), dev)
-                xg = _x_for_gemm(x, bl)
+                ws = allocate(B, k, C, d, prec, bl, dev)
+                xg = x_for_gemm(x, bl)
                 wst0, cst0 = (0, d, 1), (0, 1)
-                _launch_fwd(fwd, x, W0, wst0, c0, cst0, ws, prec, bl, False)
-                _launch_dgrad(dgrad, y, ws, bl, False)
-                _launch_gemm(gemm, xg, W0, wst0, c0, cst0, ws, cfg, 1, prec, bl, False)
+                launch_forward(x, W0, wst0, c0, cst0, ws, prec, bl, False)
+                launch_dgrad(y, ws, bl, False)
+                launch_gemm_adam(xg, W0, wst0, c0, cst0, ws, cfg, 1, prec, bl, False)
                 wst, cst = ws.W.stride(), ws.c.stride()
-                hs = [_launch_fwd(fwd, x, ws.W, wst, ws.c, cst, ws, prec, bl, False),
-                      _launch_dgrad(dgrad, y, ws, bl, False),
-                      _launch_gemm(gemm, xg, ws.W, wst, ws.c, cst, ws, cfg, 2, prec, bl, False)]
+                hs = [launch_forward(x, ws.W, wst, ws.c, cst, ws, prec, bl, False),
+                      launch_dgrad(y, ws, bl, False),
+                      launch_gemm_adam(xg, ws.W, wst, ws.c, cst, ws, cfg, 2, prec, bl, False)]
                 torch.cuda.synchronize()
                 times = []
                 for which in range(3):
                     ev[0].record()
                     for r in range(args.reps):
                         if which == 0:
-                            _launch_fwd(fwd, x, ws.W, wst, ws.c, cst, ws, prec, bl, False)
+                            launch_forward(x, ws.W, wst, ws.c, cst, ws, prec, bl, False)
                         elif which == 1:
-                            _launch_dgrad(dgrad, y, ws, bl, False)
+                            launch_dgrad(y, ws, bl, False)
                         else:
-                            _launch_gemm(gemm, xg, ws.W, wst, ws.c, cst, ws, cfg, 3 + r, prec, bl, False)
+                            launch_gemm_adam(xg, ws.W, wst, ws.c, cst, ws, cfg, 3 + r, prec, bl, False)
                     ev[1].record()
                     torch.cuda.synchronize()
                     times.append(ev[0].elapsed_time(ev[1]) * 1e3 / args.reps)
