@@ -40,15 +40,19 @@ def finish_study(
     by: list[str],
     figure: dict | None = None,
     resamples: int = 1000,
+    extra_summary: pl.DataFrame | None = None,
 ) -> StudyOutputs:
     """Write `points.parquet` and `summary.parquet` under out_dir, draw the figure, return the table.
 
     figure: keyword arguments for dashboards.figures.plot_metric_vs (x, ylabel, ... and `metric` to
     select which metric's rows to plot; path defaults to out_dir/figure.png).
+    extra_summary: summary rows computed otherwise (e.g. S3's Pile-weighted total), appended to the table.
     """
     out_dir = Path(out_dir)
     points = write_parquet_atomic(rows, out_dir / "points.parquet")
     table = summarise(rows, by=by, resamples=resamples)
+    if extra_summary is not None:
+        table = pl.concat([table, extra_summary], how="diagonal_relaxed")
     summary = write_parquet_atomic(table, out_dir / "summary.parquet")
     fig_path = None
     if figure is not None:

@@ -85,6 +85,7 @@ class BatchedLoRATTT:
         self._init = {n: (init[n][0].to(layer.A.device, layer.A.dtype), init[n][1].to(layer.B.device, layer.B.dtype))
                       for n, layer in self.layers.items()}
         self.params = [p for layer in self.layers.values() for p in (layer.A, layer.B)]
+        self.adapter_parameters = sum(p[0].numel() for p in self.params)  # one test sequence's adapter
         self._m = [torch.zeros_like(p) for p in self.params]  # Adam first moments, (n, ...) each
         self._v = [torch.zeros_like(p) for p in self.params]
         self._step_count = [0] * max_batch  # Adam step count per adapter
