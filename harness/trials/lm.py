@@ -283,10 +283,11 @@ def lm_scaling_trial(cfg: LMScalingTrialConfig) -> pl.DataFrame:
 
 
 def smoke_inputs(folder: str | Path) -> tuple[str, str, str]:
-    """Write a generated topical corpus (60 train + 12 test documents, JSONL) and a tiny random-weight
+    """Write a generated topical corpus (60 train + 12 test documents of 5 lines, JSONL) and a tiny random-weight
     Qwen2 with its trained tokenizer into `folder`, offline. -> (train path, test path, model folder)."""
     root = Path(folder)
-    texts, _ = topical_corpus(72, words_per_doc=60, seed=0)
+    words = [t.split(" ") for t in topical_corpus(72, words_per_doc=60, seed=0)[0]]
+    texts = ["\n".join(" ".join(w[i:i + 12]) for i in range(0, len(w), 12)) for w in words]  # lines of 12 words
     train = write_jsonl(root / "topical" / "train.jsonl", texts[:60])
     test = write_jsonl(root / "topical" / "test.jsonl", texts[60:])
     return str(train), str(test), str(make_tiny_qwen2(root / "tiny_qwen2", texts[:60]))
