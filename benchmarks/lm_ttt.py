@@ -128,7 +128,8 @@ def run_shape(shape: str, args: argparse.Namespace, device: str, dtype: torch.dt
     cfg = LMTTTConfig(max_tokens=tokens, target_modules=tuple(args.targets))
     batches = args.batch or [DEFAULT_BATCH[shape]]
     vocab = int(TINY_SHAPE["vocab_size"] if shape == "tiny" else QWEN25_SHAPES[shape]["vocab_size"])
-    result: dict[str, Any] = dict(shape=shape, steps=steps, tokens=tokens, rank=cfg.rank, targets=list(cfg.target_modules))
+    result: dict[str, Any] = dict(shape=shape, steps=steps, tokens=tokens, rank=cfg.rank,
+                                  targets=list(cfg.target_modules))
     init = None
     loop_s = float("nan")
     if not args.skip_loop:  # its own model copy, freed before the batched engine's is built
@@ -222,8 +223,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for key, b in r["batched"].items():
             if isinstance(b, dict):
                 mfu = f"{100 * b['mfu']:.1f} %" if b["mfu"] is not None else "n/a"
+                ratio = r["loop_s_per_seq"] / b["s_per_seq"]
                 print(f"| {r['shape']} | {r['params']:,} | {key} | {b['s_per_seq']:.3f} | {b['tokens_s']:,.0f} | "
-                      f"{b['tflops']:.1f} | {mfu} | {b['peak_gib']:.1f} | {r['loop_s_per_seq'] / b['s_per_seq']:.1f}x |")
+                      f"{b['tflops']:.1f} | {mfu} | {b['peak_gib']:.1f} | {ratio:.1f}x |")
             else:
                 print(f"| {r['shape']} | {r['params']:,} | {key} | {b} | - | - | - | - | - |")
     if args.json:
