@@ -149,13 +149,19 @@ def model_skeleton(name_or_path: str) -> torch.nn.Module:
 
 
 def random_qwen25(label: str, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
-                  seed: int = 0) -> torch.nn.Module:
+                  seed: int = 0, device_map: str | None = None) -> torch.nn.Module:
     """A random-weight Qwen2ForCausalLM of the real Qwen2.5 shape `label`, built in `dtype` on `device` (no
-    download; for benchmarks: the speed of a step does not depend on the weights' values). Eval mode, frozen."""
+    download; for benchmarks: the speed of a step does not depend on the weights' values). Eval mode, frozen.
+
+    device_map="auto" spreads it over every visible GPU as load_causal_lm(device_map="auto") does (accelerate's
+    balanced map of whole decoder layers, hooks moving the activations between GPUs), e.g. 32B on 2 GPUs: the
+    weights are drawn on their own GPU (N(0, 0.02), norms 1), never held whole anywhere."""
     from transformers import Qwen2ForCausalLM
 
     config = qwen25_config(label)
     torch.manual_seed(seed)
+    if device_map is not None:
+        return _spread_random(Qwen2ForCausalLM, config, dtype, device_map)
     before = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # built directly in dtype: no fp32 copy of a 7B / 32B model first
     try:
@@ -163,6 +169,27 @@ def random_qwen25(label: str, dtype: torch.dtype = torch.bfloat16, device: str |
             model = Qwen2ForCausalLM(config)
     finally:
         torch.set_default_dtype(before)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _spread_random(model_cls: type, config, dtype: torch.dtype, device_map: str) -> torch.nn.Module:
+    """model_cls(config) with random weights placed by accelerate's `device_map` over the visible GPUs."""
+    from accelerate import dispatch_model, infer_auto_device_map, init_empty_weights
+    from accelerate.utils import get_balanced_memory, set_module_tensor_to_device
+
+    with init_empty_weights():  # parameters on the meta device, buffers (rotary frequencies) real
+        model = model_cls(config).to(dtype)
+    no_split = list(model._no_split_modules)
+    memory = get_balanced_memory(model, dtype=dtype, no_split_module_classes=no_split) if device_map == "auto" else None
+    placement = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split, dtype=dtype)
+    for name, param in list(model.named_parameters()):
+        owner = max((m for m in placement if m == "" or name == m or name.startswith(m + ".")), key=len)
+        value = torch.empty(param.shape, dtype=dtype, device=placement[owner])
+        value.fill_(1.0) if "norm" in name else value.normal_(0.0, 0.02)
+        set_module_tensor_to_device(model, name, placement[owner], value=value)
+    model = dispatch_model(model, device_map=placement)
     model.eval()
     model.requires_grad_(False)
     return model
