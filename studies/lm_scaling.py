@@ -13,14 +13,24 @@ Run (from the repository root):
     python studies/lm_scaling.py --resume ...     # finish a killed run; finished model sizes are not redone
     ray submit cluster.yaml studies/lm_scaling.py -- --paper --train ... --test ...
 
+As the paper's code (tttlm): neighbours are whole training documents, each cut into chunks of at most
+--max-tokens tokens, one Adam step per chunk, the most similar document first; LoRA rank 64 on q_proj and
+v_proj (--target-modules), about 1 % of the parameters (the share is printed before any work); retrieval by
+--embedder with mean pooling (tttlm: a Pile-trained RoBERTa-large with --retrieval-metric l2; MiniLM with cosine
+is the offline default).
+
 Placement: one GPU per actor for 0.5B-14B; 32B (64 GB of bf16 weights) gets 2 GPUs per actor, split over
-them with device_map="auto" (--gpus-per-actor overrides). Output: <out-dir>/points.parquet (bits per byte
-per test sequence and method), summary.parquet, figure.png (Fig 4 right with 90% bootstrap CIs), the table.
+them with device_map="auto" (--gpus-per-actor overrides). Output: <out-dir>/points.parquet (bits per byte and
+evaluated bytes per test sequence, method and Pile subset), summary.parquet (the mean over sequences, and
+tttlm's Pile-weighted total when the test sequences carry Pile subsets), figure.png (Fig 4 right with 90%
+bootstrap CIs: the Pile-weighted total when there is one, else the per-sequence mean; its axis says which), the
+tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -28,11 +38,12 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dashboards.outputs import finish_study  # noqa: E402
+from dashboards.outputs import finish_study, format_table  # noqa: E402
+from dashboards.pile import PILE_WEIGHTED, pile_weighted_summary, why_not_pile_weighted  # noqa: E402
 from harness.cli import run_main, study_parser  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
-from harness.retrieval.text_index import IndexKind  # noqa: E402
+from harness.retrieval.text_index import IndexKind, RetrievalMetric  # noqa: E402
 from harness.trials.lm import SMOKE_TTT, LMScalingTrialConfig, smoke_inputs  # noqa: E402
 from harness.trials.options import Device  # noqa: E402
 from harness.ttt.lora_config import LMTTTConfig  # noqa: E402
@@ -48,9 +59,9 @@ class LMScaling:
     test: str | None = None  # test corpus, same formats
     fraction: float = 0.01  # share of test sequences evaluated (paper: 1% of the Pile test split)
     seed: int = 0  # seed of the test sample
-    embedder: str | None = None  # retrieval embedder folder or hub name (None: all-MiniLM-L6-v2, offline)
-    index_kind: IndexKind = "auto"  # text index: flat (exact), ivfpq or hnsw; auto: flat up to 100k units
-    unit_chars: int = 4000  # longest retrieval unit in characters
+    embedder: str | None = None  # retrieval encoder folder or hub name, mean pooling (None: all-MiniLM-L6-v2, offline)
+    retrieval_metric: RetrievalMetric = "cosine"  # cosine: normalised embeddings; l2: raw ones (tttlm, RoBERTa)
+    index_kind: IndexKind = "auto"  # text index: flat (exact), ivfpq or hnsw; auto: flat up to 100k documents
     ttt: LMTTTConfig = LMTTTConfig()  # LoRA TTT hyperparameters (paper Table 9)
     engine: LoRAEngine = "batched"  # batched: many sequences' adapters at once; peft: the one-sequence reference
     max_batch: int = 16  # test sequences per actor call, trained together by the batched engine
@@ -73,7 +84,7 @@ class LMScaling:
         return [LMScalingTrialConfig(
             model=str(Path(m).resolve()) if Path(m).exists() else m, train=str(Path(train).resolve()),
             test=str(Path(test).resolve()), fraction=self.fraction, seed=self.seed, embedder=self.embedder,
-            index_kind=self.index_kind, unit_chars=self.unit_chars, ttt=self.ttt, engine=self.engine,
+            retrieval_metric=self.retrieval_metric, index_kind=self.index_kind, ttt=self.ttt, engine=self.engine,
             max_batch=self.max_batch, device=self.device, actors=self.ray.actors, gpus_per_actor=gpus,
             cache_dir=str(Path(self.out_dir, "index").resolve())) for m in models]
 
@@ -93,15 +104,29 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     gpus = max(t.resolved_gpus_per_actor() for t in trials)  # each trial's actors reserve the largest model's share
     rows = run_study(cfg, trials, name="lm_scaling", out_dir=cfg.out_dir, metric="ttt_bits_per_byte",
                      ray_options=dataclasses.replace(cfg.ray, gpus_per_actor=gpus))
+    weighted = pile_weighted_summary(rows)  # None unless every test sequence carries a Pile subset
+    shown, ylabel = ((PILE_WEIGHTED, "Bits per byte, Pile-weighted (tttlm)") if weighted is not None else
+                     ("bits_per_byte", "Bits per byte, mean over test sequences"))
     outputs = finish_study(
-        rows, cfg.out_dir, by=["model_size", "method", "metric"],
-        figure={"metric": "bits_per_byte", "x": "model_size", "xlabel": "Number of parameters",
-                "ylabel": "Bits per byte", "title": "LM model scaling (S3)"},
+        rows, cfg.out_dir, by=["model_size", "method", "metric"], extra_summary=weighted,
+        figure={"metric": shown, "x": "model_size", "xlabel": "Number of parameters", "ylabel": ylabel,
+                "title": "LM model scaling (S3)"},
     )
-    data = f"{rows['dataset'][0]}: {rows.filter(pl.col('method') == 'ttt').height} test sequences per model"
-    outputs.print_report(f"data: {data}; {cfg.ttt.num_neighbours} neighbours, LoRA rank {cfg.ttt.rank}",
-                         index="model_size", metric="bits_per_byte", percent=False,
-                         paper="paper (Fig 4 right, the Pile): TTT below global at every size, the gap shrinking")
+    ttt = rows.filter((pl.col("method") == "ttt") & (pl.col("metric") == "bits_per_byte"))
+    data = f"{rows['dataset'][0]}: {ttt.height // ttt['model_size'].n_unique()} test sequences per model"
+    lora = ", ".join(f"{h['lora_share']:.2%}" for h in (json.loads(ttt.filter(pl.col("model_size") == m)["hparams"][0])
+                                                         for m in sorted(set(ttt["model_size"]))))
+    outputs.print_report(f"data: {data}; {cfg.ttt.num_neighbours} neighbours, LoRA rank {cfg.ttt.rank} on "
+                         f"{', '.join(cfg.ttt.target_modules)} ({lora} of the parameters)",
+                         index="model_size", metric="bits_per_byte", percent=False)
+    if weighted is not None:
+        covered = ", ".join(f"{c:.0%}" for c in weighted["weight_covered"].unique(maintain_order=True))
+        print(format_table(outputs.table, "model_size", PILE_WEIGHTED, percent=False)
+              + f"\n(tttlm's Pile weights; subsets in the sample cover {covered} of the weight)")
+    else:
+        print(f"no Pile-weighted total: {why_not_pile_weighted(rows)}")
+    print(f"figure: {ylabel.lower()}\n"
+          "paper (Fig 4 right, the Pile): TTT below global at every size, the gap shrinking")
     return outputs.table
 
 

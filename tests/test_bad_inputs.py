@@ -179,11 +179,21 @@ def _topical(n: int) -> list[str]:
 
 
 def _model_folder(tmp: Path) -> str:
-    """A folder that passes the cheap model check (config.json); nothing may load it before the refusal."""
+    """A folder with a tiny Qwen2's config.json only (no weights): it passes the model checks (the LoRA targets are
+    checked against its config), and nothing may load it before the refusal."""
+    from transformers import Qwen2Config
+
     folder = tmp / "model"
     folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text("{}")
+    Qwen2Config(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                intermediate_size=32).to_json_file(str(folder / "config.json"))
     return str(folder)
+
+
+def _empty_folder(tmp: Path) -> Path:
+    folder = tmp / "encoder"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def _s3_config(tmp: Path, train: list[str | None], test: list[str | None]):
@@ -219,7 +229,8 @@ def _s3_blank_test_text_skipped(tmp: Path) -> None:
         seen.append([p for p, _ in points])
         n = len(points)
         return {"point_id": np.array([p for p, _ in points]), "bpb_global": np.full(n, 2.0),
-                "bpb_ttt": np.full(n, 1.5), "n_params": np.full(n, 1000), "device": np.array(["cpu"] * n)}
+                "bpb_ttt": np.full(n, 1.5), "n_params": np.full(n, 1000), "lora_params": np.full(n, 10),
+                "n_bytes": np.full(n, 12), "device": np.array(["cpu"] * n)}
 
     index = types.SimpleNamespace(info={"train_skipped_lines": 0, "train_blank_texts": 0}, embedder="fake")
     with pytest.MonkeyPatch.context() as mp:
@@ -228,7 +239,7 @@ def _s3_blank_test_text_skipped(tmp: Path) -> None:
         rows = lm.lm_scaling_trial(cfg)
     assert seen == [[0, 1, 2]]  # three usable texts; the blank one (line 3) never reaches the engine
     data = rows["hparams"].map_elements(lambda h: json.loads(h)["data"]["test_blank_texts"], return_dtype=pl.Int64)
-    assert set(data) == {1} and rows.height == 6
+    assert set(data) == {1} and rows.height == 12  # 3 sequences x {global, ttt} x {bits_per_byte, utf8_bytes}
 
 
 def _demo(tmp: Path, *args: str) -> object:
@@ -405,6 +416,21 @@ CASES = [
     Case("s3-uncached-hub-model-offline",
          lambda t: _offline(lambda: _s3_study(t, "--models", "nobody-xyz/no-such-model")), ConfigError,
          r"model \(--models\) = 'nobody-xyz/no-such-model' cannot load: HF_HUB_OFFLINE is set"),
+    Case("s3-unknown-lora-target", lambda t: _s3_study(t, "--target-modules", "q_prj", "v_proj"), ConfigError,
+         r"LMTTTConfig\.target_modules \(--target-modules\) = \('q_prj', 'v_proj'\) for '0\.5B': the model has no "
+         r"linear layer named 'q_prj' \(did you mean 'q_proj'\?\)"),
+    Case("s3-lora-target-not-in-model-folder",
+         lambda t: _s3_study(t, "--models", _model_folder(t), "--target-modules", "c_attn"), ConfigError,
+         r"LMTTTConfig\.target_modules .*\('c_attn',\) for .*model': the model has no linear layer named 'c_attn'; "
+         r"its linear layers are down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj"),
+    Case("s3-embedder-missing-folder", lambda t: _s3_study(t, "--embedder", str(t / "no_such_encoder")), ConfigError,
+         r"LMScalingTrialConfig\.embedder \(--embedder\) = '.*no_such_encoder' cannot load: no folder"),
+    Case("s3-embedder-folder-without-config", lambda t: _s3_study(t, "--embedder", str(_empty_folder(t))),
+         ConfigError, r"LMScalingTrialConfig\.embedder \(--embedder\) = '.*encoder' cannot load: the folder .* "
+         r"holds no config\.json"),
+    Case("s3-uncached-hub-embedder-offline",
+         lambda t: _offline(lambda: _s3_study(t, "--embedder", "nobody-xyz/no-such-encoder")), ConfigError,
+         r"embedder \(--embedder\) = 'nobody-xyz/no-such-encoder' cannot load: HF_HUB_OFFLINE is set"),
     Case("s3-empty-test-corpus", lambda t: _s3_config(t, _topical(4), TRAIN_ONLY_BLANK).check_inputs(), ConfigError,
          r"LMScalingTrialConfig\.test \(--test\) .*test\.jsonl: no usable text \(skipped 1 corrupt line \(line 3\) "
          r"and 2 blank texts \(lines 1, 2\)\)"),

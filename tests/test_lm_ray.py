@@ -53,12 +53,13 @@ def test_sharded_ttt_on_two_nodes_matches_local_engine(cluster, tmp_path):
     from harness.retrieval.text_index import Retrieval
     from harness.ttt.lora import prepare_sequences
     from harness.ttt.lora_batched import BatchedLoRATTT
-    from harness.ttt.lora_config import LMTTTConfig
+    from harness.ttt.lora_config import QWEN_LORA_TARGETS, LMTTTConfig
 
     assert sum(1 for n in ray.nodes() if n["Alive"]) == 2
     model_dir, embedder, index, test_texts = _tiny_setup(tmp_path)
     points = [(100 + i, t) for i, t in enumerate(test_texts)]
-    cfg = LMTTTConfig(num_neighbours=3, max_tokens=64, max_query_tokens=32, rank=4, lr=1e-2)
+    cfg = LMTTTConfig(num_neighbours=3, max_tokens=64, max_query_tokens=32, rank=4, lr=1e-2,
+                      target_modules=QWEN_LORA_TARGETS)  # the tiny model learns visibly with all seven
     spec = LMActorSpec(model=model_dir, engine="batched", max_batch=2, device="cpu", dtype="float32",
                        device_map=None, embedder=None)
     cols = evaluate_lm_sharded(points, spec, cfg, index, ShardingConfig(actors=2, batch_size=2))
@@ -82,22 +83,40 @@ def _smoke_config(tmp_path, **overrides):
 
 
 def test_lm_scaling_trial_rows_on_smoke_inputs(cluster, tmp_path):
-    """The S3 trial on generated topical text and a tiny random Qwen2: index built on the actors and cached,
-    one global and one ttt row per test sequence, TTT below global (see the comment at the assertion)."""
+    """The S3 trial on generated topical text and a tiny random Qwen2: index built on the actors and cached over
+    the whole training documents (verbatim, line breaks included), bits per byte and evaluated bytes per test
+    sequence and method, the LoRA share as counted, TTT below global (see the comment at the assertion)."""
+    import json
+
     import polars as pl
 
+    from harness.data.text import read_corpus
+    from harness.models.lm import load_tokenizer
     from harness.results.schema import RESULT_SCHEMA, config_hash
-    from harness.trials.lm import lm_scaling_trial
+    from harness.retrieval.text_index import TextIndex
+    from harness.trials.lm import lm_scaling_trial, lora_share, sample_points
+    from harness.ttt.lora import split_sequence
 
     cfg = _smoke_config(tmp_path)
     rows = lm_scaling_trial(cfg)
     assert dict(rows.schema) == RESULT_SCHEMA
-    assert rows.height == 2 * 12  # 12 test sequences x {global, ttt}
+    assert rows.height == 4 * 12  # 12 test sequences x {global, ttt} x {bits_per_byte, utf8_bytes}
     for method in ("global", "ttt"):
-        part = rows.filter(pl.col("method") == method)
-        assert sorted(part["point_id"].to_list()) == list(range(12))
+        for metric in ("bits_per_byte", "utf8_bytes"):
+            part = rows.filter((pl.col("method") == method) & (pl.col("metric") == metric))
+            assert sorted(part["point_id"].to_list()) == list(range(12))
+    tok = load_tokenizer(cfg.model)
+    eval_bytes = {pid: len(split_sequence(tok, pid, text, cfg.ttt)[1].encode())
+                  for pid, text in sample_points(read_corpus(cfg.test), 1.0, 0)}
+    got = rows.filter((pl.col("metric") == "utf8_bytes") & (pl.col("method") == "ttt")).sort("point_id")
+    assert got["value"].to_list() == [eval_bytes[i] for i in range(12)]  # the evaluated part only, not the query
+    assert rows["subset"].null_count() == rows.height  # generated text: no Pile subsets
+    hp = json.loads(rows.filter(pl.col("method") == "ttt")["hparams"][0])
+    lora_params, n_params = lora_share(cfg.model, cfg.ttt.target_modules, cfg.ttt.rank)  # from the config alone
+    assert hp["lora_params"] == lora_params and hp["lora_share"] == pytest.approx(lora_params / n_params)
     assert set(rows["study"]) == {"lm_scaling"} and set(rows["dataset"]) == {"topical"}
-    assert set(rows["metric"]) == {"bits_per_byte"} and set(rows["device"]) == {"cpu"}
+    assert set(rows["metric"]) == {"bits_per_byte", "utf8_bytes"} and set(rows["device"]) == {"cpu"}
+    rows = rows.filter(pl.col("metric") == "bits_per_byte")
     assert rows["config_hash"].unique().to_list() == [config_hash(cfg)]
     assert rows.filter(pl.col("method") == "global")["k"].null_count() == 12
     assert set(rows.filter(pl.col("method") == "ttt")["k"]) == {cfg.ttt.num_neighbours}
@@ -114,6 +133,8 @@ def test_lm_scaling_trial_rows_on_smoke_inputs(cluster, tmp_path):
     assert (gap > 0).all() and gap.mean() > 0.03, wide
     (index_dir,) = (tmp_path / "cache").iterdir()
     assert (index_dir / "index.faiss").exists() and index_dir.name.startswith("text-index-")
+    train = read_corpus(cfg.train).texts
+    assert TextIndex.load(index_dir).texts == train and all("\n" in t for t in train)  # whole documents, verbatim
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temp folder left
 
 
@@ -182,7 +203,7 @@ def test_lm_scaling_config_names_bad_fields(tmp_path):
         ("index_kind", "lsh", r"index_kind = 'lsh' must be one of \('auto', 'flat', 'ivfpq', 'hnsw'\)"),
         ("engine", "loop", r"LMScalingTrialConfig.engine = 'loop' must be one of \('batched', 'peft'\)"),
         ("device", "tpu", r"LMScalingTrialConfig.device = 'tpu' must be one of \('cpu', 'cuda'\)"),
-        ("unit_chars", 0, "LMScalingTrialConfig.unit_chars = 0 must be >= 1"),
+        ("retrieval_metric", "dot", r"retrieval_metric = 'dot' must be one of \('cosine', 'l2'\)"),
         ("max_batch", 0, "LMScalingTrialConfig.max_batch = 0 must be >= 1"),
         ("actors", 0, "LMScalingTrialConfig.actors = 0 must be >= 1"),
         ("gpus_per_actor", 1.0, "LMScalingTrialConfig.gpus_per_actor = 1.0 must be 0 or None on 'cpu'"),
@@ -203,8 +224,11 @@ def test_lm_scaling_config_names_bad_fields(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")  # a model folder holds config.json (checked at construction)
-    local = LMScalingTrialConfig(**{**base, "model": str(folder)}, embedder=str(tmp_path / "enc"))
-    assert local.input_files() == ("train.jsonl", "test.jsonl", str(folder), str(tmp_path / "enc"))
+    encoder = tmp_path / "enc"
+    encoder.mkdir()
+    (encoder / "config.json").write_text("{}")  # so does an encoder folder
+    local = LMScalingTrialConfig(**{**base, "model": str(folder)}, embedder=str(encoder))
+    assert local.input_files() == ("train.jsonl", "test.jsonl", str(folder), str(encoder))
 
 
 @pytest.mark.slow
@@ -226,6 +250,6 @@ def test_model_sizes_as_ray_tune_trials_share_one_cached_index(cluster, tmp_path
                         max_concurrent=2, verbose=0)
     rows = run_trials(trials, sweep).rows
     sizes = rows.group_by("model_size").agg(pl.len(), (pl.col("method") == "ttt").sum().alias("ttt"))
-    assert sizes.height == 2 and sizes["len"].to_list() == [24, 24] and sizes["ttt"].to_list() == [12, 12]
+    assert sizes.height == 2 and sizes["len"].to_list() == [48, 48] and sizes["ttt"].to_list() == [24, 24]
     cached = list((tmp_path / "cache").iterdir())
     assert len(cached) == 1 and cached[0].name.startswith("text-index-")  # no temp folder of the losing writer

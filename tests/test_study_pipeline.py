@@ -84,14 +84,19 @@ def test_embedding_study_resumes_and_recomputes_after_an_input_file_is_edited(tm
     assert ttt["mean"].min() > 0.8  # trained on flipped labels, as the edited file says
 
 
-def test_s3_runs_on_the_pipeline_and_resumes(tmp_path):
+def test_s3_runs_on_the_pipeline_and_resumes(tmp_path, capsys):
     import studies.lm_scaling as study
 
     out = tmp_path / "s3"
     args = ["--smoke-test", "--num-neighbours", "2", "--out-dir", str(out)]
     first = study.main(args)
+    printed = capsys.readouterr().out
+    assert "LoRA rank 4 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj trains" in printed
+    assert "no Pile-weighted total: 24 of 24 rows have no Pile subset" in printed
+    assert "figure: bits per byte, mean over test sequences" in printed  # what the figure shows
     points = pl.read_parquet(out / "points.parquet")
-    assert set(points["study"]) == {"lm_scaling"} and set(points["metric"]) == {"bits_per_byte"}
+    assert set(points["study"]) == {"lm_scaling"} and set(points["metric"]) == {"bits_per_byte", "utf8_bytes"}
+    points = points.filter(pl.col("metric") == "bits_per_byte")
     assert points.group_by("method").len().sort("method")["len"].to_list() == [12, 12]  # every sequence once
     assert np.isfinite(points["value"].to_numpy()).all()
     assert set(first["method"]) == {"global", "ttt"} and (out / "summary.parquet").exists()

@@ -1,5 +1,6 @@
-"""Text corpora: Pile-format JSONL (optionally .zst), plain text, HF `datasets` saved to disk; retrieval
-units; a generated topical corpus for tests and smoke runs.
+"""Text corpora: Pile-format JSONL (optionally .zst), plain text, HF `datasets` saved to disk; a generated
+topical corpus for tests and smoke runs. Texts are kept as they are, newlines and indentation included (code
+and LaTeX depend on them); S3 retrieves whole documents and the TTT engine cuts them into token chunks.
 
 A Pile line is `{"text": "...", "meta": {"pile_set_name": "..."}}`. Readers return a `Corpus`:
 the texts, their subset names, and the lines that were skipped (their line numbers): corrupt lines, and
@@ -18,6 +19,7 @@ import io
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -146,12 +148,15 @@ def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_fiel
 
 
 def read_text_file(path: str | os.PathLike, doc_chars: int = 2000) -> Corpus:
-    """A plain-text file (e.g. Debian's bible-kjv) as documents: blank-line paragraphs packed to <= doc_chars."""
+    """A plain-text file (e.g. Debian's bible-kjv) as documents: its paragraphs (split at blank lines, each kept
+    as written, line breaks included) packed in order into documents of <= doc_chars characters, joined by a
+    blank line; a longer paragraph is a document of its own."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"corpus file {p} does not exist")
-    paragraphs = [" ".join(par.split()) for par in p.read_text(encoding="utf-8", errors="replace").split("\n\n")]
-    docs = _pack(filter(None, paragraphs), doc_chars)
+    text = p.read_text(encoding="utf-8", errors="replace")
+    paragraphs = [par.strip("\n").rstrip() for par in re.split(r"\n[ \t]*\n", text)]
+    docs = _pack((par for par in paragraphs if par.strip()), doc_chars, sep="\n\n")
     return Corpus(docs, [""] * len(docs), [], source=str(p))
 
 
@@ -211,28 +216,16 @@ def corpus_name(path: str | os.PathLike, corpus: Corpus) -> str:
     return p.resolve().parent.name if stem in ("train", "test", "val", "validation") else stem
 
 
-def chunk_document(text: str, max_chars: int) -> list[str]:
-    """Split a document into retrieval units of at most `max_chars` characters at whitespace.
-
-    A word longer than max_chars becomes a unit of its own (cut at max_chars). Empty text -> [].
-    Units concatenated with single spaces reproduce the text's words in order.
-    """
-    if max_chars < 1:
-        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
-    pieces = (word[i : i + max_chars] for word in text.split() for i in range(0, len(word), max_chars))
-    return _pack(pieces, max_chars)
-
-
-def _pack(pieces: Iterable[str], limit: int) -> list[str]:
-    """Greedily join pieces with single spaces into strings of at most `limit` characters (a piece
+def _pack(pieces: Iterable[str], limit: int, sep: str = " ") -> list[str]:
+    """Greedily join pieces with `sep` into strings of at most `limit` characters (a piece
     longer than `limit` stands alone), in order."""
     out, current = [], ""
     for piece in pieces:
-        if current and len(current) + 1 + len(piece) > limit:
+        if current and len(current) + len(sep) + len(piece) > limit:
             out.append(current)
             current = piece
         else:
-            current = f"{current} {piece}" if current else piece
+            current = f"{current}{sep}{piece}" if current else piece
     if current:
         out.append(current)
     return out

@@ -11,6 +11,7 @@ it is. Used by the batched multi-LoRA TTT engine (harness.ttt.lora_batched).
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Sequence
 
@@ -46,7 +47,8 @@ class StackedLoRALinear(nn.Module):
         if r.prefix is not None:
             a, b = self.A[:r.prefix], self.B[:r.prefix]  # (N, r, d_in), (N, d_out, r)
         else:
-            a, b = self.A[r.index], self.B[r.index]
+            idx = r.index if r.index.device == self.A.device else r.index.to(self.A.device)  # layers on 2 GPUs
+            a, b = self.A[idx], self.B[idx]
         lead = x.shape[:-1]
         x3 = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, d_in)
         h = torch.bmm(x3, a.to(x.dtype).transpose(1, 2))  # (N, T, r)
@@ -68,17 +70,35 @@ def kaiming_adapter_init(shapes: dict[str, tuple[int, int]], rank: int, seed: in
     return out
 
 
+def lora_targets(model: nn.Module, target_modules: Sequence[str]) -> dict[str, nn.Linear]:
+    """Module name -> nn.Linear for every linear layer whose last name part is in `target_modules` (peft's rule
+    for a list of names). ValueError naming each target that matches no linear layer (and the closest name)."""
+    linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    leaf_names = sorted({name.rsplit(".", 1)[-1] for name in linear})
+    unknown = [t for t in target_modules if t not in leaf_names]
+    if unknown:
+        hints = []
+        for t in unknown:
+            close = difflib.get_close_matches(t, leaf_names, n=1)
+            hints.append(f"{t!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"the model has no linear layer named {', '.join(hints)}; its linear layers are "
+                         f"{', '.join(leaf_names)}")
+    return {name: m for name, m in linear.items() if name.rsplit(".", 1)[-1] in target_modules}
+
+
+def lora_parameter_count(model: nn.Module, target_modules: Sequence[str], rank: int) -> int:
+    """Trainable parameters of one LoRA adapter of rank r on the target layers: sum of r * (d_in + d_out).
+    Works on a meta-device skeleton (harness.models.lm.model_skeleton): only shapes are read."""
+    return sum(rank * (lin.in_features + lin.out_features) for lin in lora_targets(model, target_modules).values())
+
+
 def attach_stacked_lora(model: nn.Module, target_modules: Sequence[str], n: int, rank: int, scale: float
                         ) -> tuple[AdapterRouter, dict[str, StackedLoRALinear]]:
     """Replace every nn.Linear whose name ends in one of `target_modules` by a StackedLoRALinear of n
     adapters (in place). -> (the shared router, module name -> layer)."""
     router = AdapterRouter()
-    targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules]
-    if not targets:
-        raise ValueError(f"no nn.Linear named one of {tuple(target_modules)} in the model")
     layers = {}
-    for name, lin in targets:
+    for name, lin in lora_targets(model, target_modules).items():
         parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
         layers[name] = StackedLoRALinear(lin, n, rank, scale, router)
         setattr(parent, name.rsplit(".", 1)[-1], layers[name])

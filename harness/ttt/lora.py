@@ -133,6 +133,7 @@ class PeftLoRATTT:
         self.model.eval()  # no dropout anywhere; training mode changes nothing else here
         self.device = next(self.model.parameters()).device
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.adapter_parameters = sum(p.numel() for p in self.trainable)  # what TTT trains per test sequence
         self._init = [p.detach().clone() for p in self.trainable]
 
     def initial_adapter(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -16,7 +16,9 @@ peft loop (harness.ttt.lora.PeftLoRATTT) is tested in fp32 and fp64.
 
 The LM head's logits are never stored for backward: the loss (harness.ttt.lm_loss) forms their
 gradient chunk by chunk. Master adapter weights and Adam state stay fp32; the forward runs in the model's
-dtype (bf16 on GPU).
+dtype (bf16 on GPU). A model spread over several GPUs (device_map="auto": layers on cuda:0, cuda:1, ...)
+works as it is: each adapter stack lives beside its layer, and the per-adapter vectors (clip factors, masks,
+step sizes) are formed on the first layer's device and copied to each stack's.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class BatchedLoRATTT:
         self._init = {n: (init[n][0].to(layer.A.device, layer.A.dtype), init[n][1].to(layer.B.device, layer.B.dtype))
                       for n, layer in self.layers.items()}
         self.params = [p for layer in self.layers.values() for p in (layer.A, layer.B)]
+        self.adapter_parameters = sum(p[0].numel() for p in self.params)  # one test sequence's adapter
         self._m = [torch.zeros_like(p) for p in self.params]  # Adam first moments, (n, ...) each
         self._v = [torch.zeros_like(p) for p in self.params]
         self._step_count = [0] * max_batch  # Adam step count per adapter
@@ -118,7 +121,8 @@ class BatchedLoRATTT:
             p.grad = None
 
     def _hidden(self, rows: Sequence[Row], adapters: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states (N, T, d) and labels (N, T); row i uses adapter adapters[i] (None: off)."""
+        """Final hidden states (N, T, d) and labels (N, T) on the last layer's device; row i uses adapter
+        adapters[i] (None: off)."""
         inp, lab = pad_rows(list(rows), self.pad_id)
         inp, lab = inp.to(self.device), lab.to(self.device)
         if adapters is None:
@@ -127,7 +131,8 @@ class BatchedLoRATTT:
             self.router.index = torch.tensor(adapters, device=self.device)
             self.router.prefix = len(adapters) if adapters == list(range(len(adapters))) else None
         try:
-            return self.decoder(input_ids=inp, use_cache=False).last_hidden_state, lab
+            hidden = self.decoder(input_ids=inp, use_cache=False).last_hidden_state
+            return hidden, lab.to(hidden.device)
         finally:
             self.router.index, self.router.prefix = None, None
 
@@ -158,10 +163,10 @@ class BatchedLoRATTT:
             self._fused_adam_step(active, grads)
             return
         if cfg.grad_clip is not None:  # per-adapter total norm, as clip_grad_norm_ on one adapter alone
-            sq = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0)  # (n,)
+            sq = torch.stack([g.pow(2).flatten(1).sum(1).to(self.device) for g in grads]).sum(0)  # (n,)
             coef = (cfg.grad_clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
             for g in grads:
-                g.mul_(coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.dtype))
+                g.mul_(coef.view((-1,) + (1,) * (g.dim() - 1)).to(g.device, g.dtype))
         steps = {self._step_count[b] for b in active}
         idle_fresh = all(self._step_count[b] == 0 for b in range(self.max_batch) if b not in set(active))
         for b in active:
@@ -185,10 +190,11 @@ class BatchedLoRATTT:
             bc2_sqrt = (1 - b2 ** t).sqrt()
             for p, g, m, v in zip(self.params, grads, self._m, self._v, strict=True):
                 shape = (-1,) + (1,) * (p.dim() - 1)
-                keep = mask.view(shape)
+                keep = mask.view(shape).to(p.device)
                 m.copy_(torch.where(keep, m * b1 + g * (1 - b1), m))
                 v.copy_(torch.where(keep, v * b2 + g * g * (1 - b2), v))
-                update = step_size.view(shape) * m / (v.sqrt() / bc2_sqrt.view(shape) + cfg.adam_eps)
+                size, bc2 = step_size.view(shape).to(p.device), bc2_sqrt.view(shape).to(p.device)
+                update = size * m / (v.sqrt() / bc2 + cfg.adam_eps)
                 p.sub_(torch.where(keep, update, torch.zeros_like(update)).to(p.dtype))
         for p in self.params:
             p.grad = None
@@ -200,7 +206,7 @@ class BatchedLoRATTT:
         dtype = self.params[0].dtype
         if cfg.grad_clip is not None:
             sq_fn = self._fn("sq")
-            sq = torch.stack([sq_fn(g) for g in grads]).sum(0)  # (n,)
+            sq = torch.stack([sq_fn(g).to(self.device) for g in grads]).sum(0)  # (n,)
             coef = (cfg.grad_clip / (sq.sqrt() + 1e-6)).clamp(max=1.0).to(dtype)
         else:
             coef = torch.ones(self.max_batch, dtype=dtype, device=self.device)
@@ -214,7 +220,8 @@ class BatchedLoRATTT:
         keep, step_size, bc2_sqrt = (x.to(self.device, non_blocking=True) for x in (keep, step_size, bc2_sqrt))
         adam = self._fn("adam")
         for p, g, m, v in zip(self.params, grads, self._m, self._v, strict=True):
-            adam(p, g, m, v, coef, keep, step_size, bc2_sqrt, b1, b2, cfg.adam_eps)
+            per = [x if x.device == p.device else x.to(p.device) for x in (coef, keep, step_size, bc2_sqrt)]
+            adam(p, g, m, v, *per, b1, b2, cfg.adam_eps)
         for p in self.params:
             p.grad = None
 
@@ -225,9 +232,9 @@ class BatchedLoRATTT:
         for j in range(n_steps):
             active = [b for b, s in enumerate(group) if j < len(s.train_rows)]
             rows = [group[b].train_rows[j] for b in active]
-            counts = torch.tensor([sum(1 for y in lab if y != IGNORE) for _, lab in rows],
-                                  dtype=torch.float32, device=self.device)
             hidden, lab = self._hidden(rows, active)  # (N, T, d)
+            counts = torch.tensor([sum(1 for y in lab if y != IGNORE) for _, lab in rows],
+                                  dtype=torch.float32, device=hidden.device)
             loss = weighted_token_loss(hidden, self.head.weight, lab, 1.0 / counts, self.chunk_tokens,
                                        self._fn("ce") if self.fuse_loss else None)
             loss.backward()  # sum of per-row mean NLLs: each adapter gets the grad of its own mean

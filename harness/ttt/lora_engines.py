@@ -19,6 +19,8 @@ LoRAEngine = Literal["batched", "peft"]  # the names in LORA_TTT_ENGINES (a test
 class LoRATTTEngine(Protocol):
     """What a LoRA TTT engine provides: results for prepared sequences, in input order."""
 
+    adapter_parameters: int  # trainable parameters of one test sequence's adapter
+
     def run(self, seqs: Sequence[PreparedSequence]) -> list[SequenceResult]: ...
 
 

@@ -1,0 +1,22 @@
+"""Timing helpers shared by the Ray benchmarks (benchmarks/ray_scaling.py, benchmarks/lm_ray_scaling.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def steady_rate(out: dict[str, np.ndarray]) -> float:
+    """Points/s while every actor is past its first (warm-up) batch and none has finished:
+    window [max first-batch end, min last-batch end]; a batch counts by its overlap with the window."""
+    rows = list(zip(out["pid"], out["t_start"], out["t_end"], strict=True))  # one per point
+    batches = sorted({(int(p), s, e) for p, s, e in rows}, key=lambda b: b[1])
+    sizes: dict[tuple[int, float, float], int] = {}
+    for p, s, e in rows:
+        sizes[(int(p), s, e)] = sizes.get((int(p), s, e), 0) + 1
+    pids = {b[0] for b in batches}
+    t0 = max(min(e for p, _, e in batches if p == pid) for pid in pids)
+    t1 = min(max(e for p, _, e in batches if p == pid) for pid in pids)
+    if t1 <= t0:
+        raise ValueError("too few batches per actor for a steady window; use more --points or a smaller --batch-size")
+    done = sum(sizes[b] * max(0.0, min(b[2], t1) - max(b[1], t0)) / (b[2] - b[1]) for b in batches)
+    return done / (t1 - t0)
