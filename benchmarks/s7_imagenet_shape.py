@@ -1,0 +1,87 @@
+"""S7 (Table 2's ImageNet row) end to end at ImageNet's shape, timed: synthetic CLIP-like embeddings of the
+real sizes written as embedding files, then `studies/local_vs_global.py --embeddings` on them through Ray.
+
+    python benchmarks/s7_imagenet_shape.py -- --paper --device cuda --retriever torch     # one GPU
+    python benchmarks/s7_imagenet_shape.py --train 20000 --test 2000 --classes 100 -- --epochs 2 --test-points 500
+
+The embeddings are class-clustered unit vectors (a class mean plus noise, L2-normalised, like CLIP's): 1.28M
+x 512 training and 50k test by default, 1000 classes; the study holds out 50k of train as validation
+(§E.6). Values are synthetic, so accuracies say nothing about ImageNet: this measures time. Everything
+after `--` goes to the study. Prints the data generation time, Ray start, the study's wall time and its
+per-trial phases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np
+import polars as pl
+
+from harness.distributed.runtime import init_ray
+from studies import local_vs_global
+
+
+def write_embeddings(folder: Path, train: int, test: int, classes: int, dim: int, noise: float,
+                     seed: int = 0) -> tuple[Path, Path]:
+    """`train.npy` / `test.npy` (float32, unit rows) with `<stem>.labels.npy` beside them, written in blocks."""
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((classes, dim)).astype(np.float32)
+    paths = []
+    for name, n in (("train", train), ("test", test)):
+        labels = np.arange(n) % classes
+        rng.shuffle(labels)
+        x = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+        for s in range(0, n, 65536):
+            block = means[labels[s : s + 65536]] + noise * rng.standard_normal((min(65536, n - s), dim),
+                                                                                 dtype=np.float32)
+            x[s : s + 65536] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        x.flush()
+        del x
+        np.save(folder / f"{name}.labels.npy", labels.astype(np.int64))
+        paths.append(folder / f"{name}.npy")
+    return paths[0], paths[1]
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    study_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", type=int, default=1_281_167, help="training embeddings (ImageNet: 1,281,167)")
+    p.add_argument("--test", type=int, default=50_000, help="test embeddings (ImageNet's validation set)")
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--noise", type=float, default=1.5, help="noise std around the class means (before normalising)")
+    p.add_argument("--folder", default=None, help="where to write the files (default: a temporary folder)")
+    args = p.parse_args(own)
+    folder = Path(args.folder or tempfile.mkdtemp(prefix="s7_imagenet_shape_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    train, test = write_embeddings(folder, args.train, args.test, args.classes, args.dim, args.noise)
+    generate = time.perf_counter() - start
+    holdout = min(50_000, args.train // 10)
+    study_args = ["--embeddings", str(train), str(test), "--holdout", str(holdout), *study_args]
+    cfg = local_vs_global.parse(study_args)
+    start = time.perf_counter()
+    init_ray(cfg.ray.address)
+    ray_start = time.perf_counter() - start
+    start = time.perf_counter()
+    local_vs_global.main(study_args)
+    wall = time.perf_counter() - start
+    points = pl.read_parquet(Path(cfg.out_dir) / "points.parquet")
+    n = points.filter((pl.col("method") == "ttt") & (pl.col("metric") == "accuracy")).height
+    print(f"\n{args.train} x {args.dim} training / {args.test} test embeddings, {args.classes} classes "
+          f"(synthetic; hold-out {holdout}): written in {generate:.1f} s")
+    print(f"Ray start {ray_start:.1f} s; study wall time {wall:.1f} s for {n} test points "
+          f"({n / wall:.0f} points/s end to end, linear-head training and retrieval included)")
+
+
+if __name__ == "__main__":
+    main()
