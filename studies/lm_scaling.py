@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
                      ray_options=dataclasses.replace(cfg.ray, gpus_per_actor=gpus))
     outputs = finish_study(
         rows, cfg.out_dir, by=["model_size", "method", "metric"],
+        stand_in="generated topical text, a tiny random Qwen2 (for the Pile, Qwen2.5)" if cfg.smoke_inputs else None,
         figure={"metric": "bits_per_byte", "x": "model_size", "xlabel": "Number of parameters",
                 "ylabel": "Bits per byte", "title": "LM model scaling (S3)"},
     )
