@@ -191,7 +191,7 @@ def bar_chart(view: StudyView, tables: Sequence[tuple[str, pl.DataFrame]], metri
                 error_y={"type": "data", "array": [(r["se"] or 0.0) * scale(r["metric"]) for r in rows]},
                 customdata=[f"{fmt(r['mean'], r['metric'])} ± {fmt(r['se'], r['metric'])} (paper)" for r in rows],
                 hovertemplate=HOVER))
-    fig.update_layout(barmode="group")
+    fig.update_layout(barmode="group", bargap=0.35)
     ylabel = metric_label(metrics[0]) if len(metrics) == 1 else ("Percent" if is_percent(metrics[0]) else "Value")
     return _layout(fig, f"{ylabel}: this run beside the paper ({view.source})" if view.source else ylabel, "",
                    ylabel, False, False, has_x=False)
@@ -226,6 +226,7 @@ def difference_chart(view: StudyView, tables: Sequence[tuple[str, pl.DataFrame]]
                 fig.add_trace(go.Bar(x=[trace_name], y=ys, name=trace_name, error_y=err, customdata=custom,
                                      hovertemplate=HOVER))
     fig.add_hline(y=0, line={"color": "#555", "dash": "dot", "width": 1})
+    fig.update_layout(bargap=0.6)
     unit = " (percentage points)" if is_percent(metric) else ""
     return _layout(fig, f"{name} on the same test points: {metric_label(metric).replace(' (%)', '')}",
                    (view.xlabel or view.x or "") if has_x else "", f"{name}{unit}", view.logx, False, has_x=has_x)

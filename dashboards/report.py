@@ -210,8 +210,8 @@ def _paper_table(paper: pl.DataFrame, tables: list[tuple[str, pl.DataFrame]]) ->
         cells = []
         for _, t in tables:
             match = t.filter((pl.col("method") == p["method"]) & (pl.col("metric") == p["metric"]))
-            for k, v in coords.items():
-                if k in match.columns:
+            for k, v in coords.items():  # a coordinate our rows do not carry (all null) matches anything
+                if k in match.columns and match[k].null_count() < match.height:
                     match = match.filter(pl.col(k) == v)
             cells.append(_ci(match.row(0, named=True), p["metric"]) if match.height == 1 else "–")
         se = f" ± {fmt(p['se'], p['metric'])}" if p.get("se") is not None else ""
@@ -298,9 +298,13 @@ def study_section(study: str, runs: list[Run], charts: _Charts) -> tuple[str, di
     if paper is not None:
         tables_html.append(_paper_table(paper, ours_tables))
 
-    diffs = []
+    diffs, unpaired = [], []
     for label, r in zip(labels, runs, strict=True):
-        diff = paired_summary(r.points) if r.points is not None else pl.DataFrame()
+        try:
+            diff = paired_summary(r.points) if r.points is not None else pl.DataFrame()
+        except ValueError as e:  # rows that cannot be paired point by point: said, not guessed
+            diff = pl.DataFrame()
+            unpaired.append(f"<p class=warn>{_e(label)}: no paired TTT − global difference: {_e(e)}</p>")
         if not diff.is_empty():
             diffs.append((label, view.prepare(diff)))
         data["runs"].append({"label": label, "folder": str(r.folder), "config_hash": r.config_hash,
@@ -313,6 +317,7 @@ def study_section(study: str, runs: list[Run], charts: _Charts) -> tuple[str, di
             per_metric = [(lb, d) for lb, d in per_metric if not d.is_empty()]
             figs.append(charts.html(difference_chart(view, per_metric, m), "difference", study))
         tables_html.append(_difference_table(diffs, multi))
+    tables_html += unpaired
 
     for label, r in zip(labels, runs, strict=True):
         if r.best is not None:

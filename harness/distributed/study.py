@@ -239,13 +239,14 @@ def prepare_sweep(cfg: Any, *, name: str, out_dir: str, metric: str, mode: str =
     return sweep
 
 
-def record_sweep(cfg: Any, *, name: str, out_dir: str, started: float, trials: Sequence[Any],
+def record_sweep(cfg: Any, *, name: str, out_dir: str, started: float, rows: pl.DataFrame, trials: int,
                  reused: int | None, cluster: Mapping[str, Any], storage: str) -> None:
     """Add sweep `name` to `<out_dir>/run.json` (harness.results.run_record): the study's options and their
-    hash, the preset and options of its command line, when it ran, its trials and the cluster it ran on."""
+    hash, the preset and options of its command line, when it ran, its trials (and the config hashes their
+    `rows` carry) and the cluster it ran on."""
     from harness.cli import invocation
     from harness.results.run_record import merge_sweep, now_iso, read_run, study_config_hash, write_run
-    from harness.results.schema import config_hash, git_sha
+    from harness.results.schema import git_sha
 
     options = _json(study_options(cfg))
     ray_field = next((f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), RayOptions)), None)
@@ -253,8 +254,9 @@ def record_sweep(cfg: Any, *, name: str, out_dir: str, started: float, trials: S
     study = {"options": options, "config_hash": study_config_hash(options, ray_field), "git_sha": git_sha(),
              "preset": how.preset if how else None, "options_given": list(how.options) if how else None}
     sweep = {"started": now_iso(started), "ended": now_iso(),
-             "wall_time_s": round(time.time() - started, 3), "trials": len(trials), "reused": reused,
-             "config_hashes": [config_hash(t) for t in trials], "cluster": dict(cluster), "storage": storage}
+             "wall_time_s": round(time.time() - started, 3), "trials": trials, "reused": reused,
+             "config_hashes": sorted(rows["config_hash"].unique().drop_nulls().to_list()), "cluster": dict(cluster),
+             "storage": storage}
     try:
         previous = read_run(out_dir)
     except ValueError:  # an unreadable record is replaced by this one
@@ -298,6 +300,6 @@ def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metri
                             callbacks=opts.tune_callbacks(name))
         cluster = cluster_summary()
     reused = int(result.trials["reused"].fill_null(False).sum()) if "reused" in result.trials.columns else None
-    record_sweep(cfg, name=name, out_dir=out_dir, started=started, trials=trials, reused=reused, cluster=cluster,
-                 storage=sweep.experiment_path)
+    record_sweep(cfg, name=name, out_dir=out_dir, started=started, rows=result.rows, trials=len(trials),
+                 reused=reused, cluster=cluster, storage=sweep.experiment_path)
     return result.rows

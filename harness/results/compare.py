@@ -25,8 +25,8 @@ def paired_differences(rows: pl.DataFrame, method: str = "ttt", baseline: str = 
     """Per-point differences `method − baseline`: columns [coordinates..., metric, seed, point_id, value]
     (the method's coordinates; `value` the difference). Empty when either method has no rows.
 
-    Raises ValueError when the baseline scores a point twice under one key (rows of two runs mixed): the pairing
-    would be ambiguous."""
+    Raises ValueError when the baseline scores a point twice under one key with different values (rows of two
+    runs mixed): the pairing would be ambiguous."""
     a = rows.filter(pl.col("method") == method)
     b = rows.filter(pl.col("method") == baseline)
     if a.is_empty() or b.is_empty():
@@ -35,11 +35,13 @@ def paired_differences(rows: pl.DataFrame, method: str = "ttt", baseline: str = 
     shared = [c for c in coords if a[c].null_count() == 0 and b[c].null_count() == 0]
     own = [c for c in coords if c not in shared and a[c].null_count() == 0]
     keys = [*shared, "metric", "seed", "point_id"]
-    b = b.select(*keys, pl.col("value").alias("baseline"))
+    # the same baseline scored again with the same value (S5's trials each evaluate the one global head) is one row
+    b = b.select(*keys, pl.col("value").alias("baseline")).unique(maintain_order=True)
     dupes = b.group_by(keys).len().filter(pl.col("len") > 1)
     if dupes.height:
-        raise ValueError(f"{baseline!r} scores {dupes.height} point(s) more than once under {keys} (e.g. "
-                         f"{dupes.row(0, named=True)}): rows of several runs mixed; compare them one run at a time")
+        raise ValueError(f"{baseline!r} scores {dupes.height} point(s) more than once, with other values, under "
+                         f"{keys} (e.g. {dupes.row(0, named=True)}): rows of several runs mixed; compare them one run "
+                         "at a time")
     paired = a.select(*keys, *own, "value").join(b, on=keys, how="inner")
     return paired.select(*shared, *own, "metric", "seed", "point_id",
                          (pl.col("value") - pl.col("baseline")).alias("value"))
