@@ -224,7 +224,7 @@ def test_optuna_search_persists_in_sqlite_that_optuna_and_optuna_dashboard_read(
     wsgiref.util.setup_testing_defaults(environ)
     status = []
     body = b"".join(wsgi(url)(environ, lambda s, h, *a: status.append(s)))
-    listed = json.loads(body)["studies"]
+    listed = json.loads(body)["study_summaries"]
     assert status[0].startswith("200") and [s["study_name"] for s in listed] == ["search"]
 
     search_trials(SleepyTrial, space, sweep, num_samples=2, max_concurrent=1, seed=1)  # a new search, not --resume
