@@ -53,7 +53,8 @@ padding:10px 20px 18px}section h2{font-size:19px;margin:8px 0}section h2 small{f
 h3{font-size:15px;margin:18px 0 6px;color:#334}
 .runs{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #dfe3ea;border-radius:5px;padding:6px 12px;
 font-size:12.5px;background:#fcfcfd;min-width:320px;flex:1}.card h4{margin:2px 0 6px;font-size:13px}
-.card dl{display:grid;grid-template-columns:max-content 1fr max-content 1fr;gap:1px 12px;margin:0}.card dt{color:#667}.card dd{margin:0}
+.card dl{display:grid;grid-template-columns:max-content 1fr max-content 1fr;gap:1px 12px;margin:0}
+.card dt{color:#667}.card dd{margin:0}
 .warn{color:#a15c00;font-weight:600}.running{color:#0a7d32;font-weight:600}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:12px}
 .chart{border:1px solid #eceef2;border-radius:4px;min-height:460px;min-width:0;overflow:hidden}
