@@ -11,6 +11,7 @@ import polars as pl
 
 from dashboards.figures import plot_metric_vs
 from harness.results.paper import SOURCE_OURS, beside_paper, ours
+from harness.results.run_record import finished_record, read_run, write_run
 from harness.results.schema import summarise, write_parquet_atomic
 
 
@@ -20,6 +21,7 @@ class StudyOutputs:
     summary: Path
     figure: Path | None
     table: pl.DataFrame
+    run: Path | None = None  # run.json: the run's metadata (harness.results.run_record)
 
     def print_report(self, *lines: str, index: str | None = None, metric: str = "error", percent: bool = True,
                      paper: str | None = None, extra_files: tuple[Path, ...] = ()) -> None:
@@ -31,7 +33,7 @@ class StudyOutputs:
             print(format_table(self.table, index, metric, percent=percent))
         if paper:
             print(paper)
-        files = [str(f) for f in (self.points, self.summary, self.figure, *extra_files) if f is not None]
+        files = [str(f) for f in (self.points, self.summary, self.figure, self.run, *extra_files) if f is not None]
         print(f"\nwrote {', '.join(files[:-1])} and {files[-1]}")
 
 
@@ -43,14 +45,17 @@ def finish_study(
     resamples: int = 1000,
     paper: dict | None = None,
     extra_summary: pl.DataFrame | None = None,
+    stand_in: str | None = None,
 ) -> StudyOutputs:
-    """Write `points.parquet` and `summary.parquet` under out_dir, draw the figure, return the table.
+    """Write `points.parquet`, `summary.parquet` and `run.json` under out_dir, draw the figure, return the table.
 
     figure: keyword arguments for dashboards.figures.plot_metric_vs (x, ylabel, ... and `metric` to
     select which metric's rows to plot; path defaults to out_dir/figure.png).
     paper: {"study": name, **coordinates} of the paper's published numbers (harness.results.paper) to
     write beside ours in the summary (column `source`: "this run" / "paper").
     extra_summary: summary rows computed otherwise (e.g. S3's Pile-weighted total), appended to the table.
+    stand_in: what the data stand in for, when they are not the paper's kind (e.g. MNIST pixels for CLIP
+    ImageNet embeddings); recorded in run.json beside the sweeps' record (preset, options, dates, cluster).
     """
     out_dir = Path(out_dir)
     points = write_parquet_atomic(rows, out_dir / "points.parquet")
@@ -69,7 +74,12 @@ def finish_study(
         metric = figure.pop("metric", None)
         part = ours(table).filter(pl.col("metric") == metric) if metric else ours(table)
         fig_path = plot_metric_vs(part, path=figure.pop("path", out_dir / "figure.png"), **figure)
-    return StudyOutputs(points, summary, fig_path, table)
+    try:
+        previous = read_run(out_dir)
+    except ValueError:  # an unreadable record is replaced
+        previous = None
+    run = write_run(out_dir, finished_record(previous, rows, stand_in))
+    return StudyOutputs(points, summary, fig_path, table, run)
 
 
 def format_table(table: pl.DataFrame, index: str, metric: str, percent: bool = True) -> str:

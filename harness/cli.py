@@ -12,11 +12,13 @@ options given beside it override it field by field. A bad value exits with the c
 
     ttt-harness list                       # the studies, one line each
     ttt-harness model_scaling --sizes 280  # = python studies/model_scaling.py --sizes 280
+    ttt-harness report results/            # = python -m dashboards.report results/ (the HTML report)
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +29,25 @@ from harness.errors import ConfigError
 
 C = TypeVar("C")
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
+
+
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """How a config came from a command line: the preset it started from and the options given beside it."""
+
+    preset: str  # a preset's name ("paper", "smoke_test") or "default" (the study's embedded default)
+    options: tuple[str, ...]  # the command-line arguments given beside the preset
+
+
+# the configs parse_config returned in this process, by id (each held, so an id is never reused), and their
+# invocation: the run record (harness.distributed.study) says which preset a study ran with
+_PARSED: dict[int, tuple[Any, Invocation]] = {}
+
+
+def invocation(cfg: Any) -> Invocation | None:
+    """The preset and options `cfg` was parsed from by parse_config in this process (None: built in code)."""
+    entry = _PARSED.get(id(cfg))
+    return entry[1] if entry is not None and entry[0] is cfg else None
 
 
 def _preset_flag(name: str) -> str:
@@ -53,10 +74,12 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, *, presets: Ma
     if named:
         lines.append(f"defaults shown are those of {_preset_flag(named[0])}")
     try:
-        return tyro.cli(tyro.conf.OmitArgPrefixes[cls], default=base, args=args,
-                        description="\n\n".join(lines), prog=prog)
+        cfg = tyro.cli(tyro.conf.OmitArgPrefixes[cls], default=base, args=args,
+                       description="\n\n".join(lines), prog=prog)
     except (ValueError, TypeError) as e:  # a field's own check (ConfigError) or a constructor's
         raise ConfigError(str(e)) from None
+    _PARSED[id(cfg)] = (cfg, Invocation(named[0] if named else "default", tuple(args)))
+    return cfg
 
 
 def study_parser(cls: type[C], presets: Mapping[str, C], doc: str | None,
@@ -92,11 +115,14 @@ def study_names() -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`ttt-harness list` or `ttt-harness <study> [options]`."""
+    """`ttt-harness list`, `ttt-harness report RESULTS...` or `ttt-harness <study> [options]`."""
     args = list(sys.argv[1:] if argv is None else argv)
     studies = study_names()
+    if args and args[0] == "report":  # the presentation layer, imported by name: harness never imports it
+        return importlib.import_module("dashboards.report").main(args[1:])
     if not args or args[0] in ("-h", "--help", "list"):
-        print("usage: ttt-harness <study> [options]   (ttt-harness <study> --help for its options)\n\nstudies:")
+        print("usage: ttt-harness <study> [options]   (ttt-harness <study> --help for its options)\n"
+              "       ttt-harness report RESULTS... [--serve]   (the HTML report of study outputs)\n\nstudies:")
         width = max(map(len, studies), default=0)
         for name, line in studies.items():
             print(f"  {name:<{width}}  {line}")

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse(argv)
     rows = run_heads(cfg, "cross_entropy")
     rows = rows.filter(pl.col("metric").is_in(list(METRICS)) & pl.col("method").is_in(["global", "ttt"]))
-    outputs = finish_study(rows, cfg.out_dir, by=["model_size", "method", "metric"])
+    outputs = finish_study(rows, cfg.out_dir, by=["model_size", "method", "metric"],
+                           stand_in=cfg.data.source(cfg.out_dir).stand_in)
     figures = [plot_metric_vs(outputs.table.filter(pl.col("metric") == m), x="model_size", xlabel="Hidden dimension",
                               ylabel="Test cross-entropy (nats)", title=f"S10: {label}",
                               path=Path(cfg.out_dir) / f"figure_{suffix}.png")

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
                      ("bits_per_byte", "Bits per byte, mean over test sequences"))
     outputs = finish_study(
         rows, cfg.out_dir, by=["model_size", "method", "metric"], extra_summary=weighted,
+        stand_in="generated topical text, a tiny random Qwen2 (for the Pile, Qwen2.5)" if cfg.smoke_inputs else None,
         figure={"metric": shown, "x": "model_size", "xlabel": "Number of parameters", "ylabel": ylabel,
                 "title": "LM model scaling (S3)"},
     )

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse(argv)
     outputs = finish_study(
         run_heads(cfg, "mlp_scaling").filter(pl.col("metric") == "error"), cfg.out_dir,
-        by=["model_size", "method", "metric"],
+        by=["model_size", "method", "metric"], stand_in=cfg.data.source(cfg.out_dir).stand_in,
         figure={"metric": "error", "x": "model_size", "xlabel": "Hidden dimension", "ylabel": "Test error",
                 "title": "MLP heads on embeddings (S2)", "percent": True},
     )

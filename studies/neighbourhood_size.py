@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
                      shared={"splits": trials[0].source.load()})
     outputs = finish_study(
         global_at_every_k(rows.filter(pl.col("metric") == "error"), cfg.ks), cfg.out_dir, by=["k", "method", "metric"],
+        stand_in=trials[0].source.stand_in,
         figure={"metric": "error", "x": "k", "xlabel": "Number of neighbours k", "ylabel": "Test error",
                 "title": "Neighbourhood size (S5)", "percent": True},
     )

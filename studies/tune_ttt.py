@@ -7,13 +7,17 @@ Run (from the repository root):
     python studies/tune_ttt.py --resume                # finish a killed search (Optuna's state is restored)
     ray submit cluster.yaml studies/tune_ttt.py -- --sizes 280 600 1268 --samples 50 --concurrent 8
 Output: <out-dir>/best.parquet (best lr / steps / k and validation error per size), the table printed,
-every trial's rows under <out-dir>/sweeps/tune_ttt-<size>/rows/.
+run.json, every trial's rows under <out-dir>/sweeps/tune_ttt-<size>/rows/ and each size's Optuna study in
+<out-dir>/sweeps/tune_ttt-<size>/optuna.db:
+    optuna-dashboard sqlite:///results/tune_ttt/sweeps/tune_ttt-280/optuna.db   # pip install -e '.[optuna-dashboard]'
+
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 import polars as pl
@@ -23,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.mnist import load_mnist  # noqa: E402
-from harness.distributed.runtime import ray_session  # noqa: E402
+from harness.distributed.runtime import cluster_summary, ray_session  # noqa: E402
 from harness.distributed.sharding import ShardingConfig  # noqa: E402
-from harness.distributed.study import RayOptions, prepare_sweep  # noqa: E402
+from harness.distributed.study import RayOptions, prepare_sweep, record_sweep  # noqa: E402
 from harness.distributed.sweep import search_trials  # noqa: E402
+from harness.results.run_record import finished_record, read_run, write_run  # noqa: E402
 from harness.results.schema import write_parquet_atomic  # noqa: E402
 from harness.trials.mnist import MnistTrialConfig  # noqa: E402
 from harness.trials.options import ComputeOptions  # noqa: E402
@@ -73,21 +78,26 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
         MnistTrialConfig(**cfg.fixed(size))
     sweeps = {size: prepare_sweep(cfg, name=f"tune_ttt-{size}", out_dir=cfg.out_dir, metric="ttt_error")
               for size in cfg.sizes}
-    best = []
+    best, rows = [], []
     with ray_session(cfg.ray.address):
         shared: dict[str, object] = {"images": load_mnist()}
         if cfg.ray.actors:  # each searched trial shards its validation points over the actors it reserves
             shared["sharding"] = ShardingConfig(actors=cfg.ray.actors, gpus_per_actor=cfg.ray.gpus_per_actor)
         for size, sweep in sweeps.items():
+            started = time.time()
             result = search_trials(MnistTrialConfig, SEARCH_SPACE, sweep, fixed=cfg.fixed(size),
                                    num_samples=cfg.samples, max_concurrent=cfg.concurrent, seed=cfg.seed,
-                                   resume=cfg.ray.resume, shared=shared)
+                                   resume=cfg.ray.resume, shared=shared, callbacks=cfg.ray.tune_callbacks(sweep.name))
+            record_sweep(cfg, name=sweep.name, out_dir=cfg.out_dir, started=started, rows=result.rows,
+                         trials=len(result.grid), reused=None, cluster=cluster_summary(), storage=sweep.experiment_path)
+            rows.append(result.rows)
             top = result.grid.get_best_result()
             best.append({"model_size": size, "ttt_lr": top.config["ttt_lr"], "ttt_steps": top.config["ttt_steps"],
                          "ttt_k": top.config["ttt_k"], "val_ttt_error": top.metrics["ttt_error"],
                          "val_global_error": top.metrics["global_error"], "trials": len(result.grid)})
     table = pl.DataFrame(best)
     path = write_parquet_atomic(table, Path(cfg.out_dir) / "best.parquet")
+    write_run(cfg.out_dir, finished_record(read_run(cfg.out_dir), pl.concat(rows, how="diagonal_relaxed"), None))
     with pl.Config(tbl_rows=-1, tbl_cols=-1):
         print(table)
     print(f"\nwrote {path}")

@@ -9,6 +9,7 @@ import dataclasses
 import os
 
 import pytest
+from ray import tune
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
@@ -111,6 +112,18 @@ def _register() -> None:
 
     if "sleepy_test" not in TRIALS:
         register_trial("sleepy_test", SleepyTrial)(_sleepy)
+
+
+class ResultLog(tune.Callback):
+    """A Tune callback for `--callbacks distributed_fixtures:ResultLog`: appends each trial's final result (the
+    metrics it reported) as a JSON line to $TTT_TEST_CALLBACK_LOG."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        import json
+
+        result = {k: v for k, v in (trial.last_result or {}).items() if isinstance(v, (int, float, str))}
+        with open(os.environ["TTT_TEST_CALLBACK_LOG"], "a") as f:
+            f.write(json.dumps(result) + "\n")
 
 
 if __name__ != "__main__":  # run as a script, the module registers itself on `import distributed_fixtures`

@@ -198,3 +198,34 @@ def test_without_an_address_ray_joins_the_cluster_of_this_machine(ray_cluster, t
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"GCS {ray_cluster.address}" in out.stdout
+
+
+def test_optuna_search_persists_in_sqlite_that_optuna_and_optuna_dashboard_read(ray_cluster, tmp_path):
+    """The search's Optuna study lives in <experiment>/optuna.db: optuna.load_study reads every trial back with
+    the parameters and values Tune saw, optuna-dashboard's app lists it, and a new search starts it afresh."""
+    import wsgiref.util
+
+    import optuna
+    from optuna_dashboard import wsgi
+
+    from harness.distributed.sweep import optuna_url
+
+    sweep = SweepConfig("search", str(tmp_path))
+    space = {"x": tune.randint(0, 50)}
+    result = search_trials(SleepyTrial, space, sweep, num_samples=4, max_concurrent=1, seed=0)
+    url = optuna_url(sweep)
+    assert url == f"sqlite:///{tmp_path.resolve()}/search/optuna.db" and (tmp_path / "search" / "optuna.db").exists()
+    study = optuna.load_study(study_name="search", storage=url)
+    done = sorted((t.params["x"], t.value) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    seen = sorted(zip(result.trials["config/x"].to_list(), result.trials["ttt_error"].to_list(), strict=True))
+    assert len(done) == 4 and done == seen and all(float(x) == v for x, v in done)  # SleepyTrial reports x
+
+    environ: dict = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET"}
+    wsgiref.util.setup_testing_defaults(environ)
+    status = []
+    body = b"".join(wsgi(url)(environ, lambda s, h, *a: status.append(s)))
+    listed = json.loads(body)["study_summaries"]
+    assert status[0].startswith("200") and [s["study_name"] for s in listed] == ["search"]
+
+    search_trials(SleepyTrial, space, sweep, num_samples=2, max_concurrent=1, seed=1)  # a new search, not --resume
+    assert len(optuna.load_study(study_name="search", storage=url).trials) == 2

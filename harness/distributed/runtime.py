@@ -83,6 +83,15 @@ def _node_totals() -> list[dict[str, float]]:
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
+def cluster_summary() -> dict[str, object]:
+    """The connected cluster's alive nodes, their CPUs and GPUs, and the GPU models Ray detected
+    ({"nodes": 1, "CPU": 16.0, "GPU": 1.0, "accelerators": ["H200"]}): the run record's device facts."""
+    nodes = _node_totals()
+    kinds = sorted({k.split(":", 1)[1] for n in nodes for k in n if k.startswith("accelerator_type:")})
+    return {"nodes": len(nodes), "CPU": sum(n.get("CPU", 0.0) for n in nodes),
+            "GPU": sum(n.get("GPU", 0.0) for n in nodes), "accelerators": kinds}
+
+
 def cluster_offers_gpus() -> bool:
     """Whether some alive node of the connected cluster has a GPU (or GPU nodes may autoscale in)."""
     if os.environ.get("TTT_HARNESS_GPUS_MAY_AUTOSCALE") == "1":  # set by cluster.yaml on the head

@@ -16,15 +16,62 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from harness.errors import ConfigError
+from harness.registry import Registry
 
-RUNTIME_OPTIONS = ("address", "resume", "reuse_stale", "verbose")  # how to run, not what: may differ on resume
+RUNTIME_OPTIONS = ("address", "resume", "reuse_stale", "verbose", "callbacks")  # how to run, not what: may differ
+# on resume
+
+# Ray Tune logger callbacks by name (`--callbacks wandb mlflow`): factories of the experiment name, importing
+# their integration only when used. Settings come from the tools' own environment variables (WANDB_PROJECT,
+# WANDB_MODE, WANDB_API_KEY; MLFLOW_TRACKING_URI). Any other tune.Callback: `--callbacks package.module:Class`.
+TUNE_LOGGERS: Registry[Callable[[str], Any]] = Registry("Ray Tune logger callback")
+_LOGGER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}  # name -> the package its integration needs
+
+
+@TUNE_LOGGERS.register("wandb")
+def _wandb_logger(experiment: str) -> Any:
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    return WandbLoggerCallback(project=os.environ.get("WANDB_PROJECT", "ttt-harness"), group=experiment)
+
+
+@TUNE_LOGGERS.register("mlflow")
+def _mlflow_logger(experiment: str) -> Any:
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    return MLflowLoggerCallback(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI"), experiment_name=experiment)
+
+
+def _check_callback(name: str) -> None:
+    """Refuse (naming --callbacks) a callback that is neither registered nor an importable module:Class path,
+    or whose package is not installed, before any work."""
+    import importlib.util
+
+    if ":" in name:
+        module = name.split(":", 1)[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise ConfigError(f"--callbacks {name}: module {module!r} cannot be imported")
+        return
+    if name not in TUNE_LOGGERS:
+        try:
+            TUNE_LOGGERS.get(name)
+        except KeyError as e:
+            raise ConfigError(f"--callbacks: {e.args[0]}, or a tune.Callback as package.module:Class") from None
+    package = _LOGGER_PACKAGES.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"--callbacks {name} needs the {package!r} package: pip install {package}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +87,11 @@ class RayOptions:
     gpus_per_actor: float = 0.0  # GPUs per Ray Data actor (fractions share a GPU)
     reuse_stale: bool = False  # reuse cached rows made by other code or from edited inputs (they keep their git sha)
     verbose: int = 0  # Ray Tune's console output: 0 one progress bar, 1 its status table, 2 every result
+    callbacks: tuple[str, ...] = ()  # Ray Tune logger callbacks: wandb, mlflow, or a tune.Callback as module:Class
 
     def __post_init__(self) -> None:
+        for name in self.callbacks:
+            _check_callback(name)
         if self.cpus_per_trial < 0:
             raise ConfigError(f"--cpus-per-trial must be >= 0, got {self.cpus_per_trial}")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
@@ -55,6 +105,27 @@ class RayOptions:
                               "trial evaluates in its own process; use --gpus-per-trial there)")
         if self.verbose not in (0, 1, 2, 3):
             raise ConfigError(f"--verbose must be 0, 1, 2 or 3, got {self.verbose}")
+
+    def tune_callbacks(self, experiment: str) -> list[Any]:
+        """The Ray Tune callbacks `--callbacks` names, made for the experiment (sweep) `experiment`."""
+        import importlib
+
+        from ray import tune
+
+        out = []
+        for name in self.callbacks:
+            if ":" in name:
+                module, attr = name.split(":", 1)
+                obj = getattr(importlib.import_module(module), attr, None)
+                if obj is None:
+                    raise ConfigError(f"--callbacks {name}: module {module!r} has no {attr!r}")
+                callback = obj()
+            else:
+                callback = TUNE_LOGGERS.get(name)(experiment)
+            if not isinstance(callback, tune.Callback):
+                raise ConfigError(f"--callbacks {name}: {type(callback).__name__} is not a ray.tune.Callback")
+            out.append(callback)
+        return out
 
 
 def option_name(field: str) -> str:
@@ -168,13 +239,38 @@ def prepare_sweep(cfg: Any, *, name: str, out_dir: str, metric: str, mode: str =
     return sweep
 
 
+def record_sweep(cfg: Any, *, name: str, out_dir: str, started: float, rows: pl.DataFrame, trials: int,
+                 reused: int | None, cluster: Mapping[str, Any], storage: str) -> None:
+    """Add sweep `name` to `<out_dir>/run.json` (harness.results.run_record): the study's options and their
+    hash, the preset and options of its command line, when it ran, its trials (and the config hashes their
+    `rows` carry) and the cluster it ran on."""
+    from harness.cli import invocation
+    from harness.results.run_record import merge_sweep, now_iso, read_run, study_config_hash, write_run
+    from harness.results.schema import git_sha
+
+    options = _json(study_options(cfg))
+    ray_field = next((f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), RayOptions)), None)
+    how = invocation(cfg)
+    study = {"options": options, "config_hash": study_config_hash(options, ray_field), "git_sha": git_sha(),
+             "preset": how.preset if how else None, "options_given": list(how.options) if how else None}
+    sweep = {"started": now_iso(started), "ended": now_iso(),
+             "wall_time_s": round(time.time() - started, 3), "trials": trials, "reused": reused,
+             "config_hashes": sorted(rows["config_hash"].unique().drop_nulls().to_list()), "cluster": dict(cluster),
+             "storage": storage}
+    try:
+        previous = read_run(out_dir)
+    except ValueError:  # an unreadable record is replaced by this one
+        previous = None
+    write_run(out_dir, merge_sweep(previous, study, name, sweep))
+
+
 def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metric: str, mode: str = "min",
               shared: Mapping[str, Any] | None = None, ray_options: RayOptions | None = None) -> pl.DataFrame:
     """Every trial's rows, in trial order, from one Ray Tune sweep named `name` (see the module docstring).
 
     cfg: the study's config (its options are checked and stored beside the sweep); trials: its trial
     configs, all of one registered kind; shared: large read-only inputs of the trial function."""
-    from harness.distributed.runtime import cluster_offers_gpus, ray_session, require_resources
+    from harness.distributed.runtime import cluster_offers_gpus, cluster_summary, ray_session, require_resources
     from harness.distributed.sharding import ShardingConfig
     from harness.distributed.sweep import run_trials
     from harness.registry import trial_kind
@@ -193,11 +289,17 @@ def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metri
         if check is not None:
             check(**data)
     sweep = prepare_sweep(cfg, name=name, out_dir=out_dir, metric=metric, mode=mode, ray_options=opts)
+    started = time.time()
     with ray_session(opts.address):
         if study_device(cfg) == "cuda" and not cluster_offers_gpus():
             raise ConfigError("--device cuda, but no node of this Ray cluster has a GPU; use --device cpu "
                               "(or None: cuda where available)")
         if opts.actors:  # GPUs asked for where none exist: fail now, naming the option
             require_resources(opts.gpus_per_actor, ShardingConfig().cpus_per_actor)
-        result = run_trials(trials, sweep, shared=shared, resume=opts.resume, reuse_stale=opts.reuse_stale)
+        result = run_trials(trials, sweep, shared=shared, resume=opts.resume, reuse_stale=opts.reuse_stale,
+                            callbacks=opts.tune_callbacks(name))
+        cluster = cluster_summary()
+    reused = int(result.trials["reused"].fill_null(False).sum()) if "reused" in result.trials.columns else None
+    record_sweep(cfg, name=name, out_dir=out_dir, started=started, rows=result.rows, trials=len(trials),
+                 reused=reused, cluster=cluster, storage=sweep.experiment_path)
     return result.rows

@@ -396,6 +396,39 @@ def _print_cache_state(sweep: SweepConfig, keys: list[str], labels: list[str], e
     return stale
 
 
+OPTUNA_DB = "optuna.db"  # the Optuna study of a search, beside its Tune experiment
+
+
+def optuna_url(sweep: SweepConfig) -> str | None:
+    """`sqlite:///<experiment path>/optuna.db`, the storage of the sweep's Optuna search (what
+    `optuna-dashboard` and `optuna.load_study(study_name=sweep.name, storage=...)` open); None for a bucket URI
+    (SQLite needs a local or shared file system)."""
+    if "://" in sweep.storage_path:
+        return None
+    return f"sqlite:///{Path(sweep.experiment_path) / OPTUNA_DB}"
+
+
+def optuna_storage(sweep: SweepConfig, resume: bool) -> Any:
+    """The search's persistent Optuna storage (an RDBStorage on optuna_url), or None (in memory) for a bucket.
+    A new search (no resume) starts its study afresh: a study of the same name left by an earlier search is
+    deleted, so TPE never learns from trials of another run."""
+    import optuna
+
+    url = optuna_url(sweep)
+    if url is None:
+        print(f"{sweep.name}: the Optuna study is kept in memory (no SQLite file on {sweep.storage_path}); "
+              "optuna-dashboard cannot open it")
+        return None
+    Path(sweep.experiment_path).mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(url)
+    if not resume:
+        try:
+            optuna.delete_study(study_name=sweep.name, storage=storage)
+        except KeyError:  # no earlier study of this name
+            pass
+    return storage
+
+
 def search_trials(config_cls: type, space: Mapping[str, Any], sweep: SweepConfig, *,
                   fixed: Mapping[str, Any] | None = None, num_samples: int = 20, max_concurrent: int = 2,
                   seed: int = 0, resume: bool = False, shared: Mapping[str, Any] | None = None,
@@ -404,7 +437,8 @@ def search_trials(config_cls: type, space: Mapping[str, Any], sweep: SweepConfig
 
     space: Tune domains of config fields, e.g. {"ttt_lr": tune.loguniform(1e-4, 1e-1)}; fixed: the other
     fields. Every trial's rows must come from a dataset named "*-<require_split>" (validation), never test.
-    Best: `result.grid.get_best_result()`."""
+    Best: `result.grid.get_best_result()`. The Optuna study (named `sweep.name`) persists in
+    `<experiment path>/optuna.db` (see optuna_url): `optuna-dashboard sqlite:///.../optuna.db` opens it."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -421,8 +455,9 @@ def search_trials(config_cls: type, space: Mapping[str, Any], sweep: SweepConfig
     unknown = (set(space) | set(fixed or {})) - {f.name for f in dataclasses.fields(config_cls)}
     if unknown:
         raise ConfigError(f"unknown {config_cls.__name__} fields {sorted(unknown)}")
-    searcher = ConcurrencyLimiter(OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed),
-                                  max_concurrent=max_concurrent)
+    storage = optuna_storage(sweep, resume=resume)
+    searcher = ConcurrencyLimiter(OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed, study_name=sweep.name,
+                                               storage=storage), max_concurrent=max_concurrent)
     grid = _fit(sweep, {**(fixed or {}), **space}, trials_by_hash=None, kind=kind, expected={},
                 shared=shared or {}, search_alg=searcher, num_samples=num_samples, resume=resume, reuse_stale=False,
                 summarise=summarise_rows, require_split=require_split, callbacks=callbacks)

@@ -61,6 +61,14 @@ class EmbeddingSource:
             return f"embeddings:{Path(train).stem}"
         return f"clip-{self.arch}-{self.pretrained}:{Path(train).name}"
 
+    @property
+    def stand_in(self) -> str | None:
+        """What these embeddings stand in for when they are not the paper's kind (run.json, the report); None
+        for real embeddings."""
+        if self.kind == "mnist-pixels":
+            return "MNIST pixels (784-d) standing in for CLIP ViT-B/32 ImageNet embeddings"
+        return None
+
     def describe(self) -> str:
         if self.kind == "mnist-pixels":
             return ("MNIST pixels (784-d, L2-normalised) standing in for CLIP ImageNet embeddings: no ImageNet / "
