@@ -54,8 +54,8 @@ def test_paper_table_is_overlaid_and_tabulated_beside_ours(tmp_path):
     assert 'data-kind="bar"' in page and "paper: Table 2, MNIST" in page
     ours = outputs.table.filter((pl.col("method") == "global") & (pl.col("metric") == "accuracy")).row(0, named=True)
     mine = f"{100 * ours['mean']:.2f} [{100 * ours['ci_low']:.2f}, {100 * ours['ci_high']:.2f}]"
-    assert re.search(r"<td class=l>Table 2, MNIST</td><td class=l>Global</td><td class=l>accuracy \(%\)</td>"
-                     r"<td class=l>dataset=mnist</td><td>98\.57 ± 0\.12</td><td>" + re.escape(mine), page)
+    assert re.search(r"<td class=l>Table 2, MNIST \(LeNet-280\)</td><td class=l>Global</td><td class=l>accuracy \(%\)</td>"
+                     r"<td class=l>dataset=mnist model_size=280</td><td>98\.57 ± 0\.12</td><td>" + re.escape(mine), page)
     assert "<h3>table2.md" in page and "<td class=l>ours</td><td>97.00</td>" in page
     diff = _data(page)["local_vs_global"]["runs"][0]["difference"]
     paired = (cells[("ttt", "accuracy")].astype(float) - cells[("global", "accuracy")].astype(float)).mean()

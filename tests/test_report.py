@@ -247,7 +247,7 @@ def test_run_record_says_how_each_run_was_made(small_runs):
     assert s1["config_hash"] == study_config_hash(s1["options"], "ray") and s1["options"]["epochs"] == 1
     assert s1["sweeps"]["model_scaling"]["trials"] == 2 and s1["sweeps"]["model_scaling"]["reused"] == 0
     assert s1["sweeps"]["model_scaling"]["cluster"]["nodes"] == 1 and s1["devices"] == ["cpu"]
-    assert s1["stand_in"] is None and s1["datasets"] == ["mnist-test"] and s1["rows"] == 100 * 2 * 5
+    assert s1["stand_in"] is None and s1["datasets"] == ["mnist-test"] and s1["rows"] == 100 * 2 * 5 + 2  # + dead rows
     points = pl.read_parquet(small_runs / "model_scaling" / "points.parquet")
     assert s1["git_shas"] == points["git_sha"].unique().to_list()
     assert sorted(s1["sweeps"]["model_scaling"]["config_hashes"]) == sorted(points["config_hash"].unique())
