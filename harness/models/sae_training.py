@@ -269,6 +269,13 @@ def check_training_data(x: torch.Tensor, what: str) -> None:
                           "NaN or inf; the SAE would train on them")
 
 
+def check_topk_training(model_cfg: TopKSAEConfig, topk: TopKTraining) -> None:
+    """Raise naming the field when the ramp would ask for more concepts than the SAE has."""
+    if topk.k_start > model_cfg.width:
+        raise ConfigError(f"TopKTraining.k_start = {topk.k_start} exceeds the SAE's width = {model_cfg.width} "
+                          "concepts: lower the ramp's start (sae_k_start) or widen the SAE")
+
+
 def train_topk_sae(x: torch.Tensor, model_cfg: TopKSAEConfig, cfg: SAETrainConfig = SAETrainConfig(),
                    topk: TopKTraining = TopKTraining(), *, checkpoint: str | os.PathLike | None = None,
                    on_epoch: Callable[[int, float], None] | None = None,
@@ -278,6 +285,7 @@ def train_topk_sae(x: torch.Tensor, model_cfg: TopKSAEConfig, cfg: SAETrainConfi
         raise ConfigError(f"{what}: embeddings of shape {tuple(x.shape)} do not fit the SAE's input_dim = "
                           f"{model_cfg.input_dim}")
     check_training_data(x, what)
+    check_topk_training(model_cfg, topk)
     torch.manual_seed(cfg.seed)
     model = TopKSAE(model_cfg).to(x.device)
     model.train()

@@ -168,3 +168,10 @@ def summarise(
         mean, low, high = bootstrap_ci(part["value"].to_numpy(), groups, resamples=resamples, level=level)
         out.append({**dict(zip(by, key, strict=True)), "mean": mean, "ci_low": low, "ci_high": high, "n": part.height})
     return pl.DataFrame(out).sort(by)
+
+
+def hparam_columns(rows: pl.DataFrame, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Rows with the named hparams lifted into columns of the given types (null where a row's hparams lack
+    one), so that a study can summarise by them: {"space": pl.Utf8, "rank": pl.Int64}."""
+    return rows.with_columns([pl.col("hparams").str.json_path_match(f"$.{name}").cast(dtype).alias(name)
+                              for name, dtype in columns.items()])

@@ -44,6 +44,7 @@ from harness.models.sae_training import (
     SAETrainConfig,
     TopKTraining,
     check_checkpoint,
+    check_topk_training,
     checkpoint_identity,
     encode,
     sae_report,
@@ -196,6 +197,7 @@ class ConceptSpaceConfig:
         check_test_points(self.test_points, n_test, "test")
         if self.tv_ranks > classes:
             raise ConfigError(f"tv_ranks = {self.tv_ranks} exceeds the {classes} classes of the data")
+        check_topk_training(self.sae_config(dim), self.sae_topk)
         path = self.checkpoint_path()
         if path is not None:
             check_checkpoint(path, checkpoint_identity(self.sae_config(dim), self.sae_train, self.sae_topk, None))
