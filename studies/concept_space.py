@@ -30,7 +30,8 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from dashboards.concepts import plot_neighbourhood_cosines, plot_relative_tv, summary_cell as cell  # noqa: E402
+from dashboards.concepts import plot_neighbourhood_cosines, plot_relative_tv  # noqa: E402
+from dashboards.concepts import summary_cell as cell
 from dashboards.outputs import finish_study, format_beside_paper  # noqa: E402
 from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.synthetic import LRHConfig  # noqa: E402
@@ -115,7 +116,8 @@ class ConceptSpace:
         cache = str(Path(self.out_dir, "cache").resolve())
         source = self.embedding.source(str(Path(self.out_dir, "clip").resolve())) if kind == "embeddings" else None
         return [ConceptSpaceConfig(
-            data=kind, synthetic=self.synthetic(), embeddings=source, cnn_size=self.cnn_size, cnn_epochs=self.cnn_epochs,
+            data=kind, synthetic=self.synthetic(), embeddings=source, cnn_size=self.cnn_size,
+            cnn_epochs=self.cnn_epochs,
             data_dir=str(Path(self.data_dir).resolve()) if self.data_dir else None, seed=seed,
             sae_input_dim=self.sae_input_dim, sae_width=self.sae_width, sae_k=k, sae_dropout=self.sae_dropout,
             sae_dropout_rescale=self.sae_dropout_rescale,
@@ -158,7 +160,8 @@ def report(cfg: ConceptSpace, trial: ConceptSpaceConfig, rows: pl.DataFrame, tab
              f"SAE: top-k, {hp['width']} concepts, k = {hp['k']}, {hp['steps']} steps ({cfg.sae_epochs} epochs of "
              f"{cfg.sae_batch_size}, lr {cfg.sae_lr}); seeds {list(cfg.seeds)}; "
              f"{cfg.test_points or 'all'} test points; TTT k {cfg.ttt_k}, {cfg.ttt_steps} steps, lr {cfg.ttt_lr}",
-             f"  reconstruction FVU (test) {cell(table, 'sae', 'fvu')}, dead concepts {cell(table, 'sae', 'dead_fraction', percent=True)} "
+             f"  reconstruction FVU (test) {cell(table, 'sae', 'fvu')}, dead concepts "
+             f"{cell(table, 'sae', 'dead_fraction', percent=True)} "
              f"(paper 4%), mean active concepts {cell(table, 'sae', 'active_concepts')}"]
     if "recovered" in hp:
         recovered = sae.filter(pl.col("metric") == "recovered_concepts")

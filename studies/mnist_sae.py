@@ -109,11 +109,12 @@ def report(cfg: MnistSAE, rows: pl.DataFrame, table: pl.DataFrame) -> list[str]:
     return [
         f"data: real MNIST (50k train / 10k test; the paper's 60k train includes our 10k validation split), "
         f"{cfg.test_points or 'all'} test points; seeds {list(cfg.seeds)}",
-        f"dense: LeNet-600, {cfg.cnn_epochs or 'Table 3 (50)'} epochs; TTT k {cfg.cnn_ttt_k}, {cfg.cnn_ttt_steps} steps, "
-        f"lr {cfg.cnn_ttt_lr}",
+        f"dense: LeNet-600, {cfg.cnn_epochs or 'Table 3 (50)'} epochs; TTT k {cfg.cnn_ttt_k}, "
+        f"{cfg.cnn_ttt_steps} steps, lr {cfg.cnn_ttt_lr}",
         f"SAE: JumpReLU, LeNet-5 trunk (256-d Ψ), {cfg.sae_width} concepts, λ {cfg.sae_l0_weight}, {hp['steps']} steps "
-        f"({cfg.sae_epochs} epochs); FVU (test) {cell(table, 'sae', 'fvu')}; E‖Φ̂‖₀ {cell(table, 'sae', 'active_concepts')}"
-        f" (paper 18.9); dead {cell(table, 'sae', 'dead_fraction', percent=True)}",
+        f"({cfg.sae_epochs} epochs); FVU (test) {cell(table, 'sae', 'fvu')}; "
+        f"E‖Φ̂‖₀ {cell(table, 'sae', 'active_concepts')} (paper 18.9); "
+        f"dead {cell(table, 'sae', 'dead_fraction', percent=True)}",
         "",
         "accuracy (90% bootstrap CI)",
         f"  LeNet-600 global        {cell(table, 'global', 'accuracy', 'cnn', percent=True)}   (paper 94.51%)",
@@ -122,8 +123,9 @@ def report(cfg: MnistSAE, rows: pl.DataFrame, table: pl.DataFrame) -> list[str]:
         f"  masked SAE TTT          {cell(table, 'masked_ttt', 'accuracy', 'phi_hat', percent=True)}   (paper 97.72%)",
         f"  mask fixed to x*'s own  {cell(table, 'masked_ttt', 'accuracy_own_concepts', 'phi_hat', percent=True)}",
         "",
-        "mask statistics (§E.2): E‖m‖₀ " + cell(table, "masked_ttt", "mask_size", "phi_hat") + " (paper 24.5); E|∪ m_i| "
-        + cell(table, "masked_ttt", "neighbourhood_concepts", "phi_hat") + " (144.5); E|m_x* ∩ m| "
+        "mask statistics (§E.2): E‖m‖₀ " + cell(table, "masked_ttt", "mask_size", "phi_hat")
+        + " (paper 24.5); E|∪ m_i| " + cell(table, "masked_ttt", "neighbourhood_concepts", "phi_hat")
+        + " (144.5); E|m_x* ∩ m| "
         + cell(table, "masked_ttt", "test_point_concepts_in_mask", "phi_hat") + " (7.9); E|∪(m_i ∩ m)| "
         + cell(table, "masked_ttt", "neighbourhood_concepts_in_mask", "phi_hat") + " (7.1); E|∪(m_i ∩ m_x*)| "
         + cell(table, "masked_ttt", "test_point_concepts_in_neighbourhood", "phi_hat") + " (8.3)",

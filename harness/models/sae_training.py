@@ -228,7 +228,8 @@ def train_loop(model: nn.Module, n: int, loss_fn: Callable[[torch.Tensor, int, t
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             step = int(state["step"])
-    start, order, order_epoch, losses = step, None, -1, []
+    start, order, order_epoch = step, None, -1
+    losses: list[torch.Tensor] = []
     while step < total:
         epoch, position = divmod(step, per_epoch)
         if epoch != order_epoch:

@@ -278,7 +278,7 @@ def cached_heads(path: Path | None, compute: Callable[[], dict[str, np.ndarray]]
     heads = compute()
     if path is not None:
         with atomic_path(path, suffix=".tmp.npz") as tmp:
-            np.savez(tmp, **heads)
+            np.savez(tmp, **heads)  # type: ignore[arg-type]
     return heads
 
 
@@ -379,10 +379,10 @@ def _evaluate_chunk(cfg: ConceptSpaceConfig, t: dict[str, torch.Tensor], part: s
 def concept_rows(cfg: ConceptSpaceConfig, c: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray, dict]]:
     """(method, metric, per-point values, hparams with `space` / `rank`) of every per-point quantity."""
     label = c["label"]
-    ttt_hp = {"lr": cfg.ttt.lr, "steps": cfg.ttt.steps, "k": cfg.ttt.k}
-    masked_hp = {**ttt_hp, "penalty": cfg.masked.penalty, "temperature": cfg.masked.temperature,
+    ttt_hp: dict[str, object] = {"lr": cfg.ttt.lr, "steps": cfg.ttt.steps, "k": cfg.ttt.k}
+    masked_hp: dict[str, object] = {**ttt_hp, "penalty": cfg.masked.penalty, "temperature": cfg.masked.temperature,
                  "mask_init": cfg.masked.mask_init, "space": "phi_hat"}
-    head_hp = {"lr": cfg.head.lr, "batch_size": cfg.head.batch_size, "epochs": cfg.head.epochs,
+    head_hp: dict[str, object] = {"lr": cfg.head.lr, "batch_size": cfg.head.batch_size, "epochs": cfg.head.epochs,
                "weight_decay": cfg.head.weight_decay}
 
     def accuracy(pred: np.ndarray) -> np.ndarray:

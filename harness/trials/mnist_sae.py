@@ -101,7 +101,7 @@ class MnistSAEConfig:
         """Before any work: both neighbourhoods and the test points fit MNIST; a given checkpoint is this SAE's."""
         images = images if images is not None else load_mnist(self.data_dir)
         n = images.train_y.size
-        check_neighbourhoods({"ttt_k": (self.ttt.k, ""), "masked_k": (self.masked.k, "")}, n,
+        check_neighbourhoods({"cnn_ttt_k": (self.ttt.k, ""), "mask_k": (self.masked.k, "")}, n,
                              "the MNIST training split")
         check_test_points(self.test_points, images.test_y.size, "test")
         if self.sae_checkpoint is not None:
@@ -147,7 +147,8 @@ def mnist_sae_trial(cfg: MnistSAEConfig, images: ImageSplits | None = None, *,
                   config_hash=config_hash(cfg), device=str(device), wall_time_s=time.perf_counter() - start)
     cnn_hp = {"space": "cnn", "model_size": cfg.cnn_size}
     masked_hp = {"space": "phi_hat", "lr": cfg.masked.lr, "steps": cfg.masked.steps, "k": cfg.masked.k,
-                 "penalty": cfg.masked.penalty, "temperature": cfg.masked.temperature, "mask_init": cfg.masked.mask_init}
+                 "penalty": cfg.masked.penalty, "temperature": cfg.masked.temperature,
+                 "mask_init": cfg.masked.mask_init}
     rows: list[tuple[str, str, np.ndarray, dict, int | None]] = [
         ("global", "accuracy", dense["pred_global"] == y, {**cnn_hp, "epochs": cfg.cnn_config().resolved().epochs},
          None),
@@ -197,6 +198,3 @@ def masked_concept_ttt(cfg: MnistSAEConfig, phi_train: np.ndarray, train_y: np.n
             cols.setdefault(name, []).append(value.cpu().numpy())
     return {name: np.concatenate(v) for name, v in cols.items()}
 
-
-def check_sae_model(model: JumpReLUSAE) -> None:  # pragma: no cover - kept for symmetry with S8's checks
-    del model
