@@ -89,7 +89,7 @@ class ConceptSpace:
     ttt_k: int = 50  # neighbours of every TTT (paper: 50)
     ttt_lr: float = 0.02  # (paper: 0.02)
     ttt_steps: int = 80  # full-batch Adam steps (paper: 80)
-    mask_penalty: float = 0.2  # λ of masked TTT (paper: 0.2)
+    mask_penalty: float = 0.01  # λ of masked TTT (paper: 0.2 on CLIP; 0.2 empties the synthetic masks)
     mask_temperature: float = 0.1  # τ of the straight-through sigmoid (paper: 0.1)
     mask_init: float = 0.1  # θ0: every concept starts in the mask (the paper does not say)
     tv_ranks: int = 10  # ranks of Fig 3 (paper: 10)
