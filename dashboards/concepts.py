@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 SPACE_STYLE = {  # neighbourhoods chosen in ...
-    "psi": ("Ψ (embeddings)", "tab:blue"),
-    "psi_hat": ("Ψ̂ (reconstructions)", "tab:orange"),
-    "phi_hat": ("Φ̂ (concepts)", "tab:green"),
+    "psi": (r"$\Psi$ (embeddings)", "tab:blue"),
+    "psi_hat": (r"$\hat\Psi$ (reconstructions)", "tab:orange"),
+    "phi_hat": (r"$\hat\Phi$ (concepts)", "tab:green"),
 }
 
 
@@ -67,9 +67,9 @@ def plot_neighbourhood_cosines(points: pl.DataFrame, path: str | os.PathLike, ti
     for space, v in values.items():
         label, colour = SPACE_STYLE[space]
         ax.hist(v, bins=bins, histtype="step", lw=1.6, color=colour, label=f"{label}: mean {v.mean():.3f}")
-    ax.set_xlabel("Mean cosine similarity in Φ̂ to the neighbours")
+    ax.set_xlabel(r"Mean cosine similarity in $\hat\Phi$ to the neighbours")
     ax.set_ylabel("Test points")
-    ax.set_title(title or "Neighbourhoods chosen in Ψ, Ψ̂, Φ̂ (Fig 2)")
+    ax.set_title(title or r"Neighbourhoods chosen in $\Psi$, $\hat\Psi$, $\hat\Phi$ (Fig 2)")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8, title="neighbours chosen in", title_fontsize=8)
     return _save(fig, path)
@@ -90,8 +90,8 @@ def plot_relative_tv(summary: pl.DataFrame, path: str | os.PathLike, title: str 
                 ecolor="black", capsize=3, lw=1)
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xticks(ranks)
-    ax.set_xlabel("Rank of the class under Φ̂-TTT")
-    ax.set_ylabel("Relative TV of Ψ̂-TTT vs Φ̂-TTT")
-    ax.set_title(title or "Ψ̂-TTT vs masked Φ̂-TTT probabilities (Fig 3)")
+    ax.set_xlabel(r"Rank of the class under masked $\hat\Phi$-TTT")
+    ax.set_ylabel(r"Relative TV, $\hat\Psi$-TTT vs $\hat\Phi$-TTT")
+    ax.set_title(title or r"$\hat\Psi$-TTT vs masked $\hat\Phi$-TTT probabilities (Fig 3)")
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)

