@@ -22,6 +22,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -53,6 +54,7 @@ class MnistSAE:
     cnn_ttt_steps: int = 100  # (paper: 100)
     sae_width: int = 1024  # concepts d1 (paper: 1024)
     sae_l0_weight: float = 1e-3  # λ of the L0 penalty (paper: 1e-3)
+    sae_reconstruction: Literal["mean", "sum"] = "mean"  # squared pixel error: mean (ours) or sum over the pixels
     sae_bandwidth: float = 0.05  # ε of the straight-through rectangle kernel (Gemma Scope: 1e-3, too narrow here)
     sae_threshold_init: float = 0.1  # initial threshold θ of every concept
     sae_lr: float = SAE_TRAINING.lr  # SAE Adam lr
@@ -82,7 +84,7 @@ class MnistSAE:
                                   threshold_init=self.sae_threshold_init),
             sae_train=dataclasses.replace(SAE_TRAINING, lr=self.sae_lr, batch_size=self.sae_batch_size,
                                           epochs=self.sae_epochs, seed=seed),
-            sae_l0=JumpReLUTraining(self.sae_l0_weight),
+            sae_l0=JumpReLUTraining(self.sae_l0_weight, self.sae_reconstruction),
             sae_checkpoint=str(Path(self.sae_checkpoint).resolve()) if self.sae_checkpoint else None,
             head=TrainConfig(lr=self.head_lr, batch_size=CONCEPT_HEAD.batch_size, epochs=self.head_epochs, seed=seed,
                              weight_decay=CONCEPT_HEAD.weight_decay),
