@@ -83,6 +83,21 @@ def _s9_other_checkpoint(tmp: Path) -> object:
     return _s9(tmp, "--sae-checkpoint", str(path))
 
 
+def _s8_checkpoint_of_other_data(tmp: Path) -> object:
+    """A checkpoint of this very config, made on other embeddings (its data fingerprint differs)."""
+    import studies.concept_space as study
+    from harness.models.sae_training import CHECKPOINT_FORMAT, checkpoint_identity
+
+    path = tmp / "in" / "sae.pt"
+    path.parent.mkdir()
+    args = ["--smoke-test", "--sae-checkpoint", str(path)]
+    trial = study.parse(args).trials()[0]
+    other = {"rows": 3000, "shape": [32], "checksum": 1.0, "checksum_sq": 2.0}
+    identity = checkpoint_identity(trial.sae_config(32), trial.sae_train, trial.sae_topk, other)
+    torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "step": 1, "model": {}, "optimizer": {}}, path)
+    return _s8(tmp, *args)
+
+
 def _s8_not_a_checkpoint(tmp: Path) -> object:
     (tmp / "in").mkdir()
     (tmp / "in" / "sae.pt").write_text("not a checkpoint")
@@ -99,6 +114,8 @@ CASES = [
          r"ttt_k = 58 is larger than the training set: .* holds 57 points"),
     Case("s8-checkpoint-of-another-config", _s8_other_checkpoint, ConfigError,
          r"SAE checkpoint .*sae\.pt was made with another configuration.*model\.k: checkpoint 8, now 4"),
+    Case("s8-checkpoint-of-other-embeddings", _s8_checkpoint_of_other_data, ConfigError,
+         r"SAE checkpoint .*sae\.pt was made with another configuration.*data\.checksum: checkpoint 1\.0, now "),
     Case("s8-file-that-is-no-checkpoint", _s8_not_a_checkpoint, ConfigError,
          r"SAE checkpoint .*sae\.pt: not a readable"),
     Case("s8-ramp-wider-than-the-sae", lambda t: _s8(t, "--smoke-test", "--sae-k-start", "300"), ConfigError,

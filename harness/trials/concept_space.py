@@ -46,6 +46,7 @@ from harness.models.sae_training import (
     check_checkpoint,
     check_topk_training,
     checkpoint_identity,
+    data_fingerprint,
     encode,
     sae_report,
     train_topk_sae,
@@ -201,8 +202,10 @@ class ConceptSpaceConfig:
             raise ConfigError(f"tv_ranks = {self.tv_ranks} exceeds the {classes} classes of the data")
         check_topk_training(self.sae_config(dim), self.sae_topk)
         path = self.checkpoint_path()
-        if path is not None:
-            check_checkpoint(path, checkpoint_identity(self.sae_config(dim), self.sae_train, self.sae_topk, None))
+        if path is not None and path.exists():  # its configs, and its data unless that needs a CNN trained first
+            data = None if self.data == "mnist-cnn" else data_fingerprint(
+                torch.from_numpy(concept_embeddings(self, splits).train))
+            check_checkpoint(path, checkpoint_identity(self.sae_config(dim), self.sae_train, self.sae_topk, data))
 
     def load(self) -> FeatureSplits:
         """The embeddings of an embeddings / synthetic source (mnist-cnn: see `concept_embeddings`)."""
