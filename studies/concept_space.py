@@ -7,11 +7,12 @@ A top-k SAE learns concepts Φ̂ from embeddings Ψ; global heads and TTT on its
 Run (from the repository root):
     python studies/concept_space.py                # embedded default: synthetic linear-representation data (512 true
                                                    # concepts in 64 dimensions), a 512-concept SAE, 300 test points;
-                                                   # reports how many true concepts the SAE recovered; minutes on CPU
-    python studies/concept_space.py --data mnist-cnn    # the same analyses on MNIST LeNet-1976 features
-    python studies/concept_space.py --paper --embeddings train.npy val.npy --device cuda
+                                                   # reports how many true concepts the SAE recovered; ~1 min on CPU
+    python studies/concept_space.py --data mnist-cnn    # the same analyses on MNIST LeNet-1976 features (~3 min)
+    python studies/concept_space.py --paper --embeddings train.npy val.npy --device cuda --retriever torch
                                                    # the paper's setting on CLIP ViT-B/32 ImageNet embeddings (512-d;
-                                                   # files from harness/features/clip.py or --image-folder TRAIN VAL)
+                                                   # files from harness/features/clip.py, or --image-folder TRAIN VAL);
+                                                   # Φ̂ of 1.23M points is 20 GB: a GPU with room for it
     python studies/concept_space.py --resume       # finish a killed run (the SAE resumes from its checkpoint)
     ray submit cluster.yaml studies/concept_space.py -- --paper --embeddings /data/train.npy /data/val.npy
 
@@ -144,7 +145,7 @@ PRESETS = {
         data="embeddings", sae_k=16, sae_k_start=PAPER_TOPK.k_start, sae_k_ramp_steps=PAPER_TOPK.k_ramp_steps,
         sae_lr=PAPER_SAE.lr, sae_warmup_steps=PAPER_SAE.warmup_steps, sae_schedule_steps=PAPER_SAE.schedule_steps,
         sae_batch_size=PAPER_SAE.batch_size, sae_epochs=PAPER_SAE.epochs, head_lr=1e-3, head_epochs=100,
-        test_points=None, out_dir="results/concept_space_paper"),
+        mask_penalty=0.2, test_points=None, out_dir="results/concept_space_paper"),
     "smoke_test": ConceptSpace(synthetic_concepts=128, synthetic_dim=32, synthetic_clusters=256, synthetic_classes=10,
                                synthetic_train=3000, synthetic_test=200, sae_epochs=4, sae_k_ramp_steps=20,
                                sae_warmup_steps=10, head_epochs=4, ttt_steps=20, test_points=40,
