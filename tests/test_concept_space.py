@@ -245,11 +245,11 @@ def test_jump_relu_and_l0_straight_through_gradients():
 def test_l0_penalty_raises_the_thresholds_and_lowers_the_active_concepts(mnist):
     from harness.models.sae_training import encode, sae_report
 
-    images = mnist.train_x[:2000]
-    cfg = SAETrainConfig(lr=1e-2, batch_size=100, epochs=5, warmup_steps=5, schedule_steps=1000)
+    images = mnist.train_x[:1000]
+    cfg = SAETrainConfig(lr=2e-2, batch_size=200, epochs=6, warmup_steps=3, schedule_steps=1000)
     out = {}
     for reconstruction, weight in (("mean", 0.0), ("mean", 1e-2)):
-        model, _ = train_jumprelu_sae(torch.from_numpy(images), JumpReLUSAEConfig(width=128, threshold_init=0.01), cfg,
+        model, _ = train_jumprelu_sae(torch.from_numpy(images), JumpReLUSAEConfig(width=64, threshold_init=0.01), cfg,
                                       JumpReLUTraining(weight, reconstruction))
         assert isinstance(model, JumpReLUSAE) and (model.threshold > 0).all()
         phi, recon = encode(model, images)
