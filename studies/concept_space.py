@@ -188,7 +188,8 @@ def report(cfg: ConceptSpace, trial: ConceptSpaceConfig, rows: pl.DataFrame, tab
                  + cell(table, "masked_ttt", "accuracy_own_concepts", "phi_hat", percent=True))
     lines.append("O3: agreement of Ψ̂-TTT with masked Φ̂-TTT " + cell(table, "masked_ttt", "agreement", "phi_hat",
                  percent=True) + " (unmasked Φ̂-TTT " + cell(table, "ttt", "agreement", "phi_hat", percent=True)
-                 + "); temperature τ " + cell(table, "masked_ttt", "temperature", "phi_hat"))
+                 + "); temperature τ " + cell(table, "masked_ttt", "temperature", "phi_hat") + " (s.d. over points "
+                 + f"{rows.filter(pl.col('metric') == 'temperature')['value'].std():.2f}; paper ≈ 0.8 ± 0.1)")
     lines.append("    relative TV by rank: " + ", ".join(
         f"{r}: {cell(table, 'masked_ttt', 'rel_tv', 'phi_hat', r).split(' ')[0]}" for r in range(1, cfg.tv_ranks + 1)))
     return lines
