@@ -119,7 +119,8 @@ def format_beside_paper(table: pl.DataFrame, percent_metrics: tuple[str, ...] = 
     for row in paper.iter_rows(named=True):
         scale = 100.0 if row["metric"].startswith(percent_metrics) else 1.0
         unit = "%" if scale == 100.0 else ""
-        match = mine.filter(pl.all_horizontal([pl.col(k) == row[k] for k in keys if k in mine.columns]))
+        same = [pl.col(k).eq_missing(row[k]) for k in keys if k in mine.columns]  # a null coordinate matches null
+        match = mine.filter(pl.all_horizontal(same))
         se = f" ± {scale * row['se']:.2f}" if row.get("se") is not None else ""
         cell = (f"{scale * match['mean'][0]:.2f}{unit} [{scale * match['ci_low'][0]:.2f}, "
                 f"{scale * match['ci_high'][0]:.2f}]" if match.height == 1 else "-")

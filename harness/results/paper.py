@@ -46,29 +46,42 @@ def _table2(dataset: str, values: tuple[float, ...], ses: tuple[float, ...]) -> 
             for (m, k), v, s in zip(cells, values, ses, strict=True)]
 
 
+_PHI = (("space", "phi_hat"),)  # S8 / S9: in the SAE's concept space
+_CNN = (("space", "cnn"),)  # S9: the dense LeNet's features
+
 PAPER_NUMBERS: tuple[PaperNumber, ...] = (
     # S7 (Table 2): global, TTT on the test sample, TTT on its neighbourhood, ten TTT heads on the whole test set
     *_table2("mnist", (98.57, 99.01, 100.00, 36.38), (0.12, 0.10, 0.00, 0.16)),
     *_table2("imagenet", (78.33, 79.39, 95.19, 77.04), (0.19, 0.18, 0.00, 0.06)),
-    # S8 (Table 1): ImageNet accuracy of global linear heads and TTT in the SAE's concept space (Φ̂, masked TTT)
-    # and on its reconstructions (Ψ̂); §3 O2 / O3: mask sizes and the agreement of the two TTTs
-    PaperNumber("concept_space", "global", "accuracy", 0.7145, "Table 1, Φ̂", 0.0021, (("space", "phi_hat"),)),
-    PaperNumber("concept_space", "ttt", "accuracy", 0.7264, "Table 1, Φ̂ (masked TTT)", 0.0020, (("space", "phi_hat"),)),
+    # S8 (Table 1): ImageNet accuracy of global linear heads and TTT in the SAE's concept space (Φ̂: its TTT column
+    # is masked TTT, §3 O2) and on its reconstructions (Ψ̂); §3 O2 / O3 and §E.1: mask sizes, the agreement of
+    # Ψ̂-TTT with masked Φ̂-TTT, the fitted temperature
+    PaperNumber("concept_space", "global", "accuracy", 0.7145, "Table 1, Φ̂", 0.0021, _PHI),
+    PaperNumber("concept_space", "masked_ttt", "accuracy", 0.7264, "Table 1, Φ̂ (masked TTT)", 0.0020, _PHI),
     PaperNumber("concept_space", "global", "accuracy", 0.7126, "Table 1, Ψ̂", 0.0020, (("space", "psi_hat"),)),
     PaperNumber("concept_space", "ttt", "accuracy", 0.7256, "Table 1, Ψ̂", 0.0019, (("space", "psi_hat"),)),
-    PaperNumber("concept_space", "masked_ttt", "mask_size", 40.0, "§3 O2: ‖m‖₀ ≈ 40"),
+    PaperNumber("concept_space", "masked_ttt", "mask_size", 40.0, "§3 O2: ‖m‖₀ ≈ 40", coords=_PHI),
     PaperNumber("concept_space", "masked_ttt", "neighbourhood_concepts", 180.0, "§3 O2: concepts active in the "
-                "neighbourhood ≈ 180"),
-    PaperNumber("concept_space", "masked_ttt", "test_point_concepts_in_mask", 11.0, "§E.3: ‖Φ̂(x*) ⊙ m‖₀ ≈ 11"),
-    PaperNumber("concept_space", "masked_ttt", "accuracy_own_concepts", 0.7151, "§E.3: mask fixed to x*'s concepts"),
-    PaperNumber("concept_space", "ttt", "agreement", 0.89, "§3 O3: Ψ̂-TTT and Φ̂-TTT agree ≈ 89 %"),
-    PaperNumber("concept_space", "sae", "dead_fraction", 0.04, "§E.3: 4 % dead concepts"),
+                "neighbourhood ≈ 180", coords=_PHI),
+    PaperNumber("concept_space", "masked_ttt", "test_point_concepts_in_mask", 11.0, "§3 O2: ‖Φ̂(x*) ⊙ m‖₀ ≈ 11",
+                coords=_PHI),
+    PaperNumber("concept_space", "masked_ttt", "accuracy_own_concepts", 0.7151, "§3 O2: mask fixed to x*'s concepts",
+                coords=_PHI),
+    PaperNumber("concept_space", "masked_ttt", "agreement", 0.89, "§3 O3: Ψ̂-TTT and Φ̂-TTT agree ≈ 89 %", coords=_PHI),
+    PaperNumber("concept_space", "masked_ttt", "temperature", 0.8, "§E.1: τ ≈ 0.8 (s.d. ≈ 0.1 over points)",
+                coords=_PHI),
+    PaperNumber("concept_space", "sae", "dead_fraction", 0.04, "§3.1: 4 % dead concepts"),
     # S9 (§E.2): MNIST, LeNet-600 (size_scale 0.5) global and TTT vs masked TTT on a JumpReLU SAE
-    PaperNumber("mnist_sae", "global", "accuracy", 0.9451, "§E.2: LeNet (scale 0.5) test accuracy"),
-    PaperNumber("mnist_sae", "ttt", "accuracy", 0.9762, "§E.2: LeNet CNN TTT"),
-    PaperNumber("mnist_sae", "masked_ttt", "accuracy", 0.9772, "§E.2: masked SAE TTT"),
-    PaperNumber("mnist_sae", "masked_ttt", "mask_size", 24.5, "§E.2: E‖m‖₀ ≈ 24.5"),
-    PaperNumber("mnist_sae", "masked_ttt", "neighbourhood_concepts", 144.5, "§E.2: E|∪ m_i| ≈ 144.5"),
+    PaperNumber("mnist_sae", "global", "accuracy", 0.9451, "§E.2: LeNet (scale 0.5) test accuracy", coords=_CNN),
+    PaperNumber("mnist_sae", "ttt", "accuracy", 0.9762, "§E.2: LeNet CNN TTT", coords=_CNN),
+    PaperNumber("mnist_sae", "masked_ttt", "accuracy", 0.9772, "§E.2: masked SAE TTT", coords=_PHI),
+    PaperNumber("mnist_sae", "masked_ttt", "mask_size", 24.5, "§E.2: E‖m‖₀ ≈ 24.5", coords=_PHI),
+    PaperNumber("mnist_sae", "masked_ttt", "neighbourhood_concepts", 144.5, "§E.2: E|∪ m_i| ≈ 144.5", coords=_PHI),
+    PaperNumber("mnist_sae", "masked_ttt", "test_point_concepts_in_mask", 7.9, "§E.2: E|m_x* ∩ m| ≈ 7.9", coords=_PHI),
+    PaperNumber("mnist_sae", "masked_ttt", "neighbourhood_concepts_in_mask", 7.1, "§E.2: E|∪ (m_i ∩ m)| ≈ 7.1",
+                coords=_PHI),
+    PaperNumber("mnist_sae", "masked_ttt", "test_point_concepts_in_neighbourhood", 8.3,
+                "§E.2: E|∪ (m_i ∩ m_x*)| ≈ 8.3", coords=_PHI),
     PaperNumber("mnist_sae", "sae", "active_concepts", 18.9, "§E.2: E‖Φ̂‖₀ ≈ 18.9"),
 )
 

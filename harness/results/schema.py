@@ -184,3 +184,10 @@ def summarise(
         out.append({**dict(zip(by, key, strict=True)), "mean": float(values.mean()), "ci_low": float(low),
                     "ci_high": float(high), "se": float(np.std(means, ddof=1)), "n": part.height})
     return pl.DataFrame(out).sort(by)
+
+
+def hparam_columns(rows: pl.DataFrame, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Rows with the named hparams lifted into columns of the given types (null where a row's hparams lack
+    one), so that a study can summarise by them: {"space": pl.Utf8, "rank": pl.Int64}."""
+    return rows.with_columns([pl.col("hparams").str.json_path_match(f"$.{name}").cast(dtype).alias(name)
+                              for name, dtype in columns.items()])
