@@ -221,7 +221,8 @@ class ConceptSpaceConfig:
         """Names the SAE (checkpoint file, cached heads): everything that determines it."""
         data: object = self.synthetic if self.data == "synthetic" else (
             self.cnn_config() if self.data == "mnist-cnn" else self.embeddings)
-        fields = {"data": data, "normalise": self.normalise, "center": self.center, "inputs": input_fingerprint(self.input_files()),
+        fields = {"data": data, "normalise": self.normalise, "center": self.center,
+                  "inputs": input_fingerprint(self.input_files()),
                   "sae": self.sae_config(dim), "train": self.sae_train, "topk": self.sae_topk,
                   "code_version": code_version()}
         return f"sae-{config_hash(fields)}"

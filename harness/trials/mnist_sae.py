@@ -22,7 +22,7 @@ import torch
 from harness.data.mnist import ImageSplits, load_mnist
 from harness.errors import ConfigError
 from harness.models.lenet import lenet_for_size
-from harness.models.sae import JumpReLUSAE, JumpReLUSAEConfig
+from harness.models.sae import JumpReLUSAEConfig
 from harness.models.sae_training import (
     JumpReLUTraining,
     SAETrainConfig,
