@@ -23,8 +23,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from benchmarks.timing import timed_study
 from harness.data.mnist import load_mnist
-from harness.distributed.runtime import init_ray
 from harness.trials.mnist import mnist_features
 from harness.ttt.linear import HeadTTTConfig, head_ttt_one_point
 from studies import model_scaling
@@ -60,14 +60,7 @@ def main() -> None:
     p.add_argument("--loop-points", type=int, default=5, help="test points per model size timed in the loop")
     p.add_argument("--out", default=None, help="also write the timings as JSON here")
     args = p.parse_args(own)
-    cfg = model_scaling.parse(study_args)
-
-    start = time.perf_counter()
-    init_ray(cfg.ray.address)
-    ray_start = time.perf_counter() - start
-    start = time.perf_counter()
-    model_scaling.main(study_args)
-    study_wall = time.perf_counter() - start
+    cfg, ray_start, study_wall = timed_study(model_scaling, study_args)
 
     points = pl.read_parquet(Path(cfg.out_dir) / "points.parquet")
     trials = points.filter(pl.col("metric") == "error").unique(["config_hash"]).select(

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np
 import polars as pl
 
-from harness.distributed.runtime import init_ray
+from benchmarks.timing import timed_study
 from studies import local_vs_global
 
 
@@ -68,13 +68,7 @@ def main() -> None:
     generate = time.perf_counter() - start
     holdout = min(50_000, args.train // 10)
     study_args = ["--embeddings", str(train), str(test), "--holdout", str(holdout), *study_args]
-    cfg = local_vs_global.parse(study_args)
-    start = time.perf_counter()
-    init_ray(cfg.ray.address)
-    ray_start = time.perf_counter() - start
-    start = time.perf_counter()
-    local_vs_global.main(study_args)
-    wall = time.perf_counter() - start
+    cfg, ray_start, wall = timed_study(local_vs_global, study_args)
     points = pl.read_parquet(Path(cfg.out_dir) / "points.parquet")
     n = points.filter((pl.col("method") == "ttt") & (pl.col("metric") == "accuracy")).height
     print(f"\n{args.train} x {args.dim} training / {args.test} test embeddings, {args.classes} classes "

@@ -1,4 +1,5 @@
-"""Timing helpers shared by the Ray benchmarks (benchmarks/ray_scaling.py, benchmarks/lm_ray_scaling.py)."""
+"""Timing helpers shared by the benchmarks that run through Ray (ray_scaling, lm_ray_scaling, s1_end_to_end,
+s7_imagenet_shape)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,19 @@ def steady_rate(out: dict[str, np.ndarray]) -> float:
         raise ValueError("too few batches per actor for a steady window; use more --points or a smaller --batch-size")
     done = sum(sizes[b] * max(0.0, min(b[2], t1) - max(b[1], t0)) / (b[2] - b[1]) for b in batches)
     return done / (t1 - t0)
+
+
+def timed_study(study, argv: list[str]):
+    """Run a study module's `main(argv)` as its command line would, timed: (its parsed config, seconds to join or
+    start Ray, seconds of the study itself after that)."""
+    import time
+
+    from harness.distributed.runtime import init_ray
+
+    cfg = study.parse(argv)
+    start = time.perf_counter()
+    init_ray(cfg.ray.address)
+    ray_start = time.perf_counter() - start
+    start = time.perf_counter()
+    study.main(argv)
+    return cfg, ray_start, time.perf_counter() - start

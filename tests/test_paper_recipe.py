@@ -156,3 +156,4 @@ def test_papers_table2_is_written_beside_ours():
     paper = both.filter(pl.col("source") == "paper").sort("method")
     assert paper["mean"].to_list() == pytest.approx([0.9857, 0.9901]) and paper["se"].to_list() == pytest.approx([0.0012, 0.0010])
     assert set(paper["model_size"]) == {280} and ours(both).height == 3  # only what this run computed
+    assert set(ours(both)["dataset"]) == {"mnist"}  # the run's own coordinate, so the two sides match

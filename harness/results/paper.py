@@ -108,8 +108,10 @@ def beside_paper(summary: pl.DataFrame, study: str, **coords: Any) -> pl.DataFra
     """Our summary (source "this run") followed by the paper's rows for the same study and coordinates.
 
     Only paper rows whose (method, metric) also appear in ours are kept, so a table never shows a
-    published number for something this run did not compute."""
-    ours = summary.with_columns(pl.lit(SOURCE_OURS).alias("source"))
+    published number for something this run did not compute. `coords` describe this run: a coordinate our
+    summary has no column for (e.g. dataset="mnist") is written into our rows too, so both sides match."""
+    ours = summary.with_columns(pl.lit(SOURCE_OURS).alias("source"),
+                                *(pl.lit(v).alias(k) for k, v in coords.items() if k not in summary.columns))
     paper = paper_summary(study, **coords)
     if paper.is_empty():
         return ours
