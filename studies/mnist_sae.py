@@ -109,7 +109,7 @@ parse = study_parser(MnistSAE, PRESETS, __doc__)  # the options: a preset, then 
 def report(cfg: MnistSAE, rows: pl.DataFrame, table: pl.DataFrame) -> list[str]:
     hp = json.loads(rows.filter(pl.col("method") == "sae")["hparams"][0])
     return [
-        f"data: real MNIST (50k train / 10k test; the paper's 60k train includes our 10k validation split), "
+        f"data: real MNIST (the paper's stratified 50k train / 10k validation split of the 60k, 10k test), "
         f"{cfg.test_points or 'all'} test points; seeds {list(cfg.seeds)}",
         f"dense: LeNet-600, {cfg.cnn_epochs or 'Table 3 (50)'} epochs; TTT k {cfg.cnn_ttt_k}, "
         f"{cfg.cnn_ttt_steps} steps, lr {cfg.cnn_ttt_lr}",
