@@ -15,6 +15,7 @@ import torch
 
 from harness.data.mnist import MNIST_MEAN, MNIST_STD, stratified_split
 from harness.models.lenet import S1_SIZES, LeNet, dead_features, lenet_for_size
+from harness.models.training import TrainConfig, train_classifier
 from harness.results.paper import beside_paper, ours
 from harness.results.schema import summarise
 from harness.trials import data_scaling as s4
@@ -66,6 +67,41 @@ def test_paper_preset_uses_pytorchs_default_init():
     torch.manual_seed(3)
     he = LeNet(spec, init="he")
     assert not torch.equal(he.trunk[0].weight, conv1.weight) and torch.all(he.trunk[0].bias == 0.01)
+
+
+def test_paper_preset_trains_as_table3_and_the_default_says_how_it_differs():
+    study = _study("model_scaling")
+    for t in study.PRESETS["paper"].trials():
+        r, spec = t.resolved(), lenet_for_size(t.model_size)
+        assert (r.epochs, r.train_lr, r.train_batch_size, r.train_schedule) == (
+            spec.epochs, spec.lr, spec.batch_size, "constant")
+    default = study.ModelScaling()
+    assert {(t.resolved().train_lr, t.train_schedule) for t in default.trials()} == {(3e-3, "cosine")}
+    assert "the paper, and --paper: Table 3's rate, constant" in study.describe_training(default)
+    assert study.describe_training(study.PRESETS["paper"]).endswith("(the paper's recipe)")
+    with pytest.raises(s1.ConfigError, match="train_schedule"):
+        MnistTrialConfig(model_size=280, train_schedule="linear")  # type: ignore[arg-type]
+
+
+def test_cosine_schedule_decays_the_steps_to_nothing():
+    def movement_per_epoch(schedule: str) -> list[float]:
+        torch.manual_seed(0)
+        x, y = torch.randn(512, 20), torch.randint(0, 4, (512,))
+        model = torch.nn.Linear(20, 4)
+        last = [torch.cat([p.detach().flatten() for p in model.parameters()])]
+        moves: list[float] = []
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            now = torch.cat([p.detach().flatten() for p in model.parameters()])
+            moves.append(float((now - last[0]).norm()))
+            last[0] = now
+
+        train_classifier(model, x, y, TrainConfig(0.05, 64, 6, schedule=schedule), on_epoch=on_epoch)  # type: ignore[arg-type]
+        return moves
+
+    constant, cosine = movement_per_epoch("constant"), movement_per_epoch("cosine")
+    assert cosine[0] > 0.8 * constant[0]  # the first epoch at nearly the full rate
+    assert cosine[-1] < 0.1 * cosine[0] and constant[-1] > 0.2 * constant[0]  # the last at nearly none
 
 
 def test_dead_network_is_reported_and_left_out_only_when_asked(mnist, capsys):

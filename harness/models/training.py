@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from torch import nn
+
+
+Schedule = Literal["constant", "cosine"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,6 +21,9 @@ class TrainConfig:
     epochs: int
     seed: int = 0
     weight_decay: float = 0.0
+    # "constant": Adam at lr throughout (the paper's code); "cosine": lr decayed per step to 0 over the run
+    # (torch's CosineAnnealingLR), which gets further in a few epochs (S1's embedded default)
+    schedule: Schedule = "constant"
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -24,6 +32,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}")
         if self.epochs < 0:
             raise ValueError(f"TrainConfig.epochs must be >= 0, got {self.epochs}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
 
 
 def train_classifier(
@@ -52,6 +62,8 @@ def train_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                            **({"fused": True} if device.type == "cuda" else {}))
     n = inputs.shape[0]
+    steps = cfg.epochs * -(-n // cfg.batch_size)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cfg.schedule == "cosine" and steps else None
     model.train()
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=generator).to(device)
@@ -62,6 +74,8 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if decay is not None:
+                decay.step()
             total += loss.detach() * idx.numel()
         if on_epoch is not None:
             on_epoch(epoch, float(total) / n)

@@ -18,7 +18,7 @@ from harness.distributed.sharding import ShardingConfig
 from harness.errors import ConfigError
 from harness.features.cache import FeatureSplits, cached_features
 from harness.models.lenet import INITS, Init, LeNet, dead_features, lenet_for_size
-from harness.models.training import TrainConfig, train_classifier
+from harness.models.training import SCHEDULES, Schedule, TrainConfig, train_classifier
 from harness.registry import register_trial
 from harness.results.atomic import atomic_path
 from harness.results.provenance import code_version, input_fingerprint
@@ -92,6 +92,7 @@ class MnistTrialConfig:
     epochs: int | None = None  # global training epochs (Table 3)
     train_lr: float | None = None  # global training Adam learning rate (Table 3)
     train_batch_size: int | None = None  # global training batch size (Table 3)
+    train_schedule: Schedule = "constant"  # the learning rate over global training: constant (the paper) or cosine
     init: Init = "pytorch"  # the CNN's initialisation: PyTorch's default (the paper's) or "he"
     fraction: float = 1.0  # class-balanced fraction of train used for training and retrieval (S4)
     test_points: int | None = None  # evaluate on this many test points (seeded subset); None: all
@@ -130,6 +131,8 @@ class MnistTrialConfig:
             raise ConfigError(f"train_lr must be > 0, got {self.train_lr}")
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {list(INITS)}, got {self.init!r}")
+        if self.train_schedule not in SCHEDULES:
+            raise ConfigError(f"train_schedule must be one of {list(SCHEDULES)}, got {self.train_schedule!r}")
 
     def input_files(self) -> tuple[str, ...]:
         return mnist_input_files(self.data_dir)
@@ -181,7 +184,8 @@ def train_lenet(cfg: MnistTrialConfig, images: ImageSplits,
                   pixel_std=images.pixel_std).to(device)
     x = torch.from_numpy(images.train_x[train_idx]).to(device)
     y = torch.from_numpy(images.train_y[train_idx]).to(device)
-    train_classifier(model, x, y, TrainConfig(cfg.train_lr, cfg.train_batch_size, cfg.epochs, cfg.seed),
+    train_classifier(model, x, y, TrainConfig(cfg.train_lr, cfg.train_batch_size, cfg.epochs, cfg.seed,
+                                                schedule=cfg.train_schedule),
                      prepare=model.standardise, on_epoch=on_epoch)
     return model, train_idx
 
@@ -193,8 +197,8 @@ def mnist_features(
     """Train the CNN and return (features of train-subsample / val / test, head weight (C, d), head bias (C,)).
     `seconds` receives the wall time of training ("train") and feature extraction ("features") when they run."""
     cfg = cfg.resolved()
-    key_fields = {f: getattr(cfg, f) for f in ("model_size", "seed", "epochs", "train_lr", "train_batch_size", "init",
-                                               "fraction", "data_dir")}
+    key_fields = {f: getattr(cfg, f) for f in ("model_size", "seed", "epochs", "train_lr", "train_batch_size",
+                                               "train_schedule", "init", "fraction", "data_dir")}
     key_fields.update(inputs=input_fingerprint(cfg.input_files()), code_version=code_version(),  # never stale
                       train_device=trial_device(cfg.device).type)  # GPU and CPU training differ in the last bits
     key = f"lenet-{cfg.model_size}-{config_hash(key_fields)}"
@@ -283,7 +287,8 @@ def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, *, sha
     hp: dict[str, dict[str, object]] = {
         "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k, "engine": engine},
         "majority": {"k": cfg.majority_k},
-        "global": {"epochs": cfg.epochs, "lr": cfg.train_lr, "batch_size": cfg.train_batch_size, "init": cfg.init,
+        "global": {"epochs": cfg.epochs, "lr": cfg.train_lr, "batch_size": cfg.train_batch_size,
+                   "schedule": cfg.train_schedule, "init": cfg.init,
                    "train_device": str(trial_device(cfg.device))}}
     ks = {"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}
     return pl.concat([
