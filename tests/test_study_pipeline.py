@@ -28,7 +28,7 @@ def test_s1_resume_refuses_changed_options_and_otherwise_recomputes_nothing(tmp_
         study.main(["--sizes", "280", "--test-points", "300", "--resume", "--out-dir", out])
     message = str(info.value)
     assert "--resume" in message and "--test-points: stored 50, now 300" in message
-    assert "--epochs: stored 1, now 5" in message and "--fraction: stored 0.1, now 1.0" in message
+    assert "--epochs: stored 1, now 10" in message and "--fraction: stored 0.1, now 1.0" in message
     again = study.main([*S1_SMALL, "--resume", "--out-dir", out])
     assert again.equals(first) and _rows_files(tmp_path / "s1") == files  # same table, nothing recomputed
     points = pl.read_parquet(tmp_path / "s1" / "points.parquet")
