@@ -65,7 +65,8 @@ class ModelScaling:
     def trials(self) -> list[MnistTrialConfig]:
         data_dir = str(Path(self.data_dir).resolve()) if self.data_dir else None  # trials run in their own folder
         return [MnistTrialConfig(model_size=size, seed=seed, epochs=self.epochs, train_lr=self.train_lr,
-                                 train_schedule=self.train_schedule, test_points=self.test_points, fraction=self.fraction, ttt_k=self.ttt_k, ttt_lr=self.ttt_lr, ttt_steps=self.ttt_steps,
+                                 train_schedule=self.train_schedule, test_points=self.test_points,
+                                 fraction=self.fraction, ttt_k=self.ttt_k, ttt_lr=self.ttt_lr, ttt_steps=self.ttt_steps,
                                  majority_k=self.majority_k, init=self.init, data_dir=data_dir,
                                  cache_dir=str(Path(self.out_dir, "features").resolve()),
                                  **dataclasses.asdict(self.compute))

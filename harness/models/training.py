@@ -9,7 +9,6 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-
 Schedule = Literal["constant", "cosine"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
