@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 METHOD_STYLE = {
@@ -21,6 +22,13 @@ METHOD_STYLE = {
     "majority": ("Majority vote", "tab:gray"),
     "moe": ("MoE", "tab:green"),
 }
+
+LOGY_SPAN = 20.0  # plot_metric_vs: the ratio of the largest to the smallest mean past which y is logarithmic
+
+
+def wants_log_y(means: np.ndarray) -> bool:
+    """Whether means this far apart need a log y axis: all positive and the largest > LOGY_SPAN x the smallest."""
+    return bool(means.size) and float(means.min()) > 0 and float(means.max()) > LOGY_SPAN * float(means.min())
 
 
 def plot_metric_vs(
@@ -32,8 +40,11 @@ def plot_metric_vs(
     title: str | None = None,
     logx: bool = True,
     percent: bool = False,
+    logy: bool | None = None,
 ) -> Path:
-    """Lines of `mean` against `x`, one per method, with shaded CI bands (ci_low..ci_high)."""
+    """Lines of `mean` against `x`, one per method, with shaded CI bands (ci_low..ci_high). `logy` None: a log
+    y axis when the means are positive and span more than LOGY_SPAN (a dead network's ~89 % error beside
+    others' ~1 % would flatten every other line on a linear axis)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.0, 3.6), dpi=130)
@@ -47,6 +58,9 @@ def plot_metric_vs(
                         alpha=0.2, color=colour)
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels at 2x, 3x, ... collide
+    if logy if logy is not None else wants_log_y(summary["mean"].to_numpy()):
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel + (" (%)" if percent else ""))
     if title:

@@ -106,3 +106,12 @@ def test_ttt_is_paired_with_the_global_row_of_the_same_point():
     with pytest.raises(ValueError, match="scores 3 point\\(s\\) more than once, with other values"):
         paired_differences(pl.concat([ttt, glob, again]))
     assert paired_differences(ttt).is_empty()
+
+
+def test_static_figure_goes_logarithmic_only_when_one_line_would_flatten_the_rest():
+    from dashboards.figures import wants_log_y
+
+    assert wants_log_y(np.array([0.8865, 0.0359, 0.0101]))  # a dead LeNet-280 beside live nets (S1 --paper)
+    assert not wants_log_y(np.array([0.1335, 0.0286, 0.0148, 0.0127]))  # the main job's spread stays linear
+    assert not wants_log_y(np.array([0.5, 0.0, 0.01]))  # a zero has no logarithm
+    assert not wants_log_y(np.array([]))
