@@ -60,6 +60,7 @@ from harness.retrieval.index import build_retriever
 from harness.trials.embedding_head import source_input_files
 from harness.trials.mnist import (
     MnistTrialConfig,
+    check_at_least,
     check_device,
     check_neighbourhoods,
     check_seed,
@@ -126,10 +127,7 @@ class ConceptSpaceConfig:
             lenet_for_size(self.cnn_size)
         check_device(self.device)
         check_seed(self.seed)
-        for name in ("sae_input_dim", "sae_width"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"{name} must be >= 1, got {v}")
+        check_at_least(self, ("sae_input_dim", "sae_width"), 1)
         if self.tv_ranks < 1:
             raise ConfigError(f"tv_ranks must be >= 1, got {self.tv_ranks}")
         if self.test_points is not None and self.test_points < 1:

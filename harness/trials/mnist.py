@@ -51,6 +51,14 @@ def check_seed(seed: int) -> None:
         raise ConfigError(f"seed must be >= 0, got {seed}")
 
 
+def check_at_least(cfg: object, names: tuple[str, ...], minimum: int) -> None:
+    """Raise naming the field unless each of cfg's fields `names` is None (the paper's value) or >= minimum."""
+    for name in names:
+        v = getattr(cfg, name)
+        if v is not None and v < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {v}")
+
+
 def check_neighbourhoods(ks: dict[str, tuple[int | None, str]], n_train: int, where: str) -> None:
     """Raise naming the field unless each k ({field: (k, where k came from)}) fits in the n_train points."""
     for field, (k, origin) in ks.items():
@@ -119,14 +127,8 @@ class MnistTrialConfig:
         check_engine(self.engine)
         check_device(self.device)
         check_seed(self.seed)
-        for name in ("epochs", "ttt_steps"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise ConfigError(f"{name} must be >= 0, got {v}")
-        for name in ("ttt_k", "majority_k", "train_batch_size"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"{name} must be >= 1, got {v}")
+        check_at_least(self, ("epochs", "ttt_steps"), 0)
+        check_at_least(self, ("ttt_k", "majority_k", "train_batch_size"), 1)
         if self.train_lr is not None and not self.train_lr > 0:
             raise ConfigError(f"train_lr must be > 0, got {self.train_lr}")
         if self.init not in INITS:

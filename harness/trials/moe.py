@@ -18,6 +18,7 @@ from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.kmeans import kmeans_centroids
 from harness.trials.mnist import (
     MnistTrialConfig,
+    check_at_least,
     check_device,
     check_neighbourhoods,
     check_seed,
@@ -60,14 +61,8 @@ class MoETrialConfig:
             raise ConfigError(f"experts must be >= 1, got {self.experts}")
         if self.lr is None or self.steps is None or self.neighbours is None:
             moe_spec(self.experts)  # raises unless Table 6 fills the gaps
-        for name in ("steps", "kmeans_iterations"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise ConfigError(f"{name} must be >= 0, got {v}")
-        for name in ("neighbours", "chunk", "kmeans_restarts"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ConfigError(f"{name} must be >= 1, got {v}")
+        check_at_least(self, ("steps", "kmeans_iterations"), 0)
+        check_at_least(self, ("neighbours", "chunk", "kmeans_restarts"), 1)
         if self.split not in ("test", "val"):
             raise ConfigError(f"split must be 'test' or 'val', got {self.split!r}")
         check_device(self.device)
