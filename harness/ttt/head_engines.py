@@ -15,8 +15,8 @@ is written into the TTT rows' hparams ("engine"). `auto_head_engine` is the tabl
   H100, H200)                                          equal the fp32 one-point loop's on benchmarks/
                                                        ttt_linear.py's agreement check on a 9.0 GPU (argmax of
                                                        every point checked, against `head_ttt_one_point` and
-                                                       against fp32 `batched_head_ttt`: all agreed on the H100;
-                                                       benchmarks/RESULTS.md)
+                                                       against fp32 `batched_head_ttt`: all agreed on the H100
+                                                       and on the H200; benchmarks/RESULTS.md)
                                   fused-tf32           instead, where the head or the training features exceed
                                                        fp16's range (|x| > 60,000: the fp16 modes refuse them);
                                                        it too agreed on every point checked (H100 and H200)
@@ -53,7 +53,7 @@ for _p in PRECISIONS:
 # CUDA capability -> (auto's engine for inputs within fp16's range, auto's engine otherwise); a capability is
 # listed only once the benchmark's agreement check found that engine's predictions equal to the fp32 loop's there
 AUTO_BY_CAPABILITY: dict[tuple[int, int], tuple[str, str]] = {
-    (9, 0): ("fused-fp16-state", "fused-tf32"),  # H100 (fp16 modes, tf32) and H200 (tf32): benchmarks/RESULTS.md
+    (9, 0): ("fused-fp16-state", "fused-tf32"),  # H100 and H200, both checked: benchmarks/RESULTS.md
 }
 
 
