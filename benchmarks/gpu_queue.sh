@@ -14,6 +14,7 @@ export PYTHONPATH=$SITE
 R=/root/results; mkdir -p $R $OUT
 left() { echo $(( DL - ($(date +%s) - T0) )); }
 log() { echo "=== $* [t=$(( $(date +%s) - T0 )) s, left $(left) s]"; }
+quiet() { grep -v -E "^\s*$|Warning|warn|INFO|it/s\]|^\(|Trial status|│|╭|╰|├"; }  # Ray's and tqdm's noise
 run_t() { local want=$1; shift; local l; l=$(left); local t=$(( want < l ? want : l )); if [ $t -lt 20 ]; then echo "SKIP (no time): $*"; return 1; fi; timeout $t "$@"; echo "rc $?"; }
 log start; nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.max.sm --format=csv,noheader
 python3 -c "import ray, polars, torch, triton; print('ray', ray.__version__, 'polars', polars.__version__, 'torch', torch.__version__, 'triton', triton.__version__)" 2>&1 | tail -1
@@ -23,13 +24,13 @@ for task in "$@"; do
     s1)
       run_t ${S1_T:-480} python3 benchmarks/s1_end_to_end.py --loop-points 5 --out $OUT/s1_timings.json -- \
         --paper --device cuda --retriever torch --gpus-per-trial 0.0625 --cpus-per-trial 1 --out-dir $R/s1 2>&1 \
-        | grep -v -E "^\s*$|Warning|warn|INFO|it/s\]|^\(|Trial status|│|╭|╰|├" | tail -80
+        | quiet | tail -80
       cp $R/s1/summary.parquet $OUT/s1_summary.parquet; cp $R/s1/figure.png $OUT/s1_figure.png
       tar -C $R -czf $OUT/s1_rows.tgz s1/sweeps/model_scaling/rows s1/run.json 2>/dev/null; ls -la $OUT ;;
     s1pack)
       run_t 200 python3 benchmarks/s1_end_to_end.py --loop-points 2 -- --paper --device cuda --retriever torch \
         --sizes 40818 --seeds 0 --gpus-per-trial 1 --cpus-per-trial 1 --out-dir $R/s1one 2>&1 \
-        | grep -v -E "^\s*$|Warning|warn|INFO|it/s\]|^\(|Trial status|│|╭|╰|├" | tail -30 ;;
+        | quiet | tail -30 ;;
     sae) run_t 150 python3 benchmarks/sae_train.py --device cuda 2>&1 | tail -30 ;;
     masked) run_t 150 python3 benchmarks/masked_ttt.py --device cuda 2>&1 | tail -30 ;;
     fused) run_t 240 python3 benchmarks/ttt_linear.py --device cuda --precisions fp16-state tf32 --fused-b 256 --min-time 2 \
@@ -37,7 +38,7 @@ for task in "$@"; do
     fusedbefore) (cd .gpu/before && run_t 240 python3 benchmarks/ttt_linear.py --device cuda --precisions fp16-state tf32 \
         --fused-b 256 --min-time 2 2>&1 | tail -40) ;;
     s7) run_t ${S7_T:-300} python3 benchmarks/s7_imagenet_shape.py -- --paper --device cuda --retriever torch --out-dir $R/s7 2>&1 \
-        | grep -v -E "^\s*$|Warning|warn|INFO|it/s\]|^\(|Trial status|│|╭|╰|├" | tail -50 ;;
+        | quiet | tail -50 ;;
     lm) run_t 400 python3 benchmarks/lm_ttt.py --device cuda --shape 0.5B 7B --skip-loop --compile --fuse both \
         --json $OUT/lm_ttt.json 2>&1 | grep -v -E "Warning|warn" | tail -40 ;;
     tests) run_t 120 python3 -m pytest -q -p no:cacheprovider -x tests/test_paper_recipe.py tests/test_linear_fused.py 2>&1 | tail -5 ;;

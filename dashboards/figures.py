@@ -59,7 +59,7 @@ def plot_metric_vs(
     if logx:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels at 2x, 3x, ... collide
-    if logy if logy is not None else wants_log_y(summary["mean"].to_numpy()):
+    if wants_log_y(summary["mean"].to_numpy()) if logy is None else logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel + (" (%)" if percent else ""))
