@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from benchmarks.timing import timed_study
+from benchmarks.timing import timed_study, trial_phases
 from harness.data.mnist import load_mnist
 from harness.trials.mnist import mnist_features
 from harness.ttt.linear import HeadTTTConfig, head_ttt_one_point
@@ -63,12 +63,7 @@ def main() -> None:
     cfg, ray_start, study_wall = timed_study(model_scaling, study_args)
 
     points = pl.read_parquet(Path(cfg.out_dir) / "points.parquet")
-    trials = points.filter(pl.col("metric") == "error").unique(["config_hash"]).select(
-        "model_size", "seed", "wall_time_s", "phase_seconds", "device")
-    phases: dict[str, float] = {}
-    for raw in trials["phase_seconds"].to_list():
-        for name, s in json.loads(raw or "{}").items():
-            phases[name] = phases.get(name, 0.0) + s
+    trials, phases = trial_phases(points, "error")
     trial_sum = float(trials["wall_time_s"].sum())
     n_points = points.filter((pl.col("method") == "ttt") & (pl.col("metric") == "error")).height
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np
 import polars as pl
 
-from benchmarks.timing import timed_study
+from benchmarks.timing import timed_study, trial_phases
 from studies import local_vs_global
 
 
@@ -73,10 +73,18 @@ def main() -> None:
     cfg, ray_start, wall = timed_study(local_vs_global, study_args)
     points = pl.read_parquet(Path(cfg.out_dir) / "points.parquet")
     n = points.filter((pl.col("method") == "ttt") & (pl.col("metric") == "accuracy")).height
+    trials, phases = trial_phases(points, "accuracy")
     print(f"\n{args.train} x {args.dim} training / {args.test} test embeddings, {args.classes} classes "
           f"(synthetic; hold-out {holdout}): written in {generate:.1f} s")
     print(f"Ray start {ray_start:.1f} s; study wall time {wall:.1f} s for {n} test points "
-          f"({n / wall:.0f} points/s end to end, linear-head training and retrieval included)")
+          f"({n / wall:.1f} points/s end to end, linear-head training and retrieval included)")
+    trial_sum = float(trials["wall_time_s"].sum())
+    print(f"trial wall time {trial_sum:.1f} s on {', '.join(sorted(set(trials['device'].to_list())))}; "
+          f"the rest of the study (loading, Ray's object store, tables) {wall - trial_sum:.1f} s")
+    order = ["train", "features", "index", "retrieval", "ttt", "global_heads"]  # the trial's order
+    for name, s in sorted(phases.items(), key=lambda p: order.index(p[0]) if p[0] in order else len(order)):
+        print(f"  {name:<13} {s:8.1f} s ({100 * s / trial_sum:5.1f} %)"
+              + (f"  {n / s:,.0f} points/s" if name == "ttt" and s > 0 else ""))
 
 
 if __name__ == "__main__":

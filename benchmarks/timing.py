@@ -3,7 +3,10 @@ s7_imagenet_shape)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import polars as pl
 
 
 def steady_rate(out: dict[str, np.ndarray]) -> float:
@@ -37,3 +40,15 @@ def timed_study(study, argv: list[str]):
     start = time.perf_counter()
     study.main(argv)
     return cfg, ray_start, time.perf_counter() - start
+
+
+def trial_phases(points: pl.DataFrame, metric: str) -> tuple[pl.DataFrame, dict[str, float]]:
+    """A study's trials (one row each: model_size, seed, wall_time_s, phase_seconds, device; from the rows of
+    `metric`) and their phase_seconds summed over trials."""
+    trials = points.filter(pl.col("metric") == metric).unique(["config_hash"]).select(
+        "model_size", "seed", "wall_time_s", "phase_seconds", "device")
+    phases: dict[str, float] = {}
+    for raw in trials["phase_seconds"].to_list():
+        for name, s in json.loads(raw or "{}").items():
+            phases[name] = phases.get(name, 0.0) + s
+    return trials, phases

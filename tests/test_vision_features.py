@@ -1,6 +1,8 @@
 """Feature path: open_clip over an ImageFolder (shapes, unit norm, cache, bad folders / files),
 embedding files (row / dimension / column errors), the class-balanced hold-out, and the MLP heads."""
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -200,7 +202,12 @@ def test_embedding_head_trial_rows_and_either_correct_filter():
     x = (centres[y] + rng.normal(size=(600, 10))).astype(np.float32)
     splits = FeatureSplits(x[:400], y[:400], x[400:450], y[400:450], x[450:], y[450:])
     cfg = EmbeddingHeadConfig(hidden=250, epochs=2, ttt_k=20, ttt_steps=10, majority_k=5, test_points=60)
-    rows = embedding_head_trial(cfg, splits)
+    epochs: list[int] = []
+    rows = embedding_head_trial(cfg, splits, on_epoch=lambda e, loss: epochs.append(e))
+    assert epochs == [0, 1]
+    (raw,), (wall,) = rows["phase_seconds"].unique().to_list(), rows["wall_time_s"].unique().to_list()
+    phases = json.loads(raw)  # where the time went
+    assert set(phases) == {"train", "features", "index", "retrieval", "ttt"} and sum(phases.values()) <= wall
     by = {(m, k): rows.filter((pl.col("method") == m) & (pl.col("metric") == k)).sort("point_id")
           for m, k in rows.select("method", "metric").unique().iter_rows()}
     assert {("global", "error"), ("ttt", "error"), ("majority", "error"), ("global", "cross_entropy"),

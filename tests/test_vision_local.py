@@ -54,3 +54,18 @@ def test_table2_columns_recomputed_one_point_at_a_time(mnist, tmp_path):
     glob = rows.filter((pl.col("method") == "global") & (pl.col("metric") == "accuracy")).sort("point_id")
     pred = (feats.test_x[subset] @ W.T + c).argmax(1)
     np.testing.assert_array_equal(glob["value"].to_numpy(), (pred == feats.test_y[subset]).astype(float))
+
+
+def test_trial_says_where_its_time_went_and_follows_training(mnist, tmp_path):
+    cfg = LocalVsGlobalConfig(model_size=280, epochs=2, test_points=8, ttt_steps=5, ttt_k=20, global_heads=2,
+                              cache_dir=str(tmp_path))
+    epochs: list[tuple[int, float]] = []
+    rows = local_vs_global_trial(cfg, mnist, on_epoch=lambda e, loss: epochs.append((e, loss)))
+    assert [e for e, _ in epochs] == [0, 1] and all(np.isfinite(loss) and loss > 0 for _, loss in epochs)
+    (raw,), (wall,) = rows["phase_seconds"].unique().to_list(), rows["wall_time_s"].unique().to_list()
+    phases = json.loads(raw)
+    assert set(phases) == {"train", "features", "index", "retrieval", "ttt", "global_heads"}
+    assert all(s >= 0 for s in phases.values()) and sum(phases.values()) <= wall
+    again = local_vs_global_trial(cfg, mnist, on_epoch=lambda e, loss: epochs.append((e, loss)))
+    assert len(epochs) == 2  # the features came from the cache: no training, so no training phase either
+    assert set(json.loads(again["phase_seconds"][0])) == {"index", "retrieval", "ttt", "global_heads"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -139,10 +140,13 @@ class EmbeddingHeadConfig:
                            spec.weight_decay)
 
 
-def head_features(cfg: EmbeddingHeadConfig,
-                  splits: FeatureSplits | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
+def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
+                  on_epoch: Callable[[int, float], None] | None = None,
+                  seconds: dict[str, float] | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
     """Train the head on the `fraction` subsample; return (its input features of train-subsample / val /
-    test, last-layer weight (C, d), bias (C,)). Cached under cfg.cache_dir when set."""
+    test, last-layer weight (C, d), bias (C,)). Cached under cfg.cache_dir when set. `on_epoch(epoch, loss)`
+    follows the training; `seconds` receives the wall time of training ("train") and of computing and caching
+    the features ("features") when they run."""
     key_fields = {"source": cfg.source, "hidden": cfg.hidden, "seed": cfg.seed, "train": cfg.train_config(),
                   "fraction": cfg.fraction, "inputs": input_fingerprint(cfg.input_files()),
                   "code_version": code_version()}
@@ -152,14 +156,17 @@ def head_features(cfg: EmbeddingHeadConfig,
 
     def compute() -> FeatureSplits:
         emb = splits if splits is not None else cfg.source.load()
+        start = time.perf_counter()
         idx = class_balanced_subsample(emb.train_y, cfg.fraction, seed=cfg.seed)
         classes = int(max(emb.train_y.max(), emb.test_y.max())) + 1
         torch.manual_seed(cfg.seed)
         model = MlpHead(emb.train_x.shape[1], classes, cfg.hidden, head_spec(cfg.hidden).dropout).to(device)
         x = torch.from_numpy(np.ascontiguousarray(emb.train_x[idx])).to(device)
         y = torch.from_numpy(emb.train_y[idx]).to(device)
-        train_classifier(model, x, y, cfg.train_config())
-        head["w"], head["b"] = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))
+        train_classifier(model, x, y, cfg.train_config(), on_epoch=on_epoch)
+        head["w"], head["b"] = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
+        if seconds is not None:
+            seconds["train"] = time.perf_counter() - start
 
         def feats(a: np.ndarray) -> np.ndarray:
             return model.features(torch.from_numpy(np.ascontiguousarray(a)).to(device)).cpu().numpy()
@@ -167,7 +174,10 @@ def head_features(cfg: EmbeddingHeadConfig,
         return FeatureSplits(feats(emb.train_x[idx]), emb.train_y[idx], feats(emb.val_x), emb.val_y,
                              feats(emb.test_x), emb.test_y)
 
+    start = time.perf_counter()
     out = cached_features(cfg.cache_dir, key, compute)
+    if seconds is not None and "train" in seconds:  # computed here, not read from the cache
+        seconds["features"] = time.perf_counter() - start - seconds["train"]
     head_path = Path(cfg.cache_dir) / f"{key}.head.npz" if cfg.cache_dir is not None else None
     if not head:  # features came from the cache: the head is cached beside them
         assert head_path is not None  # without a cache, cached_features computes (and fills head)
@@ -196,19 +206,24 @@ def either_correct_rows(run: RunInfo, out: dict[str, np.ndarray], hparams: dict[
 
 @register_trial("embedding_head", EmbeddingHeadConfig, shardable=True)
 def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None, *,
-                         sharding: ShardingConfig | None = None) -> pl.DataFrame:
+                         sharding: ShardingConfig | None = None,
+                         on_epoch: Callable[[int, float], None] | None = None) -> pl.DataFrame:
     """Per-point rows: global / ttt / majority x error / cross_entropy, plus cross_entropy_either_correct.
     The test points are evaluated in this process, or over Ray Data actors with `sharding` (same rows)."""
     start = time.perf_counter()
-    feats, weight, bias = head_features(cfg, splits)
+    seconds: dict[str, float] = {}  # where the trial's time goes (train, features, index, retrieval, ttt)
+    feats, weight, bias = head_features(cfg, splits, on_epoch, seconds)
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
     state = HeadState(feats.train_x, feats.train_y, weight, bias)
     chunk = ttt_chunk(cfg.ttt_k, x.shape[1])
     if sharding is None:
+        built = time.perf_counter()
         evaluator = HeadTTTEvaluator(state, cfg.ttt_config(), majority_k=cfg.majority_k, retriever=cfg.retriever,
                                      device=cfg.device, engine=cfg.engine, chunk=chunk)
+        seconds["index"] = time.perf_counter() - built
         out, device = evaluator({"point_id": subset, "feature": x[subset], "label": y[subset]}), str(evaluator.device)
+        seconds.update(evaluator.seconds)
     else:
         from harness.distributed.sharding import evaluate_sharded
 
@@ -218,7 +233,7 @@ def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None 
         device = "+".join(sorted(set(out.pop("device").tolist())))
     run = RunInfo(study=cfg.study, dataset=f"{cfg.source.name}-{cfg.split}", model_size=cfg.hidden, seed=cfg.seed,
                   k=cfg.ttt_k, fraction=cfg.fraction, config_hash=config_hash(cfg), device=device,
-                  wall_time_s=time.perf_counter() - start)
+                  wall_time_s=time.perf_counter() - start, phase_seconds=seconds or None)
     train = cfg.train_config()
     hp: dict[str, dict[str, object]] = {
         "global": {"lr": train.lr, "batch_size": train.batch_size, "epochs": train.epochs,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -115,30 +116,45 @@ class LocalVsGlobalConfig:
                                    majority_k=0, **common)
 
 
-def global_model(cfg: LocalVsGlobalConfig, images: ImageSplits | None,
-                 splits: FeatureSplits | None) -> tuple[FeatureSplits, np.ndarray, np.ndarray, str]:
-    """(features, head weight (C, d), head bias (C,), dataset name) of the trial's trained global model."""
+def global_model(cfg: LocalVsGlobalConfig, images: ImageSplits | None, splits: FeatureSplits | None,
+                 on_epoch: Callable[[int, float], None] | None = None,
+                 seconds: dict[str, float] | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray, str]:
+    """(features, head weight (C, d), head bias (C,), dataset name) of the trial's trained global model;
+    `on_epoch` and `seconds` as in mnist_features / head_features."""
     model = cfg.model_config()
     if isinstance(model, EmbeddingHeadConfig):
-        feats, weight, bias = head_features(model, splits)
+        feats, weight, bias = head_features(model, splits, on_epoch, seconds)
         return feats, weight, bias, model.source.name
-    feats, weight, bias = mnist_features(model, images)
+    feats, weight, bias = mnist_features(model, images, on_epoch, seconds)
     return feats, weight, bias, "mnist"
 
 
 @register_trial("local_vs_global", LocalVsGlobalConfig)
 def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None = None,
-                          splits: FeatureSplits | None = None) -> pl.DataFrame:
+                          splits: FeatureSplits | None = None,
+                          on_epoch: Callable[[int, float], None] | None = None) -> pl.DataFrame:
     """Rows: global/accuracy, ttt/accuracy, ttt/accuracy_neighbourhood per test point, and
-    ttt/accuracy_test_set per randomly chosen head (point_id = the head's test point)."""
+    ttt/accuracy_test_set per randomly chosen head (point_id = the head's test point). Their phase_seconds
+    say where the time went: train and features (when not cached), index, retrieval, ttt (with the global
+    head's and the neighbourhood accuracies), global_heads (the chosen heads on the whole split)."""
     start = time.perf_counter()
-    feats, weight, bias, dataset = global_model(cfg, images, splits)
+    seconds: dict[str, float] = {}
+    feats, weight, bias, dataset = global_model(cfg, images, splits, on_epoch, seconds)
     ttt = cfg.ttt_config()
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
     device = trial_device(cfg.device)
-    neighbours = retrieve_neighbours(build_retriever(feats.train_x, cfg.retriever, device=str(device)), x[subset],
-                                     ttt.k)  # (n, k)
+    phase = time.perf_counter()
+
+    def lap(name: str) -> None:  # the phase since the last lap; callers first bring results to the host
+        nonlocal phase
+        now = time.perf_counter()
+        seconds[name], phase = now - phase, now
+
+    retriever = build_retriever(feats.train_x, cfg.retriever, device=str(device))
+    lap("index")
+    neighbours = retrieve_neighbours(retriever, x[subset], ttt.k)  # (n, k), on the host
+    lap("retrieval")
 
     def t(a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)
@@ -157,23 +173,28 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
         acc_nbhd.append(heads_accuracy(W, c, train_x[nb], train_y[nb]))
         for i in chosen[(chosen >= s) & (chosen < s + cfg.chunk)]:
             kept[int(i)] = (W[i - s], c[i - s])
+    acc = {name: torch.cat(v).cpu().numpy() for name, v in
+           (("global", acc_global), ("point", acc_point), ("neighbourhood", acc_nbhd))}
+    lap("ttt")
     order = sorted(kept)
     acc_heads = None
     if order:
         X, Y = t(x), t(y, torch.int64)  # the whole split
-        acc_heads = torch.cat([heads_accuracy(kept[i][0][None], kept[i][1][None], X[None], Y[None]) for i in order])
+        acc_heads = torch.cat([heads_accuracy(kept[i][0][None], kept[i][1][None], X[None], Y[None])
+                               for i in order]).cpu().numpy()
+        lap("global_heads")
     model_size = cfg.model_size if cfg.source is None else None
     run = RunInfo(study=cfg.study, dataset=f"{dataset}-{cfg.split}", model_size=model_size, seed=cfg.seed, k=ttt.k,
                   fraction=1.0, config_hash=config_hash(cfg), device=str(device),
-                  wall_time_s=time.perf_counter() - start)
+                  wall_time_s=time.perf_counter() - start, phase_seconds=seconds)
     hp = {"lr": ttt.lr, "steps": ttt.steps, "k": ttt.k, "engine": engine_name}
     frames = [
-        point_rows(run, "global", "accuracy", torch.cat(acc_global).cpu().numpy(), subset, k=None),
-        point_rows(run, "ttt", "accuracy", torch.cat(acc_point).cpu().numpy(), subset, hparams=hp),
-        point_rows(run, "ttt", "accuracy_neighbourhood", torch.cat(acc_nbhd).cpu().numpy(), subset, hparams=hp),
+        point_rows(run, "global", "accuracy", acc["global"], subset, k=None),
+        point_rows(run, "ttt", "accuracy", acc["point"], subset, hparams=hp),
+        point_rows(run, "ttt", "accuracy_neighbourhood", acc["neighbourhood"], subset, hparams=hp),
     ]
     if acc_heads is not None:
-        frames.append(point_rows(run, "ttt", "accuracy_test_set", acc_heads.cpu().numpy(), subset[order], hparams=hp))
+        frames.append(point_rows(run, "ttt", "accuracy_test_set", acc_heads, subset[order], hparams=hp))
     if cfg.source is None:  # a LeNet may come out dead (all features zero): say so in the rows
         frames.append(dead_feature_rows(run, feats.train_x, {"init": cfg.init}))
     return pl.concat(frames)
