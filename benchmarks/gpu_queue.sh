@@ -37,8 +37,13 @@ for task in "$@"; do
         --json $OUT/fused_after.json 2>&1 | tail -40 ;;
     fusedbefore) (cd .gpu/before && run_t 240 python3 benchmarks/ttt_linear.py --device cuda --precisions fp16-state tf32 \
         --fused-b 256 --min-time 2 2>&1 | tail -40) ;;
-    s7) run_t ${S7_T:-300} python3 benchmarks/s7_imagenet_shape.py -- --paper --device cuda --retriever torch --out-dir $R/s7 2>&1 \
-        | quiet | tail -50 ;;
+    s7) # a run cut off part way is finished by the same task in a second call while the machine is warm: the
+        # embeddings in /root/s7data and the trained head in $R/s7's cache are reused (the benchmark says so);
+        # a cut-off run's Ray may linger and hold GPU memory: end it first
+        pkill -9 -f "raylet|gcs_server|ray::|dashboard.py" 2>/dev/null; sleep 1
+        run_t ${S7_T:-560} python3 benchmarks/s7_imagenet_shape.py --folder /root/s7data -- --paper --device cuda \
+        --retriever torch --out-dir $R/s7 2>&1 | quiet | tail -50
+        cp $R/s7/table2.md $R/s7/run.json $OUT/ 2>/dev/null ;;
     lm) run_t 400 python3 benchmarks/lm_ttt.py --device cuda --shape 0.5B 7B --skip-loop --compile --fuse both \
         --json $OUT/lm_ttt.json 2>&1 | grep -v -E "Warning|warn" | tail -40 ;;
     tests) run_t 120 python3 -m pytest -q -p no:cacheprovider -x tests/test_paper_recipe.py tests/test_linear_fused.py 2>&1 | tail -5 ;;

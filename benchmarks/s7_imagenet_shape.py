@@ -9,11 +9,19 @@ x 512 training and 50k test by default, 1000 classes; the study holds out 50k of
 (§E.6). Values are synthetic, so accuracies say nothing about ImageNet: this measures time. Everything
 after `--` goes to the study. Prints the data generation time, Ray start, the study's wall time and its
 per-trial phases.
+
+A run cut off part way can be finished by the same command with the same `--folder` and the study's same
+`--out-dir`: the embedding files are reused (when this script wrote them with the same arguments) and so is
+the trained head (the study's feature cache), so the second run does what is left (on a GPU machine that is
+still warm, a second device call).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
+import json
 import sys
 import tempfile
 import time
@@ -25,12 +33,15 @@ import numpy as np
 import polars as pl
 
 from benchmarks.timing import timed_study, trial_phases
+from harness.results.run_record import read_run
 from studies import local_vs_global
 
 
 def write_embeddings(folder: Path, train: int, test: int, classes: int, dim: int, noise: float,
                      seed: int = 0) -> tuple[Path, Path]:
-    """`train.npy` / `test.npy` (float32, unit rows) with `<stem>.labels.npy` beside them, written in blocks."""
+    """`train.npy` / `test.npy` (float32, unit rows) with `<stem>.labels.npy` beside them, written in blocks.
+    `made.json` (written last) records the arguments and this function's source."""
+    (folder / "made.json").unlink(missing_ok=True)  # a write cut off half way is never taken as made
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((classes, dim)).astype(np.float32)
     paths = []
@@ -46,7 +57,23 @@ def write_embeddings(folder: Path, train: int, test: int, classes: int, dim: int
         del x
         np.save(folder / f"{name}.labels.npy", labels.astype(np.int64))
         paths.append(folder / f"{name}.npy")
+    (folder / "made.json").write_text(json.dumps(_made(train, test, classes, dim, noise, seed)))
     return paths[0], paths[1]
+
+
+def _made(*args: object) -> dict[str, object]:
+    return {"args": list(args), "code": hashlib.sha256(inspect.getsource(write_embeddings).encode()).hexdigest()}
+
+
+def embeddings_in(folder: Path, train: int, test: int, classes: int, dim: int, noise: float,
+                  seed: int = 0) -> tuple[Path, Path, bool]:
+    """(train.npy, test.npy, whether they were already there): the files of `folder` when write_embeddings made
+    them with these arguments and this code (a second call on a GPU machine that is still warm reuses them);
+    otherwise written now."""
+    made = folder / "made.json"
+    if made.exists() and json.loads(made.read_text()) == _made(train, test, classes, dim, noise, seed):
+        return folder / "train.npy", folder / "test.npy", True
+    return (*write_embeddings(folder, train, test, classes, dim, noise, seed), False)
 
 
 def main() -> None:
@@ -59,32 +86,42 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--noise", type=float, default=1.5, help="noise std around the class means (before normalising)")
-    p.add_argument("--folder", default=None, help="where to write the files (default: a temporary folder)")
+    p.add_argument("--folder", default=None, help="where to write the files (default: a temporary folder); files "
+                   "this script wrote there with the same arguments are reused")
     args = p.parse_args(own)
     folder = Path(args.folder or tempfile.mkdtemp(prefix="s7_imagenet_shape_"))
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    train, test = write_embeddings(folder, args.train, args.test, args.classes, args.dim, args.noise)
+    train, test, reused = embeddings_in(folder, args.train, args.test, args.classes, args.dim, args.noise)
     generate = time.perf_counter() - start
-    print(f"{args.train} x {args.dim} training / {args.test} test embeddings written in {generate:.1f} s "
-          f"to {folder}", flush=True)  # now, so that a run cut off inside the study still says this much
+    made = "reused (written by an earlier run)" if reused else f"written in {generate:.1f} s"
+    print(f"{args.train} x {args.dim} training / {args.test} test embeddings {made} in {folder}",
+          flush=True)  # now, so that a run cut off inside the study still says this much
     holdout = min(50_000, args.train // 10)
     study_args = ["--embeddings", str(train), str(test), "--holdout", str(holdout), *study_args]
     cfg, ray_start, wall = timed_study(local_vs_global, study_args)
     points = pl.read_parquet(Path(cfg.out_dir) / "points.parquet")
     n = points.filter((pl.col("method") == "ttt") & (pl.col("metric") == "accuracy")).height
     trials, phases = trial_phases(points, "accuracy")
+    record = read_run(cfg.out_dir)
+    assert record is not None  # the study has just written it
+    reused_rows = record["sweeps"]["local_vs_global"]["reused"]
     print(f"\n{args.train} x {args.dim} training / {args.test} test embeddings, {args.classes} classes "
-          f"(synthetic; hold-out {holdout}): written in {generate:.1f} s")
+          f"(synthetic; hold-out {holdout}): {made}")
     print(f"Ray start {ray_start:.1f} s; study wall time {wall:.1f} s for {n} test points "
           f"({n / wall:.1f} points/s end to end, linear-head training and retrieval included)")
     trial_sum = float(trials["wall_time_s"].sum())
     print(f"trial wall time {trial_sum:.1f} s on {', '.join(sorted(set(trials['device'].to_list())))}; "
           f"the rest of the study (loading, Ray's object store, tables) {wall - trial_sum:.1f} s")
+    if reused_rows:
+        print("  the trial's rows were reused (an earlier run's, same config, inputs and code): nothing was "
+              "recomputed, and the phases below are that run's")
+    elif "train" not in phases:
+        print("  train, features: the head and its features came from the study's cache (an earlier run's)")
     order = ["train", "features", "index", "retrieval", "ttt", "global_heads"]  # the trial's order
     for name, s in sorted(phases.items(), key=lambda p: order.index(p[0]) if p[0] in order else len(order)):
         print(f"  {name:<13} {s:8.1f} s ({100 * s / trial_sum:5.1f} %)"
-              + (f"  {n / s:,.0f} points/s" if name == "ttt" and s > 0 else ""))
+              + (f"  {n / s:,.1f} points/s" if name == "ttt" and s > 0 else ""))
 
 
 if __name__ == "__main__":
