@@ -3,7 +3,7 @@
 # from the start, default 570: inside one 600 s device call). Needs .gpu from benchmarks/gpu_bundle.sh (carry it):
 #     DEADLINE=560 bash benchmarks/gpu_queue.sh s1 sae masked fused 2>&1 | tee $OUT/log.txt
 # Tasks: s1 s1pack sae masked fused fusedbefore (needs .gpu/before = git archive fa06356 harness benchmarks)
-# s7 lm tests. Outputs land in $OUT (at most 8 files come back).
+# s7 stacked lm tests. Outputs land in $OUT (at most 8 files come back).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1
 T0=$(date +%s); DL=${DEADLINE:-570}
@@ -31,6 +31,8 @@ for task in "$@"; do
       run_t 200 python3 benchmarks/s1_end_to_end.py --loop-points 2 -- --paper --device cuda --retriever torch \
         --sizes 40818 --seeds 0 --gpus-per-trial 1 --cpus-per-trial 1 --out-dir $R/s1one 2>&1 \
         | quiet | tail -30 ;;
+    stacked) run_t 300 python3 benchmarks/stacked_seeds.py --sizes 280 1268 4430 11770 40818 --seeds 0 1 2 3 4 \
+        --epochs 2 --device cuda --json $OUT/stacked.json 2>&1 | grep -v -E "Warning|warn" | tail -12 ;;
     sae) run_t 150 python3 benchmarks/sae_train.py --device cuda 2>&1 | tail -30 ;;
     masked) run_t 150 python3 benchmarks/masked_ttt.py --device cuda 2>&1 | tail -30 ;;
     fused) run_t 240 python3 benchmarks/ttt_linear.py --device cuda --precisions fp16-state tf32 --fused-b 256 --min-time 2 \
