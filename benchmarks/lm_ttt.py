@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from benchmarks.timing import sync  # noqa: E402
 from harness.models.lm import QWEN25_SHAPES, count_parameters, random_qwen25  # noqa: E402
 from harness.ttt.lora import PeftLoRATTT, PreparedSequence, training_rows  # noqa: E402
 from harness.ttt.lora_batched import BatchedLoRATTT  # noqa: E402
@@ -58,11 +59,6 @@ def synthetic_sequences(n: int, n_steps: int, tokens: int, vocab: int, seed: int
         eval_ids = tuple(torch.randint(1, vocab, (tokens,), generator=g).tolist())
         out.append(PreparedSequence(i, "", eval_ids, 4 * tokens, tuple(rows), n_steps))
     return out
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def timed(fn: Callable[[], T], device: str) -> tuple[float, T]:

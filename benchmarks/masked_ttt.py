@@ -24,12 +24,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks.timing import sync
 from harness.ttt.masked import MaskedTTTConfig, batched_masked_ttt, masked_ttt_one_point
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def sparse_concepts(n: int, d1: int, active: int, g: torch.Generator, device: torch.device) -> torch.Tensor:

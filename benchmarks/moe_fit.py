@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from benchmarks.timing import sync  # noqa: E402
 from harness.ttt.linear import head_ttt_one_point  # noqa: E402
 from harness.ttt.moe import iter_expert_chunks, moe_spec  # noqa: E402
 
@@ -43,11 +44,6 @@ class Shape:
 
 
 CPU_SHAPE = Shape(n=20_000, d=64, classes=100, experts=300, chunk=128, loop_experts=10)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def nearest_training_points(x: torch.Tensor, queries: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:

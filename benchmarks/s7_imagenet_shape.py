@@ -10,10 +10,10 @@ x 512 training and 50k test by default, 1000 classes; the study holds out 50k of
 after `--` goes to the study. Prints the data generation time, Ray start, the study's wall time and its
 per-trial phases.
 
-A run cut off part way can be finished by the same command with the same `--folder` and the study's same
-`--out-dir`: the embedding files are reused (when this script wrote them with the same arguments) and so is
-the trained head (the study's feature cache), so the second run does what is left (on a GPU machine that is
-still warm, a second device call).
+Run again with the same `--folder` and the study's same `--out-dir`, it reuses the embedding files (when this
+script wrote them with the same arguments and they are unchanged) and the trained head (the study's feature
+cache, once written): a run cut off after training is finished by a second one (on a GPU machine that is still
+warm, a second device call). A run cut off during training trains again.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.timing import timed_study, trial_phases
+from harness.results.atomic import atomic_path
 from harness.results.run_record import read_run
 from studies import local_vs_global
 
@@ -40,11 +41,11 @@ from studies import local_vs_global
 def write_embeddings(folder: Path, train: int, test: int, classes: int, dim: int, noise: float,
                      seed: int = 0) -> tuple[Path, Path]:
     """`train.npy` / `test.npy` (float32, unit rows) with `<stem>.labels.npy` beside them, written in blocks.
-    `made.json` (written last) records the arguments and this function's source."""
+    `made.json` (written last, atomically) records the arguments, this function's source and the files' sizes
+    and modification times."""
     (folder / "made.json").unlink(missing_ok=True)  # a write cut off half way is never taken as made
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((classes, dim)).astype(np.float32)
-    paths = []
     for name, n in (("train", train), ("test", test)):
         labels = np.arange(n) % classes
         rng.shuffle(labels)
@@ -56,22 +57,32 @@ def write_embeddings(folder: Path, train: int, test: int, classes: int, dim: int
         x.flush()
         del x
         np.save(folder / f"{name}.labels.npy", labels.astype(np.int64))
-        paths.append(folder / f"{name}.npy")
-    (folder / "made.json").write_text(json.dumps(_made(train, test, classes, dim, noise, seed)))
-    return paths[0], paths[1]
+    with atomic_path(folder / "made.json") as tmp:
+        tmp.write_text(json.dumps(_made(folder, train=train, test=test, classes=classes, dim=dim, noise=noise,
+                                        seed=seed)))
+    return folder / "train.npy", folder / "test.npy"
 
 
-def _made(*args: object) -> dict[str, object]:
-    return {"args": list(args), "code": hashlib.sha256(inspect.getsource(write_embeddings).encode()).hexdigest()}
+def _made(folder: Path, **args: object) -> dict[str, object]:
+    """What `made.json` holds for files written into `folder` with `args` by this code, as they are now."""
+    files = {f.name: [f.stat().st_size, f.stat().st_mtime_ns] if f.exists() else None
+             for f in (folder / n for n in ("train.npy", "train.labels.npy", "test.npy", "test.labels.npy"))}
+    return {"args": args, "code": hashlib.sha256(inspect.getsource(write_embeddings).encode()).hexdigest(),
+            "files": files}
 
 
 def embeddings_in(folder: Path, train: int, test: int, classes: int, dim: int, noise: float,
                   seed: int = 0) -> tuple[Path, Path, bool]:
     """(train.npy, test.npy, whether they were already there): the files of `folder` when write_embeddings made
-    them with these arguments and this code (a second call on a GPU machine that is still warm reuses them);
-    otherwise written now."""
-    made = folder / "made.json"
-    if made.exists() and json.loads(made.read_text()) == _made(train, test, classes, dim, noise, seed):
+    them with these arguments and this code and they have not changed since (a second call on a GPU machine
+    that is still warm reuses them); otherwise written now."""
+    made, args = folder / "made.json", {"train": train, "test": test, "classes": classes, "dim": dim,
+                                        "noise": noise, "seed": seed}
+    try:
+        same = made.exists() and json.loads(made.read_text()) == _made(folder, **args)
+    except json.JSONDecodeError:  # not a record this script wrote
+        same = False
+    if same:
         return folder / "train.npy", folder / "test.npy", True
     return (*write_embeddings(folder, train, test, classes, dim, noise, seed), False)
 
@@ -105,23 +116,26 @@ def main() -> None:
     trials, phases = trial_phases(points, "accuracy")
     record = read_run(cfg.out_dir)
     assert record is not None  # the study has just written it
-    reused_rows = record["sweeps"]["local_vs_global"]["reused"]
+    sweep = record["sweeps"]["local_vs_global"]
     print(f"\n{args.train} x {args.dim} training / {args.test} test embeddings, {args.classes} classes "
           f"(synthetic; hold-out {holdout}): {made}")
-    print(f"Ray start {ray_start:.1f} s; study wall time {wall:.1f} s for {n} test points "
-          f"({n / wall:.1f} points/s end to end, linear-head training and retrieval included)")
+    print(f"Ray start {ray_start:.1f} s; study wall time {wall:.1f} s for {n} test points")
     trial_sum = float(trials["wall_time_s"].sum())
-    print(f"trial wall time {trial_sum:.1f} s on {', '.join(sorted(set(trials['device'].to_list())))}; "
-          f"the rest of the study (loading, Ray's object store, tables) {wall - trial_sum:.1f} s")
-    if reused_rows:
-        print("  the trial's rows were reused (an earlier run's, same config, inputs and code): nothing was "
-              "recomputed, and the phases below are that run's")
-    elif "train" not in phases:
-        print("  train, features: the head and its features came from the study's cache (an earlier run's)")
-    order = ["train", "features", "index", "retrieval", "ttt", "global_heads"]  # the trial's order
+    if sweep["reused"]:
+        print(f"  the rows of {sweep['reused']} of {sweep['trials']} trial(s) were reused (an earlier run's, same "
+              "config, inputs and code): their work was not redone, and the trial times below are that run's")
+    else:
+        what = ("training and retrieval included" if "train" in phases else
+                "retrieval included; the head and its features came from the study's cache")
+        print(f"  {n / wall:.1f} points/s end to end ({what})")
+        print(f"  the study outside its trials (loading, Ray's object store, tables): {wall - trial_sum:.1f} s")
+    print(f"trial wall time {trial_sum:.1f} s on {', '.join(sorted(set(trials['device'].to_list())))}")
+    order = ["train", "features", "index", "retrieval", "to_device", "ttt", "global_heads"]  # the trial's order
     for name, s in sorted(phases.items(), key=lambda p: order.index(p[0]) if p[0] in order else len(order)):
         print(f"  {name:<13} {s:8.1f} s ({100 * s / trial_sum:5.1f} %)"
               + (f"  {n / s:,.1f} points/s" if name == "ttt" and s > 0 else ""))
+    print(f"  {'other':<13} {trial_sum - sum(phases.values()):8.1f} s (loading cached features, writing the cache, "
+          "building rows)")
 
 
 if __name__ == "__main__":

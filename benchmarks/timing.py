@@ -1,12 +1,23 @@
-"""Timing helpers shared by the benchmarks that run through Ray (ray_scaling, lm_ray_scaling, s1_end_to_end,
-s7_imagenet_shape)."""
+"""Timing helpers shared by the benchmarks: waiting for a device, and for those that run through Ray
+(ray_scaling, lm_ray_scaling, s1_end_to_end, s7_imagenet_shape) the steady rate and a study's phases."""
 
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
+import torch
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (a CUDA device); a CPU has none."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def steady_rate(out: dict[str, np.ndarray]) -> float:
@@ -45,6 +56,8 @@ def timed_study(study, argv: list[str]):
 def trial_phases(points: pl.DataFrame, metric: str) -> tuple[pl.DataFrame, dict[str, float]]:
     """A study's trials (one row each: model_size, seed, wall_time_s, phase_seconds, device; from the rows of
     `metric`) and their phase_seconds summed over trials."""
+    import polars as pl
+
     trials = points.filter(pl.col("metric") == metric).unique(["config_hash"]).select(
         "model_size", "seed", "wall_time_s", "phase_seconds", "device")
     phases: dict[str, float] = {}

@@ -30,6 +30,11 @@ def test_embedding_files_are_reused_only_when_made_with_the_same_arguments(tmp_p
     assert not reused and not np.array_equal(np.load(train), x)
     (tmp_path / "made.json").unlink()  # as a write cut off before its end leaves the folder
     assert not embeddings_in(tmp_path, 300, 40, 5, 8, 0.5)[2]
+    np.save(tmp_path / "test.npy", np.zeros((40, 8), np.float32))  # a file replaced since: written again
+    assert not embeddings_in(tmp_path, 300, 40, 5, 8, 0.5)[2] and np.load(test).any()
+    (tmp_path / "made.json").write_text('{"args": ')  # not a record this script wrote
+    assert not embeddings_in(tmp_path, 300, 40, 5, 8, 0.5)[2]
+    assert embeddings_in(tmp_path, 300, 40, 5, 8, 0.5)[2]
 
 
 def _bench(tmp_path: Path) -> str:
@@ -55,11 +60,12 @@ def test_runs_again_reuse_what_is_done_and_say_so(tmp_path):
     same = ["method", "metric", "point_id", "value"]
 
     second = _bench(tmp_path)
-    assert "reused (written by an earlier run)" in second and "nothing was recomputed" in second
+    assert "reused (written by an earlier run)" in second and "were reused" in second
+    assert "points/s end to end" not in second  # nothing ran: no rate
 
     shutil.rmtree(tmp_path / "out" / "sweeps" / "local_vs_global" / "rows")
     third = _bench(tmp_path)
-    assert "reused (written by an earlier run)" in third and "nothing was recomputed" not in third
+    assert "reused (written by an earlier run)" in third and "were reused" not in third
     assert "came from the study's cache" in third and "  train " not in third and "  ttt " in third
     again = pl.read_parquet(tmp_path / "out" / "points.parquet")
     assert again.select(same).sort(same).equals(rows.select(same).sort(same))

@@ -11,7 +11,8 @@ from PIL import Image
 
 from harness.data.embeddings import load_embedding_file, load_embedding_splits
 from harness.data.holdout import class_balanced_holdout
-from harness.features.cache import FeatureSplits
+from harness.errors import ConfigError
+from harness.features.cache import FeatureSplits, cached_model_features
 from harness.features.clip import (
     ClipConfig,
     cached_folder_embeddings,
@@ -217,3 +218,32 @@ def test_embedding_head_trial_rows_and_either_correct_filter():
     np.testing.assert_array_equal(sub["point_id"].to_numpy(), by[("ttt", "error")]["point_id"].to_numpy()[right])
     np.testing.assert_allclose(sub["value"].to_numpy(), by[("ttt", "cross_entropy")]["value"].to_numpy()[right])
     assert set(rows["model_size"]) == {250} and by[("global", "error")].height == 60
+
+
+def test_model_cache_keeps_the_head_with_its_features_through_a_kill(tmp_path):
+    """The head is written before the features, and features found without their head are recomputed: a run
+    killed between the two writes costs a recomputation, never a rerun that fails on a missing head."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 3)).astype(np.float32), np.arange(6) % 2
+    calls: list[int] = []
+
+    def compute(scale: float = 1.0):
+        calls.append(1)
+        return (FeatureSplits(scale * x, y, x, y, x, y), np.full((2, 3), float(len(calls)), np.float32),
+                np.zeros(2, np.float32))
+
+    feats, w, _ = cached_model_features(tmp_path, "k", compute)
+    assert len(calls) == 1 and (tmp_path / "k.npz").exists() and (tmp_path / "k.head.npz").exists()
+    again, w2, _ = cached_model_features(tmp_path, "k", compute)
+    assert len(calls) == 1 and np.array_equal(w2, w) and np.array_equal(again.train_x, feats.train_x)  # a hit
+
+    (tmp_path / "k.head.npz").unlink()  # features without their head (a kill between the writes, old order)
+    _, w3, _ = cached_model_features(tmp_path, "k", compute)
+    assert len(calls) == 2 and w3[0, 0] == 2.0 and (tmp_path / "k.head.npz").exists()
+
+    (tmp_path / "k.npz").unlink()
+    with pytest.raises(ConfigError, match="NaN or inf"):  # the head is written, then the features refused
+        cached_model_features(tmp_path, "k", lambda: compute(np.nan))
+    assert (tmp_path / "k.head.npz").exists() and not (tmp_path / "k.npz").exists()
+    _, w4, _ = cached_model_features(tmp_path, "k", compute)  # as after a kill after the head's write
+    assert len(calls) == 4 and w4[0, 0] == 4.0 and (tmp_path / "k.npz").exists()

@@ -64,8 +64,9 @@ def test_trial_says_where_its_time_went_and_follows_training(mnist, tmp_path):
     assert [e for e, _ in epochs] == [0, 1] and all(np.isfinite(loss) and loss > 0 for _, loss in epochs)
     (raw,), (wall,) = rows["phase_seconds"].unique().to_list(), rows["wall_time_s"].unique().to_list()
     phases = json.loads(raw)
-    assert set(phases) == {"train", "features", "index", "retrieval", "ttt", "global_heads"}
+    assert set(phases) == {"train", "features", "index", "retrieval", "to_device", "ttt",
+                           "global_heads"}
     assert all(s >= 0 for s in phases.values()) and sum(phases.values()) <= wall
     again = local_vs_global_trial(cfg, mnist, on_epoch=lambda e, loss: epochs.append((e, loss)))
     assert len(epochs) == 2  # the features came from the cache: no training, so no training phase either
-    assert set(json.loads(again["phase_seconds"][0])) == {"index", "retrieval", "ttt", "global_heads"}
+    assert set(json.loads(again["phase_seconds"][0])) == {"index", "retrieval", "to_device", "ttt", "global_heads"}

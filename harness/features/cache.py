@@ -13,9 +13,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.data.feature_splits import FeatureSplits
+import numpy as np
 
-__all__ = ["FeatureSplits", "cached_features"]
+from harness.data.feature_splits import FeatureSplits
+from harness.results.atomic import atomic_path
+
+__all__ = ["FeatureSplits", "cached_features", "cached_model_features"]
 
 
 def cached_features(
@@ -37,3 +40,30 @@ def cached_features(
     splits.check_finite(f"features {key} (cache {path})")
     splits.save(path)
     return splits
+
+
+def cached_model_features(
+    cache_dir: str | os.PathLike | None, key: str,
+    compute: Callable[[], tuple[FeatureSplits, np.ndarray, np.ndarray]],
+) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
+    """cached_features for a trained model: (its features, its head's weight (C, d), bias (C,)), the head kept in
+    `<cache_dir>/<key>.head.npz`. The head is written before the features and features found without their head
+    are recomputed, so a run killed between the two writes costs a recomputation, never a rerun that fails."""
+    head: dict[str, np.ndarray] = {}
+    head_path = None if cache_dir is None else Path(cache_dir) / f"{key}.head.npz"
+
+    def features() -> FeatureSplits:
+        splits, head["w"], head["b"] = compute()
+        if head_path is not None:
+            with atomic_path(head_path, suffix=".tmp.npz") as tmp:
+                np.savez(tmp, w=head["w"], b=head["b"])
+        return splits
+
+    if head_path is not None and not head_path.exists():
+        (Path(head_path.parent) / f"{key}.npz").unlink(missing_ok=True)  # features without their head: no hit
+    splits = cached_features(cache_dir, key, features)
+    if not head:  # the features came from the cache: so does the head
+        assert head_path is not None  # without a cache, cached_features computes (and fills head)
+        with np.load(head_path) as f:
+            head = {"w": f["w"], "b": f["b"]}
+    return splits, head["w"], head["b"]

@@ -20,12 +20,11 @@ from harness.data.embeddings import IMAGENET_HOLDOUT, labels_path_for
 from harness.data.subsample import class_balanced_subsample
 from harness.distributed.sharding import ShardingConfig
 from harness.errors import ConfigError
-from harness.features.cache import FeatureSplits, cached_features
+from harness.features.cache import FeatureSplits, cached_model_features
 from harness.features.embedding_source import EmbeddingSource
 from harness.models.mlp import MlpHead, head_spec
 from harness.models.training import TrainConfig, train_classifier
 from harness.registry import register_trial
-from harness.results.atomic import atomic_path
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.mnist import (
@@ -145,16 +144,15 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
                   seconds: dict[str, float] | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
     """Train the head on the `fraction` subsample; return (its input features of train-subsample / val /
     test, last-layer weight (C, d), bias (C,)). Cached under cfg.cache_dir when set. `on_epoch(epoch, loss)`
-    follows the training; `seconds` receives the wall time of training ("train") and of computing and caching
-    the features ("features") when they run."""
+    follows the training; `seconds` receives the wall time of training ("train") and of computing the features
+    ("features") when they run (not of loading the embeddings or writing the cache)."""
     key_fields = {"source": cfg.source, "hidden": cfg.hidden, "seed": cfg.seed, "train": cfg.train_config(),
                   "fraction": cfg.fraction, "inputs": input_fingerprint(cfg.input_files()),
                   "code_version": code_version()}
     key = f"head-{cfg.hidden or 'linear'}-{config_hash(key_fields)}"
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    head: dict[str, np.ndarray] = {}
 
-    def compute() -> FeatureSplits:
+    def compute() -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
         emb = splits if splits is not None else cfg.source.load()
         start = time.perf_counter()
         idx = class_balanced_subsample(emb.train_y, cfg.fraction, seed=cfg.seed)
@@ -164,29 +162,19 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
         x = torch.from_numpy(np.ascontiguousarray(emb.train_x[idx])).to(device)
         y = torch.from_numpy(emb.train_y[idx]).to(device)
         train_classifier(model, x, y, cfg.train_config(), on_epoch=on_epoch)
-        head["w"], head["b"] = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
-        if seconds is not None:
-            seconds["train"] = time.perf_counter() - start
+        w, b = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
+        trained = time.perf_counter()
 
         def feats(a: np.ndarray) -> np.ndarray:
             return model.features(torch.from_numpy(np.ascontiguousarray(a)).to(device)).cpu().numpy()
 
-        return FeatureSplits(feats(emb.train_x[idx]), emb.train_y[idx], feats(emb.val_x), emb.val_y,
-                             feats(emb.test_x), emb.test_y)
+        out = FeatureSplits(feats(emb.train_x[idx]), emb.train_y[idx], feats(emb.val_x), emb.val_y,
+                            feats(emb.test_x), emb.test_y)
+        if seconds is not None:
+            seconds.update(train=trained - start, features=time.perf_counter() - trained)
+        return out, w, b
 
-    start = time.perf_counter()
-    out = cached_features(cfg.cache_dir, key, compute)
-    if seconds is not None and "train" in seconds:  # computed here, not read from the cache
-        seconds["features"] = time.perf_counter() - start - seconds["train"]
-    head_path = Path(cfg.cache_dir) / f"{key}.head.npz" if cfg.cache_dir is not None else None
-    if not head:  # features came from the cache: the head is cached beside them
-        assert head_path is not None  # without a cache, cached_features computes (and fills head)
-        with np.load(head_path) as f:
-            head = {"w": f["w"], "b": f["b"]}
-    elif head_path is not None:
-        with atomic_path(head_path, suffix=".tmp.npz") as tmp:
-            np.savez(tmp, w=head["w"], b=head["b"])
-    return out, head["w"], head["b"]
+    return cached_model_features(cfg.cache_dir, key, compute)
 
 
 NEIGHBOUR_FLOATS = 2**26  # cap on the gathered neighbour features (chunk, k, d) per TTT batch: 256 MB fp32

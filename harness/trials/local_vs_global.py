@@ -135,8 +135,9 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
                           on_epoch: Callable[[int, float], None] | None = None) -> pl.DataFrame:
     """Rows: global/accuracy, ttt/accuracy, ttt/accuracy_neighbourhood per test point, and
     ttt/accuracy_test_set per randomly chosen head (point_id = the head's test point). Their phase_seconds
-    say where the time went: train and features (when not cached), index, retrieval, ttt (with the global
-    head's and the neighbourhood accuracies), global_heads (the chosen heads on the whole split)."""
+    say where the time went: train and features (when not cached), index, retrieval, to_device, ttt (with the
+    global head's and the neighbourhood accuracies, and the engine's first-call compilation on a GPU),
+    global_heads (the chosen heads on the whole split)."""
     start = time.perf_counter()
     seconds: dict[str, float] = {}
     feats, weight, bias, dataset = global_model(cfg, images, splits, on_epoch, seconds)
@@ -146,8 +147,10 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
     device = trial_device(cfg.device)
     phase = time.perf_counter()
 
-    def lap(name: str) -> None:  # the phase since the last lap; callers first bring results to the host
+    def lap(name: str) -> None:  # the phase since the last lap, the device's queued work included
         nonlocal phase
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         now = time.perf_counter()
         seconds[name], phase = now - phase, now
 
@@ -160,6 +163,7 @@ def local_vs_global_trial(cfg: LocalVsGlobalConfig, images: ImageSplits | None =
         return torch.from_numpy(np.ascontiguousarray(a)).to(device, dtype)
 
     W0, c0, train_x, train_y = t(weight), t(bias), t(feats.train_x), t(feats.train_y, torch.int64)
+    lap("to_device")  # the training features and head copied to the TTT's device
     engine_name = resolve_head_engine(cfg.engine, device, (feats.train_x, weight))  # auto: picked for this device
     engine = HEAD_TTT_ENGINES.get(engine_name)
     chosen = np.random.default_rng(cfg.seed).choice(subset.size, size=min(cfg.global_heads, subset.size), replace=False)

