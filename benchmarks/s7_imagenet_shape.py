@@ -12,8 +12,8 @@ per-trial phases.
 
 Run again with the same `--folder` and the study's same `--out-dir`, it reuses the embedding files (when this
 script wrote them with the same arguments and they are unchanged) and the trained head (the study's feature
-cache, once written): a run cut off after training is finished by a second one (on a GPU machine that is still
-warm, a second device call). A run cut off during training trains again.
+cache, once written; the global training's last finished epoch, if it was cut off during training): a second
+run does what is left (on a GPU machine that is still warm, a second device call), and says so.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def main() -> None:
           flush=True)  # now, so that a run cut off inside the study still says this much
     holdout = min(50_000, args.train // 10)
     study_args = ["--embeddings", str(train), str(test), "--holdout", str(holdout), *study_args]
+    out_dir = local_vs_global.parse(study_args).out_dir
+    resumed = sorted(Path(out_dir, "features").glob("*.train.pt"))  # a training a cut-off run left part way
     cfg, ray_start, wall = timed_study(local_vs_global, study_args)
     points = pl.read_parquet(Path(cfg.out_dir) / "points.parquet")
     n = points.filter((pl.col("method") == "ttt") & (pl.col("metric") == "accuracy")).height
@@ -130,6 +132,9 @@ def main() -> None:
         print(f"  {n / wall:.1f} points/s end to end ({what})")
         print(f"  the study outside its trials (loading, Ray's object store, tables): {wall - trial_sum:.1f} s")
     print(f"trial wall time {trial_sum:.1f} s on {', '.join(sorted(set(trials['device'].to_list())))}")
+    if resumed and "train" in phases:
+        print(f"  the training resumed from a cut-off run's checkpoint ({resumed[0].name}): train below is the "
+              "epochs left, not the whole training")
     order = ["train", "features", "index", "retrieval", "to_device", "ttt", "global_heads"]  # the trial's order
     for name, s in sorted(phases.items(), key=lambda p: order.index(p[0]) if p[0] in order else len(order)):
         print(f"  {name:<13} {s:8.1f} s ({100 * s / trial_sum:5.1f} %)"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
-from typing import Literal, get_args
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
+
+from harness.errors import ConfigError
 
 Schedule = Literal["constant", "cosine"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
@@ -35,6 +39,35 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
 
 
+CHECKPOINT_FORMAT = "train_classifier/1"
+
+
+def _identity(model: nn.Module, n: int, cfg: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the training config, the number of training points and the
+    model's parameter shapes."""
+    return {"cfg": dataclasses.asdict(cfg), "n": n,
+            "params": {name: list(p.shape) for name, p in model.named_parameters()}}
+
+
+def _resume(path: Path, identity: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint at `path` made under `identity` (None when there is none), or ConfigError naming the file."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001  any unreadable file: name it
+        raise ConfigError(f"training checkpoint {path}: not readable ({type(e).__name__}: {e}); remove it to "
+                          "train anew") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"training checkpoint {path}: not a checkpoint of train_classifier; remove it")
+    differ = [key for key in identity if state["identity"].get(key) != identity[key]]
+    if differ:
+        raise ConfigError(f"training checkpoint {path} was made for another training ({', '.join(differ)} "
+                          f"differ: checkpoint {[state['identity'].get(k) for k in differ]}, now "
+                          f"{[identity[k] for k in differ]}); remove it to train anew")
+    return state
+
+
 def train_classifier(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -42,6 +75,7 @@ def train_classifier(
     cfg: TrainConfig,
     prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
     on_epoch: Callable[[int, float], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> nn.Module:
     """Mini-batch Adam on the mean cross-entropy; deterministic given cfg.seed.
 
@@ -52,6 +86,11 @@ def train_classifier(
     one fused kernel (`fused=True`); on the CPU it is torch's default Adam, so CPU runs are bit-identical
     for a seed. The loss is read back once per epoch (no synchronisation per step).
     `on_epoch(epoch, mean_loss)` lets the caller report progress.
+
+    `checkpoint`: a file that receives, atomically after every epoch, the model, Adam's state, the schedule, the
+    batch-order generator and the epoch; a run that finds it resumes from there and takes exactly the steps an
+    uninterrupted run takes. The caller names it by everything the training depends on (config, data, code)
+    and removes it when the result is safe; one made for another config, data size or model is refused.
     """
     device = inputs.device
     wrong = {name: t.device for name, t in (("labels", labels), *model.named_parameters()) if t.device != device}
@@ -63,8 +102,19 @@ def train_classifier(
     n = inputs.shape[0]
     steps = cfg.epochs * -(-n // cfg.batch_size)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cfg.schedule == "cosine" and steps else None
+    path = Path(checkpoint) if checkpoint is not None else None
+    identity = _identity(model, n, cfg)
+    state = _resume(path, identity, device) if path is not None else None
+    first = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if decay is not None:
+            decay.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"].cpu())
+        first = state["epoch"]
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first, cfg.epochs):
         order = torch.randperm(n, generator=generator).to(device)
         total = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, n, cfg.batch_size):
@@ -76,6 +126,14 @@ def train_classifier(
             if decay is not None:
                 decay.step()
             total += loss.detach() * idx.numel()
+        if path is not None:
+            from harness.results.atomic import atomic_path  # lazy: harness.models stays free of harness.results
+
+            with atomic_path(path, suffix=".tmp.pt") as tmp:
+                torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch + 1,
+                            "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "schedule": decay.state_dict() if decay is not None else None,
+                            "generator": generator.get_state()}, tmp)
         if on_epoch is not None:
             on_epoch(epoch, float(total) / n)
     model.eval()

@@ -143,7 +143,9 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
                   on_epoch: Callable[[int, float], None] | None = None,
                   seconds: dict[str, float] | None = None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
     """Train the head on the `fraction` subsample; return (its input features of train-subsample / val /
-    test, last-layer weight (C, d), bias (C,)). Cached under cfg.cache_dir when set. `on_epoch(epoch, loss)`
+    test, last-layer weight (C, d), bias (C,)). Cached under cfg.cache_dir when set, where a training killed
+    part way also resumes from its last finished epoch (a checkpoint removed once the features are cached), with
+    the same result. `on_epoch(epoch, loss)`
     follows the training; `seconds` receives the wall time of training ("train") and of computing the features
     ("features") when they run (not of loading the embeddings or writing the cache)."""
     key_fields = {"source": cfg.source, "hidden": cfg.hidden, "seed": cfg.seed, "train": cfg.train_config(),
@@ -151,6 +153,7 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
                   "code_version": code_version()}
     key = f"head-{cfg.hidden or 'linear'}-{config_hash(key_fields)}"
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    checkpoint = Path(cfg.cache_dir) / f"{key}.train.pt" if cfg.cache_dir is not None else None
 
     def compute() -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
         emb = splits if splits is not None else cfg.source.load()
@@ -161,7 +164,7 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
         model = MlpHead(emb.train_x.shape[1], classes, cfg.hidden, head_spec(cfg.hidden).dropout).to(device)
         x = torch.from_numpy(np.ascontiguousarray(emb.train_x[idx])).to(device)
         y = torch.from_numpy(emb.train_y[idx]).to(device)
-        train_classifier(model, x, y, cfg.train_config(), on_epoch=on_epoch)
+        train_classifier(model, x, y, cfg.train_config(), on_epoch=on_epoch, checkpoint=checkpoint)
         w, b = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
         trained = time.perf_counter()
 
@@ -174,7 +177,10 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
             seconds.update(train=trained - start, features=time.perf_counter() - trained)
         return out, w, b
 
-    return cached_model_features(cfg.cache_dir, key, compute)
+    out = cached_model_features(cfg.cache_dir, key, compute)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the features and head are cached: the training is safe
+    return out
 
 
 NEIGHBOUR_FLOATS = 2**26  # cap on the gathered neighbour features (chunk, k, d) per TTT batch: 256 MB fp32

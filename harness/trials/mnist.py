@@ -172,10 +172,11 @@ def test_subset(n: int, points: int | None) -> np.ndarray:
     return np.sort(np.random.default_rng(TEST_SUBSET_SEED).choice(n, size=points, replace=False))
 
 
-def train_lenet(cfg: MnistTrialConfig, images: ImageSplits,
-                on_epoch: Callable[[int, float], None] | None = None) -> tuple[LeNet, np.ndarray]:
+def train_lenet(cfg: MnistTrialConfig, images: ImageSplits, on_epoch: Callable[[int, float], None] | None = None,
+                checkpoint: Path | None = None) -> tuple[LeNet, np.ndarray]:
     """Seeded global training on the (subsampled) train split, on the trial's device (the training images
-    are copied there once). Returns the model (on that device) and the train indices used."""
+    are copied there once). Returns the model (on that device) and the train indices used. `checkpoint`:
+    train_classifier's per-epoch checkpoint file (a killed training resumes from its last epoch)."""
     cfg = cfg.resolved()
     assert cfg.epochs is not None and cfg.train_lr is not None and cfg.train_batch_size is not None  # resolved()
     device = trial_device(cfg.device)
@@ -187,7 +188,7 @@ def train_lenet(cfg: MnistTrialConfig, images: ImageSplits,
     y = torch.from_numpy(images.train_y[train_idx]).to(device)
     train_classifier(model, x, y, TrainConfig(cfg.train_lr, cfg.train_batch_size, cfg.epochs, cfg.seed,
                                                 schedule=cfg.train_schedule),
-                     prepare=model.standardise, on_epoch=on_epoch)
+                     prepare=model.standardise, on_epoch=on_epoch, checkpoint=checkpoint)
     return model, train_idx
 
 
@@ -196,6 +197,8 @@ def mnist_features(
     seconds: dict[str, float] | None = None,
 ) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
     """Train the CNN and return (features of train-subsample / val / test, head weight (C, d), head bias (C,)).
+    With a cache_dir, a training killed part way resumes from its last finished epoch (a checkpoint beside
+    the features, removed once they are cached), with the same result.
     `seconds` receives the wall time of training ("train") and feature extraction ("features") when they run."""
     cfg = cfg.resolved()
     key_fields = {f: getattr(cfg, f) for f in ("model_size", "seed", "epochs", "train_lr", "train_batch_size",
@@ -203,11 +206,12 @@ def mnist_features(
     key_fields.update(inputs=input_fingerprint(cfg.input_files()), code_version=code_version(),  # never stale
                       train_device=trial_device(cfg.device).type)  # GPU and CPU training differ in the last bits
     key = f"lenet-{cfg.model_size}-{config_hash(key_fields)}"
+    checkpoint = Path(cfg.cache_dir) / f"{key}.train.pt" if cfg.cache_dir is not None else None
 
     def compute() -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
         imgs = images if images is not None else load_mnist(cfg.data_dir)
         start = time.perf_counter()
-        model, train_idx = train_lenet(cfg, imgs, on_epoch)
+        model, train_idx = train_lenet(cfg, imgs, on_epoch, checkpoint)
         w, b = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
         trained = time.perf_counter()
 
@@ -220,7 +224,10 @@ def mnist_features(
             seconds.update(train=trained - start, features=time.perf_counter() - trained)
         return out, w, b
 
-    return cached_model_features(cfg.cache_dir, key, compute)
+    out = cached_model_features(cfg.cache_dir, key, compute)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the features and head are cached: the training is safe
+    return out
 
 
 def evaluate_in_process(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
