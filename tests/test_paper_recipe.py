@@ -131,8 +131,8 @@ def test_dead_features_counts_units_zero_on_every_image():
 def test_s4_retrains_the_head_on_fixed_features(mnist, tmp_path, monkeypatch):
     trained = []
     real = s1.train_lenet
-    monkeypatch.setattr(s1, "train_lenet", lambda cfg, images, on_epoch=None: trained.append(cfg) or
-                        real(cfg, images, on_epoch))
+    monkeypatch.setattr(s1, "train_lenet", lambda cfg, images, on_epoch=None, checkpoint=None: trained.append(cfg)
+                        or real(cfg, images, on_epoch, checkpoint))
     ref = dataclasses.replace(s4.REFERENCE_CNN, epochs=1, init="he")
     cfgs = [s4.FixedFeaturesConfig(fraction=f, reference=ref, test_points=40, ttt_steps=20, head_epochs=3,
                                    cache_dir=str(tmp_path)) for f in (0.05, 1.0)]

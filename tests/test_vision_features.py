@@ -222,28 +222,41 @@ def test_embedding_head_trial_rows_and_either_correct_filter():
 
 def test_model_cache_keeps_the_head_with_its_features_through_a_kill(tmp_path):
     """The head is written before the features, and features found without their head are recomputed: a run
-    killed between the two writes costs a recomputation, never a rerun that fails on a missing head."""
+    killed between the two writes costs a recomputation, never a rerun that fails on a missing head. The
+    training gets its checkpoint file, removed once the features are cached."""
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(6, 3)).astype(np.float32), np.arange(6) % 2
-    calls: list[int] = []
+    trained: list[object] = []
 
-    def compute(scale: float = 1.0):
-        calls.append(1)
-        return (FeatureSplits(scale * x, y, x, y, x, y), np.full((2, 3), float(len(calls)), np.float32),
-                np.zeros(2, np.float32))
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(3, 2)
+            torch.nn.init.constant_(self.head.weight, float(len(trained)))
 
-    feats, w, _ = cached_model_features(tmp_path, "k", compute)
-    assert len(calls) == 1 and (tmp_path / "k.npz").exists() and (tmp_path / "k.head.npz").exists()
-    again, w2, _ = cached_model_features(tmp_path, "k", compute)
-    assert len(calls) == 1 and np.array_equal(w2, w) and np.array_equal(again.train_x, feats.train_x)  # a hit
+    def train(checkpoint):
+        trained.append(checkpoint)
+        return Model()
+
+    def run(scale: float = 1.0):
+        seconds: dict[str, float] = {}
+        out = cached_model_features(tmp_path, "k", train, lambda m: FeatureSplits(scale * x, y, x, y, x, y), seconds)
+        return (*out, seconds)
+
+    feats, w, _, seconds = run()
+    assert trained == [tmp_path / "k.train.pt"] and set(seconds) == {"train", "features"}
+    assert (tmp_path / "k.npz").exists() and (tmp_path / "k.head.npz").exists()
+    again, w2, _, seconds = run()
+    assert len(trained) == 1 and not seconds  # a hit: nothing trained or computed
+    assert np.array_equal(w2, w) and np.array_equal(again.train_x, feats.train_x)
 
     (tmp_path / "k.head.npz").unlink()  # features without their head (a kill between the writes, old order)
-    _, w3, _ = cached_model_features(tmp_path, "k", compute)
-    assert len(calls) == 2 and w3[0, 0] == 2.0 and (tmp_path / "k.head.npz").exists()
+    _, w3, _, _ = run()
+    assert len(trained) == 2 and w3[0, 0] == 2.0 and (tmp_path / "k.head.npz").exists()
 
     (tmp_path / "k.npz").unlink()
     with pytest.raises(ConfigError, match="NaN or inf"):  # the head is written, then the features refused
-        cached_model_features(tmp_path, "k", lambda: compute(np.nan))
+        run(np.nan)
     assert (tmp_path / "k.head.npz").exists() and not (tmp_path / "k.npz").exists()
-    _, w4, _ = cached_model_features(tmp_path, "k", compute)  # as after a kill after the head's write
-    assert len(calls) == 4 and w4[0, 0] == 4.0 and (tmp_path / "k.npz").exists()
+    _, w4, _, _ = run()  # as after a kill after the head's write
+    assert len(trained) == 4 and w4[0, 0] == 4.0 and (tmp_path / "k.npz").exists()

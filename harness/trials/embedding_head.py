@@ -8,6 +8,7 @@ themselves for the linear head), from the (class-balanced, `fraction`) training 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,34 +154,32 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
                   "code_version": code_version()}
     key = f"head-{cfg.hidden or 'linear'}-{config_hash(key_fields)}"
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    checkpoint = Path(cfg.cache_dir) / f"{key}.train.pt" if cfg.cache_dir is not None else None
 
-    def compute() -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
+    @functools.cache
+    def data() -> tuple[FeatureSplits, np.ndarray]:  # the embeddings and the training subsample, on a miss only
         emb = splits if splits is not None else cfg.source.load()
-        start = time.perf_counter()
-        idx = class_balanced_subsample(emb.train_y, cfg.fraction, seed=cfg.seed)
+        return emb, class_balanced_subsample(emb.train_y, cfg.fraction, seed=cfg.seed)
+
+    def train(checkpoint: Path | None) -> MlpHead:
+        emb, idx = data()
         classes = int(max(emb.train_y.max(), emb.test_y.max())) + 1
         torch.manual_seed(cfg.seed)
         model = MlpHead(emb.train_x.shape[1], classes, cfg.hidden, head_spec(cfg.hidden).dropout).to(device)
         x = torch.from_numpy(np.ascontiguousarray(emb.train_x[idx])).to(device)
         y = torch.from_numpy(emb.train_y[idx]).to(device)
         train_classifier(model, x, y, cfg.train_config(), on_epoch=on_epoch, checkpoint=checkpoint)
-        w, b = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
-        trained = time.perf_counter()
+        return model
+
+    def features(model: MlpHead) -> FeatureSplits:
+        emb, idx = data()
 
         def feats(a: np.ndarray) -> np.ndarray:
             return model.features(torch.from_numpy(np.ascontiguousarray(a)).to(device)).cpu().numpy()
 
-        out = FeatureSplits(feats(emb.train_x[idx]), emb.train_y[idx], feats(emb.val_x), emb.val_y,
-                            feats(emb.test_x), emb.test_y)
-        if seconds is not None:
-            seconds.update(train=trained - start, features=time.perf_counter() - trained)
-        return out, w, b
+        return FeatureSplits(feats(emb.train_x[idx]), emb.train_y[idx], feats(emb.val_x), emb.val_y,
+                             feats(emb.test_x), emb.test_y)
 
-    out = cached_model_features(cfg.cache_dir, key, compute)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)  # the features and head are cached: the training is safe
-    return out
+    return cached_model_features(cfg.cache_dir, key, train, features, seconds)
 
 
 NEIGHBOUR_FLOATS = 2**26  # cap on the gathered neighbour features (chunk, k, d) per TTT batch: 256 MB fp32

@@ -4,6 +4,7 @@ global / TTT / majority vote on a fixed set of test points, return the per-point
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -206,28 +207,25 @@ def mnist_features(
     key_fields.update(inputs=input_fingerprint(cfg.input_files()), code_version=code_version(),  # never stale
                       train_device=trial_device(cfg.device).type)  # GPU and CPU training differ in the last bits
     key = f"lenet-{cfg.model_size}-{config_hash(key_fields)}"
-    checkpoint = Path(cfg.cache_dir) / f"{key}.train.pt" if cfg.cache_dir is not None else None
 
-    def compute() -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
-        imgs = images if images is not None else load_mnist(cfg.data_dir)
-        start = time.perf_counter()
-        model, train_idx = train_lenet(cfg, imgs, on_epoch, checkpoint)
-        w, b = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
-        trained = time.perf_counter()
+    @functools.cache
+    def imgs() -> ImageSplits:  # loaded on a miss only
+        return images if images is not None else load_mnist(cfg.data_dir)
 
-        def feats(x: np.ndarray) -> np.ndarray:
-            return model.features(torch.from_numpy(x)).cpu().numpy()
+    def features(model: LeNet) -> FeatureSplits:
+        x = imgs()
+        idx = class_balanced_subsample(x.train_y, cfg.fraction, seed=cfg.seed)  # as train_lenet's
 
-        out = FeatureSplits(feats(imgs.train_x[train_idx]), imgs.train_y[train_idx], feats(imgs.val_x), imgs.val_y,
-                            feats(imgs.test_x), imgs.test_y)
-        if seconds is not None:
-            seconds.update(train=trained - start, features=time.perf_counter() - trained)
-        return out, w, b
+        def feats(a: np.ndarray) -> np.ndarray:
+            return model.features(torch.from_numpy(a)).cpu().numpy()
 
-    out = cached_model_features(cfg.cache_dir, key, compute)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)  # the features and head are cached: the training is safe
-    return out
+        return FeatureSplits(feats(x.train_x[idx]), x.train_y[idx], feats(x.val_x), x.val_y, feats(x.test_x),
+                             x.test_y)
+
+    def train(checkpoint: Path | None) -> LeNet:
+        return train_lenet(cfg, imgs(), on_epoch, checkpoint)[0]
+
+    return cached_model_features(cfg.cache_dir, key, train, features, seconds)
 
 
 def evaluate_in_process(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
