@@ -23,7 +23,7 @@ def _data():
 
 def _model():
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
 
 
 def _kill_after(epoch: int, seen: list[int]):
@@ -38,12 +38,13 @@ def _kill_after(epoch: int, seen: list[int]):
 def test_resumed_training_takes_exactly_the_uninterrupted_steps(tmp_path):
     x, y = _data()
     cfg = TrainConfig(lr=0.01, batch_size=64, epochs=4, seed=3, weight_decay=1e-3, schedule="cosine")
-    whole = train_classifier(_model(), x, y, cfg)
+    whole = train_classifier(_model(), x, y, cfg)  # dropout 0.5: its draws must resume where they were
 
     ckpt, seen = tmp_path / "run.train.pt", []
     with pytest.raises(Killed):
         train_classifier(_model(), x, y, cfg, on_epoch=_kill_after(1, seen), checkpoint=ckpt)
     assert seen == [0, 1] and ckpt.exists()
+    torch.manual_seed(99)  # as a new process would have it
     resumed = train_classifier(_model(), x, y, cfg, on_epoch=_kill_after(-1, seen), checkpoint=ckpt)
     assert seen == [0, 1, 2, 3]  # epochs 0 and 1 were not run again
     moved = max(float((p - q).detach().abs().max()) for p, q in zip(whole.parameters(), _model().parameters(), strict=True))

@@ -88,7 +88,7 @@ def train_classifier(
     `on_epoch(epoch, mean_loss)` lets the caller report progress.
 
     `checkpoint`: a file that receives, atomically after every epoch, the model, Adam's state, the schedule, the
-    batch-order generator and the epoch; a run that finds it resumes from there and takes exactly the steps an
+    batch-order generator, torch's global generators (dropout's) and the epoch; a run that finds it resumes from there and takes exactly the steps an
     uninterrupted run takes. The caller names it by everything the training depends on (config, data, code)
     and removes it when the result is safe; one made for another config, data size or model is refused.
     """
@@ -112,6 +112,9 @@ def train_classifier(
         if decay is not None:
             decay.load_state_dict(state["schedule"])
         generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["rng"].cpu())  # dropout draws from the global generators
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         first = state["epoch"]
     model.train()
     for epoch in range(first, cfg.epochs):
@@ -133,7 +136,8 @@ def train_classifier(
                 torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch + 1,
                             "model": model.state_dict(), "optimizer": opt.state_dict(),
                             "schedule": decay.state_dict() if decay is not None else None,
-                            "generator": generator.get_state()}, tmp)
+                            "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}, tmp)
         if on_epoch is not None:
             on_epoch(epoch, float(total) / n)
     model.eval()
