@@ -88,9 +88,10 @@ def train_classifier(
     `on_epoch(epoch, mean_loss)` lets the caller report progress.
 
     `checkpoint`: a file that receives, atomically after every epoch, the model, Adam's state, the schedule, the
-    batch-order generator, torch's global generators (dropout's) and the epoch; a run that finds it resumes from there and takes exactly the steps an
-    uninterrupted run takes. The caller names it by everything the training depends on (config, data, code)
-    and removes it when the result is safe; one made for another config, data size or model is refused.
+    batch-order generator, torch's global generators (dropout's) and the epoch; a run that finds it resumes
+    from there and takes exactly the steps an uninterrupted run takes. The caller names it by everything the
+    training depends on (config, data, code) and removes it when the result is safe; one made for another
+    config, data size or model is refused.
     """
     device = inputs.device
     wrong = {name: t.device for name, t in (("labels", labels), *model.named_parameters()) if t.device != device}
