@@ -220,10 +220,10 @@ def test_embedding_head_trial_rows_and_either_correct_filter():
     assert set(rows["model_size"]) == {250} and by[("global", "error")].height == 60
 
 
-def test_model_cache_keeps_the_head_with_its_features_through_a_kill(tmp_path):
-    """The head is written before the features, and features found without their head are recomputed: a run
-    killed between the two writes costs a recomputation, never a rerun that fails on a missing head. The
-    training gets its checkpoint file, removed once the features are cached."""
+def test_model_cache_keeps_the_head_in_the_features_file(tmp_path):
+    """The head is written in one file with the features (atomically: concurrent trials of one key never leave
+    one's head beside another's features); a features file without a head is recomputed; the training gets its
+    checkpoint file, removed once the features are cached; non-finite features are refused, nothing written."""
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(6, 3)).astype(np.float32), np.arange(6) % 2
     trained: list[object] = []
@@ -236,6 +236,7 @@ def test_model_cache_keeps_the_head_with_its_features_through_a_kill(tmp_path):
 
     def train(checkpoint):
         trained.append(checkpoint)
+        checkpoint.write_bytes(b"epochs so far")  # as train_classifier's checkpoint
         return Model()
 
     def run(scale: float = 1.0):
@@ -244,19 +245,17 @@ def test_model_cache_keeps_the_head_with_its_features_through_a_kill(tmp_path):
         return (*out, seconds)
 
     feats, w, _, seconds = run()
-    assert trained == [tmp_path / "k.train.pt"] and set(seconds) == {"train", "features"}
-    assert (tmp_path / "k.npz").exists() and (tmp_path / "k.head.npz").exists()
+    assert trained == [tmp_path / "k.train.pt"] and set(seconds) == {"train", "features"} and w[0, 0] == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.npz"]  # one file; the checkpoint removed
     again, w2, _, seconds = run()
     assert len(trained) == 1 and not seconds  # a hit: nothing trained or computed
     assert np.array_equal(w2, w) and np.array_equal(again.train_x, feats.train_x)
 
-    (tmp_path / "k.head.npz").unlink()  # features without their head (a kill between the writes, old order)
+    feats.save(tmp_path / "k.npz")  # features without a head (as an older cache wrote them)
     _, w3, _, _ = run()
-    assert len(trained) == 2 and w3[0, 0] == 2.0 and (tmp_path / "k.head.npz").exists()
+    assert len(trained) == 2 and w3[0, 0] == 2.0
 
     (tmp_path / "k.npz").unlink()
-    with pytest.raises(ConfigError, match="NaN or inf"):  # the head is written, then the features refused
+    with pytest.raises(ConfigError, match="NaN or inf"):
         run(np.nan)
-    assert (tmp_path / "k.head.npz").exists() and not (tmp_path / "k.npz").exists()
-    _, w4, _, _ = run()  # as after a kill after the head's write
-    assert len(trained) == 4 and w4[0, 0] == 4.0 and (tmp_path / "k.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.train.pt"]  # the training's checkpoint kept

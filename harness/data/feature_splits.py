@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import numpy as np
 
@@ -67,13 +68,16 @@ class FeatureSplits:
             raise ConfigError(f"{what}: non-finite features (NaN or inf) in {where}; refusing to use or cache them "
                               "(check the input embeddings, or a diverged training run)")
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically to `path` (.npz); refused (ConfigError naming the file) for non-finite features."""
+    def save(self, path: str | os.PathLike, **extra: np.ndarray) -> None:
+        """Write atomically to `path` (.npz), with the `extra` arrays beside the splits in the same file; refused
+        (ConfigError naming the file) for non-finite features."""
         self.check_finite(str(path))
         with atomic_path(path, suffix=".tmp.npz") as tmp:
-            np.savez(tmp, **dataclasses.asdict(self))
+            arrays: dict[str, Any] = {**dataclasses.asdict(self), **extra}
+            np.savez(tmp, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureSplits:
+        """The splits `save` wrote to `path` (extra arrays left in the file)."""
         with np.load(path) as f:
-            return cls(**{name: f[name] for name in f.files})
+            return cls(**{field.name: f[field.name] for field in dataclasses.fields(cls)})

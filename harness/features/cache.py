@@ -18,7 +18,6 @@ import numpy as np
 from torch import nn
 
 from harness.data.feature_splits import FeatureSplits
-from harness.results.atomic import atomic_path
 
 __all__ = ["FeatureSplits", "cached_features", "cached_model_features"]
 
@@ -51,37 +50,31 @@ def cached_model_features(
     """cached_features for a trained model: (its features, its head's weight (C, d), bias (C,)).
 
     On a miss `train(checkpoint)` trains the model, whose `head` is its last linear layer, and `features(model)`
-    computes its feature splits. With a cache_dir, `checkpoint` is the file `<key>.train.pt` for
-    train_classifier's per-epoch checkpoint (a training killed part way resumes from its last epoch), removed
-    once the features are cached; the head is kept in `<key>.head.npz`, written before the features, and
-    features found without their head are recomputed, so a run killed between the two writes costs a
-    recomputation, never a rerun that fails. `seconds` receives the wall time of training ("train") and of
-    computing the features ("features") when they run."""
-    head: dict[str, np.ndarray] = {}
-    folder = None if cache_dir is None else Path(cache_dir)
-    head_path = None if folder is None else folder / f"{key}.head.npz"
-    checkpoint = None if folder is None else folder / f"{key}.train.pt"
-
-    def compute() -> FeatureSplits:
-        start = time.perf_counter()
-        model = train(checkpoint)
-        head["w"], head["b"] = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # syncs
-        trained = time.perf_counter()
-        splits = features(model)
-        if seconds is not None:
-            seconds.update(train=trained - start, features=time.perf_counter() - trained)
-        if head_path is not None:
-            with atomic_path(head_path, suffix=".tmp.npz") as tmp:
-                np.savez(tmp, w=head["w"], b=head["b"])
-        return splits
-
-    if folder is not None and head_path is not None and not head_path.exists():
-        (folder / f"{key}.npz").unlink(missing_ok=True)  # features without their head: not a hit
-    splits = cached_features(cache_dir, key, compute)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)  # the features and head are cached: the training is safe
-    if not head:  # the features came from the cache: so does the head
-        assert head_path is not None  # without a cache, cached_features computes (and fills head)
-        with np.load(head_path) as f:
-            head = {"w": f["w"], "b": f["b"]}
-    return splits, head["w"], head["b"]
+    computes its feature splits. With a cache_dir, the features and the head are written to `<key>.npz` as one
+    file (atomically, so concurrent trials of one key never leave one's head beside another's features), and
+    `checkpoint` is `<key>.train.pt` for train_classifier's per-epoch checkpoint (a training killed part way
+    resumes from its last epoch), removed once the features are cached. `seconds` receives the wall time of
+    training ("train", with the loading of data the caller did not pass) and of computing the features
+    ("features") when they run."""
+    path = None if cache_dir is None else Path(cache_dir) / f"{key}.npz"
+    checkpoint = None if cache_dir is None else Path(cache_dir) / f"{key}.train.pt"
+    if path is not None and path.exists():
+        cached = FeatureSplits.load(path)
+        with np.load(path) as f:
+            head = (f["head_w"], f["head_b"]) if {"head_w", "head_b"} <= set(f.files) else None
+        if head is not None and not cached.nonfinite():
+            return cached, *head
+    start = time.perf_counter()
+    model = train(checkpoint)
+    w, b = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
+    trained = time.perf_counter()
+    splits = features(model)
+    if seconds is not None:
+        seconds.update(train=trained - start, features=time.perf_counter() - trained)
+    if path is None or checkpoint is None:
+        splits.check_finite(f"features {key}")
+        return splits, w, b
+    splits.check_finite(f"features {key} (cache {path})")
+    splits.save(path, head_w=w, head_b=b)
+    checkpoint.unlink(missing_ok=True)  # the features and head are cached: the training is safe
+    return splits, w, b

@@ -39,23 +39,27 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
 
 
-CHECKPOINT_FORMAT = "train_classifier/1"
+CHECKPOINT_FORMAT = "train_classifier/2"
 
 
-def _identity(model: nn.Module, n: int, cfg: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the training config, the number of training points and the
-    model's parameter shapes."""
-    return {"cfg": dataclasses.asdict(cfg), "n": n,
+def _identity(model: nn.Module, n: int, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the training config, the number of training points, the
+    model's parameter shapes and the device type (CPU and CUDA Adam differ: foreach vs fused)."""
+    return {"cfg": dataclasses.asdict(cfg), "n": n, "device": device.type,
             "params": {name: list(p.shape) for name, p in model.named_parameters()}}
 
 
 def _resume(path: Path, identity: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
-    """The checkpoint at `path` made under `identity` (None when there is none), or ConfigError naming the file."""
-    if not path.exists():
-        return None
+    """The checkpoint at `path` made under `identity`; None when there is none (or another trial of the same key
+    has just finished and removed it); ConfigError naming the file when it is not one, or one of another
+    training. Other read failures (OSError) propagate as crashes, which a sweep retries."""
     try:
         state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # noqa: BLE001  any unreadable file: name it
+    except FileNotFoundError:
+        return None
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001  any file that does not unpickle: name it
         raise ConfigError(f"training checkpoint {path}: not readable ({type(e).__name__}: {e}); remove it to "
                           "train anew") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
@@ -104,7 +108,7 @@ def train_classifier(
     steps = cfg.epochs * -(-n // cfg.batch_size)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cfg.schedule == "cosine" and steps else None
     path = Path(checkpoint) if checkpoint is not None else None
-    identity = _identity(model, n, cfg)
+    identity = _identity(model, n, cfg, device)
     state = _resume(path, identity, device) if path is not None else None
     first = 0
     if state is not None:

@@ -147,13 +147,14 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
     test, last-layer weight (C, d), bias (C,)). Cached under cfg.cache_dir when set, where a training killed
     part way also resumes from its last finished epoch (a checkpoint removed once the features are cached), with
     the same result. `on_epoch(epoch, loss)`
-    follows the training; `seconds` receives the wall time of training ("train") and of computing the features
-    ("features") when they run (not of loading the embeddings or writing the cache)."""
+    follows the training; `seconds` receives the wall time of training ("train"; with loading the embeddings when
+    `splits` is None) and of computing the features ("features") when they run (cached_model_features)."""
     key_fields = {"source": cfg.source, "hidden": cfg.hidden, "seed": cfg.seed, "train": cfg.train_config(),
                   "fraction": cfg.fraction, "inputs": input_fingerprint(cfg.input_files()),
                   "code_version": code_version()}
-    key = f"head-{cfg.hidden or 'linear'}-{config_hash(key_fields)}"
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    key_fields["train_device"] = device.type  # GPU and CPU training differ in the last bits
+    key = f"head-{cfg.hidden or 'linear'}-{config_hash(key_fields)}"
 
     @functools.cache
     def data() -> tuple[FeatureSplits, np.ndarray]:  # the embeddings and the training subsample, on a miss only

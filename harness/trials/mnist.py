@@ -212,18 +212,20 @@ def mnist_features(
     def imgs() -> ImageSplits:  # loaded on a miss only
         return images if images is not None else load_mnist(cfg.data_dir)
 
+    used: dict[str, np.ndarray] = {}  # the training subsample train_lenet drew
+
+    def train(checkpoint: Path | None) -> LeNet:
+        model, used["train_idx"] = train_lenet(cfg, imgs(), on_epoch, checkpoint)
+        return model
+
     def features(model: LeNet) -> FeatureSplits:
-        x = imgs()
-        idx = class_balanced_subsample(x.train_y, cfg.fraction, seed=cfg.seed)  # as train_lenet's
+        x, idx = imgs(), used["train_idx"]
 
         def feats(a: np.ndarray) -> np.ndarray:
             return model.features(torch.from_numpy(a)).cpu().numpy()
 
         return FeatureSplits(feats(x.train_x[idx]), x.train_y[idx], feats(x.val_x), x.val_y, feats(x.test_x),
                              x.test_y)
-
-    def train(checkpoint: Path | None) -> LeNet:
-        return train_lenet(cfg, imgs(), on_epoch, checkpoint)[0]
 
     return cached_model_features(cfg.cache_dir, key, train, features, seconds)
 
