@@ -35,11 +35,12 @@ from harness.trials.mnist import (
     check_neighbourhoods,
     check_seed,
     check_test_points,
+    evaluate_in_process,
     mnist_input_files,
     test_subset,
 )
 from harness.trials.options import Device, HeadEngine, Split
-from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
+from harness.ttt.evaluator import HeadState, prediction_metrics
 from harness.ttt.linear import HeadTTTConfig
 
 
@@ -212,12 +213,9 @@ def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None 
     state = HeadState(feats.train_x, feats.train_y, weight, bias)
     chunk = ttt_chunk(cfg.ttt_k, x.shape[1])
     if sharding is None:
-        built = time.perf_counter()
-        evaluator = HeadTTTEvaluator(state, cfg.ttt_config(), majority_k=cfg.majority_k, retriever=cfg.retriever,
-                                     device=cfg.device, engine=cfg.engine, chunk=chunk)
-        seconds["index"] = time.perf_counter() - built
-        out, device = evaluator({"point_id": subset, "feature": x[subset], "label": y[subset]}), str(evaluator.device)
-        seconds.update(evaluator.seconds)
+        out, device = evaluate_in_process(state, cfg.ttt_config(), x[subset], y[subset], subset,
+                                          majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
+                                          engine=cfg.engine, chunk=chunk, seconds=seconds)
     else:
         from harness.distributed.sharding import evaluate_sharded
 

@@ -231,14 +231,14 @@ def mnist_features(
 
 
 def evaluate_in_process(state: HeadState, ttt: HeadTTTConfig, x: np.ndarray, y: np.ndarray, point_ids: np.ndarray,
-                        cfg: MnistTrialConfig, seconds: dict[str, float] | None = None,
+                        *, majority_k: int, retriever: str, device: Device | None, engine: HeadEngine,
+                        chunk: int | None = None, seconds: dict[str, float] | None = None,
                         ) -> tuple[dict[str, np.ndarray], str]:
-    """Per-point prediction columns of one evaluator in this process, and the device it ran on; `seconds`
-    receives the wall time of building the index and evaluator ("index"), retrieval and TTT."""
-    assert cfg.majority_k is not None, "cfg must be resolved() (majority_k is None)"
+    """Per-point prediction columns of one HeadTTTEvaluator (its options as given) in this process, and the device
+    it ran on; `seconds` receives the wall time of building the index and evaluator ("index"), retrieval and TTT."""
     start = time.perf_counter()
-    evaluator = HeadTTTEvaluator(state, ttt, majority_k=cfg.majority_k, retriever=cfg.retriever, device=cfg.device,
-                                 engine=cfg.engine)
+    evaluator = HeadTTTEvaluator(state, ttt, majority_k=majority_k, retriever=retriever, device=device, engine=engine,
+                                 chunk=chunk)
     built = time.perf_counter() - start
     out = evaluator({"point_id": point_ids, "feature": x, "label": y})
     if seconds is not None:
@@ -274,7 +274,10 @@ def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, *, sha
     state = HeadState(feats.train_x, feats.train_y, weight, bias)
     ttt = HeadTTTConfig(lr=cfg.ttt_lr, steps=cfg.ttt_steps, k=cfg.ttt_k)
     if sharding is None:
-        out, device = evaluate_in_process(state, ttt, x[subset], y[subset], subset, cfg, seconds)
+        assert cfg.majority_k is not None  # resolved() fills it
+        out, device = evaluate_in_process(state, ttt, x[subset], y[subset], subset, majority_k=cfg.majority_k,
+                                          retriever=cfg.retriever, device=cfg.device, engine=cfg.engine,
+                                          seconds=seconds)
     else:
         out, device = evaluate_on_actors(state, ttt, x[subset], y[subset], subset, cfg, sharding)
     run = RunInfo(
