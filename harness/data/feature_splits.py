@@ -80,4 +80,9 @@ class FeatureSplits:
     def load(cls, path: str | os.PathLike) -> FeatureSplits:
         """The splits `save` wrote to `path` (extra arrays left in the file)."""
         with np.load(path) as f:
-            return cls(**{field.name: f[field.name] for field in dataclasses.fields(cls)})
+            return cls.from_npz(f)
+
+    @classmethod
+    def from_npz(cls, f: Any) -> FeatureSplits:
+        """The splits in an open .npz `save` wrote (np.load's NpzFile)."""
+        return cls(**{field.name: f[field.name] for field in dataclasses.fields(cls)})

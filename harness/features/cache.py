@@ -56,24 +56,29 @@ def cached_model_features(
     resumes from its last epoch), removed once the features are cached. `seconds` receives the wall time of
     training ("train", with the loading of data the caller did not pass) and of computing the features
     ("features") when they run."""
-    path = None if cache_dir is None else Path(cache_dir) / f"{key}.npz"
-    checkpoint = None if cache_dir is None else Path(cache_dir) / f"{key}.train.pt"
-    if path is not None and path.exists():
-        cached = FeatureSplits.load(path)
-        with np.load(path) as f:
-            head = (f["head_w"], f["head_b"]) if {"head_w", "head_b"} <= set(f.files) else None
-        if head is not None and not cached.nonfinite():
-            return cached, *head
-    start = time.perf_counter()
-    model = train(checkpoint)
-    w, b = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
-    trained = time.perf_counter()
-    splits = features(model)
-    if seconds is not None:
-        seconds.update(train=trained - start, features=time.perf_counter() - trained)
-    if path is None or checkpoint is None:
+
+    def compute(checkpoint: Path | None) -> tuple[FeatureSplits, np.ndarray, np.ndarray]:
+        start = time.perf_counter()
+        model = train(checkpoint)
+        w, b = (p.detach().cpu().numpy() for p in (model.head.weight, model.head.bias))  # synchronises
+        trained = time.perf_counter()
+        splits = features(model)
+        if seconds is not None:
+            seconds.update(train=trained - start, features=time.perf_counter() - trained)
+        return splits, w, b
+
+    if cache_dir is None:
+        splits, w, b = compute(None)
         splits.check_finite(f"features {key}")
         return splits, w, b
+    path, checkpoint = Path(cache_dir) / f"{key}.npz", Path(cache_dir) / f"{key}.train.pt"
+    if path.exists():
+        with np.load(path) as f:
+            if {"head_w", "head_b"} <= set(f.files):  # a file without its head is not a hit
+                cached, head = FeatureSplits.from_npz(f), (f["head_w"], f["head_b"])
+                if not cached.nonfinite():
+                    return cached, *head
+    splits, w, b = compute(checkpoint)
     splits.check_finite(f"features {key} (cache {path})")
     splits.save(path, head_w=w, head_b=b)
     checkpoint.unlink(missing_ok=True)  # the features and head are cached: the training is safe

@@ -108,6 +108,8 @@ def train_classifier(
     steps = cfg.epochs * -(-n // cfg.batch_size)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cfg.schedule == "cosine" and steps else None
     path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None:
+        from harness.results.atomic import atomic_path  # lazy: harness.models stays free of harness.results
     identity = _identity(model, n, cfg, device)
     state = _resume(path, identity, device) if path is not None else None
     first = 0
@@ -135,8 +137,6 @@ def train_classifier(
                 decay.step()
             total += loss.detach() * idx.numel()
         if path is not None:
-            from harness.results.atomic import atomic_path  # lazy: harness.models stays free of harness.results
-
             with atomic_path(path, suffix=".tmp.pt") as tmp:
                 torch.save({"format": CHECKPOINT_FORMAT, "identity": identity, "epoch": epoch + 1,
                             "model": model.state_dict(), "optimizer": opt.state_dict(),
