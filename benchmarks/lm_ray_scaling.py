@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from benchmarks.lm_ttt import PEAK_TFLOPS, SHAPES, TINY_SHAPE, build_model, synthetic_sequences, throughput  # noqa: E402
-from benchmarks.timing import steady_rate  # noqa: E402
+from benchmarks.timing import steady_rate, sync  # noqa: E402
 from harness.distributed.actor_pool import ShardingConfig, map_actor_pool  # noqa: E402
 from harness.distributed.lm_sharding import result_columns  # noqa: E402
 from harness.distributed.runtime import init_ray  # noqa: E402
@@ -80,12 +80,10 @@ class SyntheticLMTTT:
         for pid in batch["point_id"]:  # each point's sequence drawn from its id: the same wherever it runs
             (seq,) = synthetic_sequences(1, self.steps, self.tokens, self.vocab, seed=int(pid))
             seqs.append(dataclasses.replace(seq, point_id=int(pid)))
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+        sync(self.device)
         start = time.time()
         res = self.engine.run(seqs)
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+        sync(self.device)
         end = time.time()
         out = result_columns(res, self.n_params, self.engine.adapter_parameters, self.device, self.node_id)
         n = len(res)

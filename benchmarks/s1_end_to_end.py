@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from benchmarks.timing import timed_study, trial_phases
+from benchmarks.timing import sync, timed_study, trial_phases
 from harness.data.mnist import load_mnist
 from harness.trials.mnist import mnist_features
 from harness.ttt.linear import HeadTTTConfig, head_ttt_one_point
@@ -42,13 +42,11 @@ def loop_seconds_per_point(cfg, images, points: int, device: torch.device) -> fl
     labels = torch.from_numpy(feats.train_y).to(device)
     queries = torch.from_numpy(feats.test_x).to(device)
     head_ttt_one_point(W, c, train[nb[0]], labels[nb[0]], queries[0], ttt)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     start = time.perf_counter()
     for i in range(1, points + 1):
         head_ttt_one_point(W, c, train[nb[i]], labels[nb[i]], queries[i], ttt)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return (time.perf_counter() - start) / points
 
 
