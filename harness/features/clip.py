@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 
 from harness.data.embeddings import IMAGENET_HOLDOUT, embedding_splits
 from harness.data.feature_splits import FeatureSplits
+from harness.results.atomic import temp_dir_beside
 from harness.results.schema import config_hash
 
 
@@ -131,8 +131,7 @@ def cached_folder_embeddings(root: str | os.PathLike, cfg: ClipConfig = ClipConf
     if not (final / "meta.json").exists():
         m, p = (model, preprocess) if model is not None else load_clip(cfg)
         out = encode_image_folder(root, m, p, cfg)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+        tmp = temp_dir_beside(final)
         try:
             np.save(tmp / "features.npy", out.features)
             np.save(tmp / "labels.npy", out.labels)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -90,9 +89,10 @@ class TextIndex:
         saved the same index first) and discards this copy."""
         import faiss
 
+        from harness.results.atomic import temp_dir_beside  # lazy: harness.results imports polars
+
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = temp_dir_beside(folder)
         try:
             faiss.write_index(_faiss_retriever(self.retriever).cpu_index(), str(tmp / "index.faiss"))
             with open(tmp / "texts.jsonl", "w", encoding="utf-8") as f:
