@@ -253,3 +253,21 @@ def test_model_sizes_as_ray_tune_trials_share_one_cached_index(cluster, tmp_path
     assert sizes.height == 2 and sizes["len"].to_list() == [48, 48] and sizes["ttt"].to_list() == [24, 24]
     cached = list((tmp_path / "cache").iterdir())
     assert len(cached) == 1 and cached[0].name.startswith("text-index-")  # no temp folder of the losing writer
+
+
+def test_the_cached_corpus_index_is_keyed_by_the_corpus_and_the_code(tmp_path, monkeypatch):
+    """The index cache's key changes when the train corpus is edited or the code that reads and embeds it changes
+    (a cached index of the old corpus or code is never loaded), and only then."""
+    from harness.trials import lm
+
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"text": "one document"}\n')
+    cfg = lm.LMScalingTrialConfig(model="0.5B", train=str(train), test="test.jsonl", embedder="hub/embedder")
+    key = lm.corpus_index_key(cfg)
+    assert lm.corpus_index_key(lm.LMScalingTrialConfig(model="1.5B", train=str(train), test="other.jsonl",
+                                                       embedder="hub/embedder")) == key  # the index is shared
+    train.write_text('{"text": "one document, edited"}\n')
+    edited = lm.corpus_index_key(cfg)
+    assert edited != key
+    monkeypatch.setattr(lm, "code_version", lambda: "0123456789ab")
+    assert lm.corpus_index_key(cfg) not in (key, edited)

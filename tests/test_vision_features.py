@@ -2,6 +2,7 @@
 embedding files (row / dimension / column errors), the class-balanced hold-out, and the MLP heads."""
 
 import json
+import os
 
 import numpy as np
 import polars as pl
@@ -93,6 +94,45 @@ def test_tiny_clip_cache_and_corrupt_files(tmp_path, tiny_clip):
     assert isinstance(again.features, np.memmap)
     np.testing.assert_array_equal(np.asarray(again.features), first.features)
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_clip_cache_is_not_reused_after_the_images_change(tmp_path, tiny_clip):
+    """An image replaced (same name) or added gives new embeddings from the cache, never the old ones."""
+    model, preprocess = tiny_clip
+    root = _image_folder(tmp_path / "imgs", (3, 2))
+    first = cached_folder_embeddings(root, CPU, tmp_path / "cache", model, preprocess)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 47, 3), dtype=np.uint8)).save(root / "class0" / "img0.png")
+    replaced = cached_folder_embeddings(root, CPU, tmp_path / "cache", model, preprocess)
+    assert np.abs(replaced.features[0] - first.features[0]).max() > 1e-3  # image 0 encoded anew
+    np.testing.assert_allclose(replaced.features[1:], first.features[1:], atol=1e-6)
+    np.testing.assert_allclose(replaced.features, encode_image_folder(root, model, preprocess, CPU).features,
+                               atol=1e-6)
+    Image.fromarray(rng.integers(0, 255, (40, 47, 3), dtype=np.uint8)).save(root / "class1" / "img9.png")
+    assert cached_folder_embeddings(root, CPU, tmp_path / "cache", model, preprocess).features.shape == (6, 16)
+
+
+def test_a_folder_of_many_files_is_fingerprinted_by_its_listing(tmp_path, monkeypatch):
+    """Above LISTING_LIMIT files a folder is one entry (no file is read), changed by a file added, resized or
+    touched; below it each file's content is hashed."""
+    from harness.results import provenance
+
+    for i in range(5):
+        (tmp_path / f"{i}.jpg").write_bytes(b"x" * i)
+    small = provenance.input_fingerprint([tmp_path])
+    assert len(small) == 5 and all(v.startswith("sha256=") for v in small.values())
+    monkeypatch.setattr(provenance, "LISTING_LIMIT", 3)
+    listing = provenance.input_fingerprint([tmp_path])
+    assert list(listing) == [str(tmp_path.resolve())] and listing[str(tmp_path.resolve())].startswith("files=5,")
+    (tmp_path / "0.jpg").write_bytes(b"y")  # same name, new size
+    resized = provenance.input_fingerprint([tmp_path])
+    assert resized != listing
+    stat = (tmp_path / "1.jpg").stat()
+    os.utime(tmp_path / "1.jpg", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # same size, touched
+    touched = provenance.input_fingerprint([tmp_path])
+    assert touched != resized
+    (tmp_path / "5.jpg").write_bytes(b"z")
+    assert provenance.input_fingerprint([tmp_path])[str(tmp_path.resolve())].startswith("files=6,")
 
 
 def test_image_folder_errors(tmp_path, tiny_clip):

@@ -5,8 +5,13 @@
 Images go through the model's own eval preprocessing (resize, centre crop, normalise), in batches, on
 the GPU when there is one. A file PIL cannot read is skipped and counted (`FolderEmbeddings.skipped`);
 a folder with no class folders or no readable image fails with an error naming it. Each folder's
-embeddings are cached once as memory-mapped .npy files under `<cache_dir>/<key>/` (key: folder, model,
-pretrained tag), written to a temp folder and renamed, so an interrupted run leaves nothing half-written.
+embeddings are cached once as memory-mapped .npy files under `<cache_dir>/<key>/`, written to a temp folder and
+renamed, so an interrupted run leaves nothing half-written. The key holds the folder, a fingerprint of its files
+(harness.results.provenance: by listing for a folder of many files), the model, its pretrained tag (and the
+fingerprint of the weights file when it is one), open_clip's version and the harness's code version: an image
+added, removed or replaced, other weights or other encoding code give new embeddings, never the old ones. The
+device is not in the key: GPU and CPU encodings differ in the last bits only, and nothing downstream amplifies
+that the way training does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from harness.data.embeddings import IMAGENET_HOLDOUT, embedding_splits
 from harness.data.feature_splits import FeatureSplits
 from harness.results.atomic import temp_dir_beside
+from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import config_hash
 
 
@@ -50,6 +56,15 @@ class FolderEmbeddings:
     labels: np.ndarray  # (n,) int64 indices into classes
     classes: tuple[str, ...]
     skipped: tuple[str, ...]  # files that could not be read
+
+
+def _open_clip_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("open_clip_torch")
+    except importlib.metadata.PackageNotFoundError:  # tests pass their own model and preprocessing
+        return None
 
 
 def load_clip(cfg: ClipConfig) -> tuple[torch.nn.Module, Callable]:
@@ -126,7 +141,11 @@ def cached_folder_embeddings(root: str | os.PathLike, cfg: ClipConfig = ClipConf
         m, p = (model, preprocess) if model is not None else load_clip(cfg)
         return encode_image_folder(root, m, p, cfg)
     identity = {"root": str(root), "arch": cfg.arch, "pretrained": cfg.pretrained}
-    key = f"clip-{cfg.arch}-{cfg.pretrained}-{config_hash(identity)}"
+    key_fields = {**identity, "images": input_fingerprint([root]), "open_clip": _open_clip_version(),
+                  "code_version": code_version()}
+    if cfg.pretrained is not None and Path(cfg.pretrained).expanduser().is_file():  # weights from a local file
+        key_fields["weights"] = input_fingerprint([cfg.pretrained])
+    key = f"clip-{cfg.arch}-{Path(cfg.pretrained or 'random').name}-{config_hash(key_fields)}"
     final = Path(cache_dir) / key
     if not (final / "meta.json").exists():
         m, p = (model, preprocess) if model is not None else load_clip(cfg)

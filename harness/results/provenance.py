@@ -3,7 +3,10 @@
 A trial's cached rows (and a cached feature file) may be reused only when the config, the inputs and the
 code that made them are the same. `code_version()` hashes the source of the `harness` package (any edit
 of a component changes it); `input_fingerprint(paths)` hashes each input file's content where that is
-cheap (files up to CONTENT_HASH_LIMIT bytes) and its size and modification time otherwise.
+cheap (files up to CONTENT_HASH_LIMIT bytes) and its size and modification time otherwise. A folder of more than
+LISTING_LIMIT files (an ImageNet image folder: 1.28M files, ~140 GB) is one entry, a hash of its listing (each
+file's relative path, size and modification time): reading every image to build a cache key would take longer
+than the work, and adding, removing, replacing or editing a file still changes it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 HARNESS_ROOT = Path(__file__).resolve().parents[1]
 CONTENT_HASH_LIMIT = 256 * 2**20  # bytes: larger files are fingerprinted by size and mtime only
+LISTING_LIMIT = 1000  # files: a larger folder is fingerprinted by its listing, not its files' contents
 
 
 @functools.cache
@@ -45,8 +49,17 @@ def _files_below(path: Path) -> list[Path]:
     return [path]
 
 
+def _listing_fingerprint(root: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return f"files={len(files)},listing_sha256={digest.hexdigest()[:16]}"
+
+
 def input_fingerprint(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
-    """{absolute file path: fingerprint} for every file named or below a named folder.
+    """{absolute file path: fingerprint} for every file named or below a named folder; a folder of more than
+    LISTING_LIMIT files is one entry {folder path: hash of its listing}.
 
     A missing path fingerprints as "missing" (the trial itself then fails naming it)."""
     out: dict[str, str] = {}
@@ -55,7 +68,11 @@ def input_fingerprint(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
         if not root.exists():
             out[str(root)] = "missing"
             continue
-        for f in _files_below(root):
+        files = _files_below(root)
+        if len(files) > LISTING_LIMIT:
+            out[str(root)] = _listing_fingerprint(root, files)
+            continue
+        for f in files:
             st = f.stat()
             out[str(f)] = _file_fingerprint(str(f), st.st_size, st.st_mtime_ns)
     return out

@@ -55,7 +55,7 @@ from harness.models.lm import QWEN25_SIZES, count_parameters, model_skeleton, re
 from harness.models.lora import lora_parameter_count
 from harness.models.tiny_qwen2 import make_tiny_qwen2
 from harness.registry import register_trial
-from harness.results.provenance import input_fingerprint
+from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.text_index import (
     INDEX_KINDS,
@@ -209,15 +209,20 @@ def _embedder_key(embedder: str | None) -> list[str]:
     return sorted(input_fingerprint([folder]).values()) if is_local_path(folder) else [folder]
 
 
+def corpus_index_key(cfg: LMScalingTrialConfig) -> str:
+    """What the cached corpus index depends on: the train corpus's content, the embedder's weights, the metric, the
+    index kind and the code that reads and embeds the corpus."""
+    return config_hash({"train": sorted(input_fingerprint([cfg.train]).values()), "documents": "whole",
+                        "embedder": _embedder_key(cfg.embedder), "metric": cfg.retrieval_metric,
+                        "index_kind": cfg.index_kind, "code_version": code_version()})
+
+
 def corpus_index(cfg: LMScalingTrialConfig, sharding: ShardingConfig) -> TextIndex:
     """The text index over cfg.train's documents (whole, as they are: one embedding and one entry each), read from
-    cfg.cache_dir or built on the actor pool (and saved)."""
+    cfg.cache_dir (under corpus_index_key) or built on the actor pool (and saved)."""
     from harness.features.text_embedder import DEFAULT_EMBEDDER
 
-    key = config_hash({"train": sorted(input_fingerprint([cfg.train]).values()), "documents": "whole",
-                       "embedder": _embedder_key(cfg.embedder), "metric": cfg.retrieval_metric,
-                       "index_kind": cfg.index_kind})
-    folder = Path(cfg.cache_dir) / f"text-index-{key}" if cfg.cache_dir is not None else None
+    folder = Path(cfg.cache_dir) / f"text-index-{corpus_index_key(cfg)}" if cfg.cache_dir is not None else None
     if folder is not None and folder.exists():
         return TextIndex.load(folder)
     train = read_corpus(cfg.train)
