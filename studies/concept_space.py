@@ -41,7 +41,7 @@ from harness.errors import ConfigError  # noqa: E402
 from harness.models.sae_training import SAETrainConfig, TopKTraining  # noqa: E402
 from harness.models.training import TrainConfig  # noqa: E402
 from harness.results.schema import hparam_columns  # noqa: E402
-from harness.trials.concept_space import ConceptData, ConceptSpaceConfig  # noqa: E402
+from harness.trials.concept_space import ConceptData, ConceptSpaceConfig, check_one_seed_per_checkpoint  # noqa: E402
 from harness.trials.embedding_head import EmbeddingOptions  # noqa: E402
 from harness.trials.options import Device  # noqa: E402
 from harness.ttt.linear import HeadTTTConfig  # noqa: E402
@@ -84,7 +84,7 @@ class ConceptSpace:
     sae_ghost_weight: float = 1e6  # ghost-gradient loss weight (paper: 1e6)
     sae_dead_threshold: float = 1e-4  # dead: selected in at most this fraction of the samples seen (paper: 1e-4)
     sae_grad_clip: float | None = 1.0  # gradient-norm clip (paper: 1)
-    sae_checkpoint: str | None = None  # SAE checkpoint file (None: <out-dir>/cache/sae-<config hash>.pt)
+    sae_checkpoint: str | None = None  # SAE checkpoint file, one seed only (None: <out-dir>/cache/sae-<hash>.pt)
     head_lr: float = 1e-2  # global heads' Adam lr (paper: 1e-3 for 100 epochs of 1.28M; ours trains fewer steps)
     head_epochs: int = 30  # (paper: 100)
     head_batch_size: int = 512  # (paper: 512)
@@ -101,6 +101,9 @@ class ConceptSpace:
     device: Device | None = None  # where trials compute (None: cuda when available)
     out_dir: str = "results/concept_space"  # tables, figures, SAE checkpoints and the sweep's storage
     ray: RayOptions = RayOptions()
+
+    def __post_init__(self) -> None:
+        check_one_seed_per_checkpoint(self.sae_checkpoint, self.seeds)  # before any work
 
     def data_kind(self) -> ConceptData:
         return "embeddings" if (self.embedding.embeddings or self.embedding.image_folder) else self.data

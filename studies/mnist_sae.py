@@ -37,6 +37,7 @@ from harness.models.sae import JumpReLUSAEConfig  # noqa: E402
 from harness.models.sae_training import JumpReLUTraining  # noqa: E402
 from harness.models.training import TrainConfig  # noqa: E402
 from harness.results.schema import hparam_columns  # noqa: E402
+from harness.trials.concept_space import check_one_seed_per_checkpoint  # noqa: E402
 from harness.trials.mnist_sae import CONCEPT_HEAD, SAE_TRAINING, MnistSAEConfig  # noqa: E402
 from harness.trials.options import Device  # noqa: E402
 from harness.ttt.linear import HeadTTTConfig  # noqa: E402
@@ -60,7 +61,7 @@ class MnistSAE:
     sae_lr: float = SAE_TRAINING.lr  # SAE Adam lr
     sae_batch_size: int = SAE_TRAINING.batch_size
     sae_epochs: int = 5  # (ours at --paper: 20)
-    sae_checkpoint: str | None = None  # SAE checkpoint file (None: <out-dir>/cache/jumprelu-sae-<config hash>.pt)
+    sae_checkpoint: str | None = None  # SAE checkpoint file, one seed only (None: <out-dir>/cache/jumprelu-sae-*.pt)
     head_lr: float = 1e-2  # the global head on Φ̂ (at --paper: §E.3's 1e-3 for 100 epochs)
     head_epochs: int = 10
     mask_k: int = 100  # neighbours of masked TTT in Φ̂ (paper: 100)
@@ -75,6 +76,9 @@ class MnistSAE:
     device: Device | None = None  # where trials compute (None: cuda when available)
     out_dir: str = "results/mnist_sae"  # tables, SAE checkpoint and the sweep's storage
     ray: RayOptions = RayOptions()
+
+    def __post_init__(self) -> None:
+        check_one_seed_per_checkpoint(self.sae_checkpoint, self.seeds)  # before any work
 
     def trials(self) -> list[MnistSAEConfig]:
         return [MnistSAEConfig(

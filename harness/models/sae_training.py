@@ -17,13 +17,15 @@ T0 = 5,000 steps, cosine horizon T = 1e5, batch 4096, 100 epochs, gradient-norm 
 
 Randomness is a function of (seed, step): each epoch's order comes from a generator seeded by (seed, epoch),
 each step's dropout from one seeded by (seed, step). So a run resumed from a checkpoint takes exactly the
-steps an uninterrupted run takes (a test asserts it). A checkpoint records the configs and a fingerprint
-of the training data; resuming one made under others is refused, naming the file and each difference.
+steps an uninterrupted run takes (a test asserts it). A checkpoint records the configs, a fingerprint of the
+training data and the device type (CPU and CUDA training differ in the last bits, and the dropout generator lives
+on the device); resuming one made under others is refused, naming the file and each difference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -149,11 +151,23 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def checkpoint_identity(model_cfg: Any, train: SAETrainConfig, extra: Any, data: dict[str, Any] | None) -> dict:
-    """What a checkpoint must match to be resumed: the three configs and the data fingerprint (None: not known
-    yet, e.g. features that training still has to make; only the configs are compared then)."""
+def checkpoint_identity(model_cfg: Any, train: SAETrainConfig, extra: Any, data: dict[str, Any] | None, *,
+                        device: str | None = None) -> dict:
+    """What a checkpoint must match to be resumed: the three configs, the data fingerprint and the device type
+    ("cpu" / "cuda") the SAE trains on. Either of the last two may be None when not known yet (features that
+    training still has to make; a device a Ray worker picks): it is not compared then. Training passes both."""
     return _jsonable({"model": {"kind": type(model_cfg).__name__, **dataclasses.asdict(model_cfg)},
-                      "train": dataclasses.asdict(train), "extra": dataclasses.asdict(extra), "data": data})
+                      "train": dataclasses.asdict(train), "extra": dataclasses.asdict(extra), "data": data,
+                      "device": device})
+
+
+def weights_digest(model: nn.Module) -> str:
+    """16-hex sha256 of a model's state (each entry's name, dtype, shape and bytes): names one trained SAE."""
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
@@ -169,7 +183,7 @@ def _differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
 
 def check_checkpoint(path: str | os.PathLike, identity: dict) -> dict | None:
     """The checkpoint at `path` if it was made under `identity` (None when there is none); else ConfigError
-    naming the file and every differing field. A None data fingerprint in `identity` is not compared."""
+    naming the file and every differing field. A None data fingerprint or device in `identity` is not compared."""
     path = Path(path)
     if not path.exists():
         return None
@@ -183,9 +197,10 @@ def check_checkpoint(path: str | os.PathLike, identity: dict) -> dict | None:
                           f"{state.get('format') if isinstance(state, dict) else type(state).__name__})")
     stored = dict(state["identity"])
     now = dict(identity)
-    if now.get("data") is None:
-        stored.pop("data", None)
-        now.pop("data", None)
+    for unknown in ("data", "device"):
+        if now.get(unknown) is None:
+            stored.pop(unknown, None)
+            now.pop(unknown, None)
     diff = _differences(stored, now)
     if diff:
         raise ConfigError(f"SAE checkpoint {path} was made with another configuration; resume it with the same "
@@ -310,7 +325,7 @@ def train_topk_sae(x: torch.Tensor, model_cfg: TopKSAEConfig, cfg: SAETrainConfi
             loss = loss + topk.ghost_weight * ghost_loss(pre, dead, model.decoder, (batch - recon).detach())
         return loss
 
-    identity = checkpoint_identity(model_cfg, cfg, topk, data_fingerprint(x))
+    identity = checkpoint_identity(model_cfg, cfg, topk, data_fingerprint(x), device=x.device.type)
     run = train_loop(model, x.shape[0], loss_fn, cfg, device=x.device, checkpoint=checkpoint, identity=identity,
                      after_step=model.renormalise_decoder, on_epoch=on_epoch)
     return model, run
@@ -338,7 +353,8 @@ def train_jumprelu_sae(images: torch.Tensor, model_cfg: JumpReLUSAEConfig, cfg: 
         reconstruction = error.mean() if jump.reconstruction == "mean" else error.sum(1).mean()
         return reconstruction + jump.l0_weight * l0.mean()
 
-    identity = checkpoint_identity(model_cfg, cfg, jump, data_fingerprint(images.float()))
+    identity = checkpoint_identity(model_cfg, cfg, jump, data_fingerprint(images.float()),
+                                   device=images.device.type)
     run = train_loop(model, images.shape[0], loss_fn, cfg, device=images.device, checkpoint=checkpoint,
                      identity=identity, on_epoch=on_epoch)
     return model, run

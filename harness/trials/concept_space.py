@@ -15,6 +15,7 @@ Rows carry `space` (and `rank` for relTV) in hparams; the study lifts them into 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,7 @@ from harness.models.sae_training import (
     encode,
     sae_report,
     train_topk_sae,
+    weights_digest,
 )
 from harness.models.training import TrainConfig, train_classifier
 from harness.registry import register_trial
@@ -68,6 +70,7 @@ from harness.trials.mnist import (
     mnist_features,
     mnist_input_files,
     test_subset,
+    trial_device,
 )
 from harness.trials.options import Device
 from harness.ttt.linear import HeadTTTConfig, batched_head_ttt
@@ -203,7 +206,8 @@ class ConceptSpaceConfig:
         if path is not None and path.exists():  # its configs, and its data unless that needs a CNN trained first
             data = None if self.data == "mnist-cnn" else data_fingerprint(
                 torch.from_numpy(concept_embeddings(self, splits).train))
-            check_checkpoint(path, checkpoint_identity(self.sae_config(dim), self.sae_train, self.sae_topk, data))
+            check_checkpoint(path, checkpoint_identity(self.sae_config(dim), self.sae_train, self.sae_topk, data,
+                                                       device=self.device))  # None: the worker's, not known here
 
     def load(self) -> FeatureSplits:
         """The embeddings of an embeddings / synthetic source (mnist-cnn: see `concept_embeddings`)."""
@@ -216,13 +220,14 @@ class ConceptSpaceConfig:
         return self.embeddings.load()
 
     def sae_key(self, dim: int) -> str:
-        """Names the SAE (checkpoint file, cached heads): everything that determines it."""
+        """Names the SAE (checkpoint file, cached heads): everything that determines it, the device it trains on
+        included (GPU and CPU training differ in the last bits)."""
         data: object = self.synthetic if self.data == "synthetic" else (
             self.cnn_config() if self.data == "mnist-cnn" else self.embeddings)
         fields = {"data": data, "normalise": self.normalise, "center": self.center,
                   "inputs": input_fingerprint(self.input_files()),
                   "sae": self.sae_config(dim), "train": self.sae_train, "topk": self.sae_topk,
-                  "code_version": code_version()}
+                  "train_device": trial_device(self.device).type, "code_version": code_version()}
         return f"sae-{config_hash(fields)}"
 
     def checkpoint_path(self, dim: int | None = None) -> Path | None:
@@ -232,6 +237,15 @@ class ConceptSpaceConfig:
         if self.cache_dir is None or dim is None:
             return None
         return Path(self.cache_dir) / f"{self.sae_key(dim)}.pt"
+
+
+def check_one_seed_per_checkpoint(sae_checkpoint: str | None, seeds: tuple[int, ...]) -> None:
+    """Refuse one --sae-checkpoint file for several --seeds: each seed trains its own SAE, so the seeds would
+    refuse (in turn) or overwrite (at once) each other's checkpoint."""
+    if sae_checkpoint is not None and len(seeds) > 1:
+        raise ConfigError(f"--sae-checkpoint names one SAE file, but --seeds gives {len(seeds)} seeds {list(seeds)} "
+                          "and each seed trains its own SAE: give one seed with --sae-checkpoint, or leave "
+                          "--sae-checkpoint out (the cache under --out-dir keeps one SAE per seed)")
 
 
 def classes_of(splits: FeatureSplits) -> int:
@@ -279,6 +293,20 @@ def train_linear_head(x: np.ndarray, y: np.ndarray, classes: int, cfg: TrainConf
     return head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy()
 
 
+def heads_path(checkpoint: Path | None, sae: nn.Module, train: np.ndarray, labels: np.ndarray, head: TrainConfig,
+               device: torch.device) -> Path | None:
+    """Where the global heads on an SAE's codes are cached: beside its checkpoint (None: not cached), named by the
+    checkpoint's whole file name and a hash of all that makes the heads: the SAE's weights, the rows it encodes
+    (train (N, ...)) and their labels (N,), the heads' config, the device they train on and the code version.
+    So the heads of another SAE (one retrained at the same path) are never read back."""
+    if checkpoint is None:
+        return None
+    key = config_hash({"sae": weights_digest(sae), "train": data_fingerprint(torch.from_numpy(train)),
+                       "labels": hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest(), "head": head,
+                       "device": device.type, "code_version": code_version()})
+    return checkpoint.with_name(f"{checkpoint.name}.heads-{key}.npz")
+
+
 def cached_heads(path: Path | None, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The global heads from `path` (.npz) if there, else computed and written there (atomically)."""
     if path is not None and path.exists():
@@ -301,7 +329,7 @@ def concept_space_trial(cfg: ConceptSpaceConfig, splits: FeatureSplits | None = 
                         on_epoch: Callable[[int, float], None] | None = None) -> pl.DataFrame:
     """Per-point rows of S8 (module docstring) and the SAE's own rows (point_id -1)."""
     start = time.perf_counter()
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = trial_device(cfg.device)
     emb = concept_embeddings(cfg, splits)
     dim, classes = emb.train.shape[1], int(max(emb.train_y.max(), emb.test_y.max())) + 1
     if cfg.sae_input_dim is not None and cfg.sae_input_dim != dim:
@@ -313,7 +341,6 @@ def concept_space_trial(cfg: ConceptSpaceConfig, splits: FeatureSplits | None = 
                                    what=f"embeddings of {cfg.dataset_name()}")
     phi_train, psi_hat_train = encode(sae, emb.train)  # (N, d1), (N, d2)
     phi_test, psi_hat_test = encode(sae, emb.test)
-    heads_path = None if checkpoint is None else checkpoint.with_suffix(f".heads-{config_hash(cfg.head)}.npz")
 
     def heads() -> dict[str, np.ndarray]:
         out = {}
@@ -321,7 +348,7 @@ def concept_space_trial(cfg: ConceptSpaceConfig, splits: FeatureSplits | None = 
             out[f"{space}_w"], out[f"{space}_b"] = train_linear_head(x, emb.train_y, classes, cfg.head, device)
         return out
 
-    head = cached_heads(heads_path, heads)
+    head = cached_heads(heads_path(checkpoint, sae, emb.train, emb.train_y, cfg.head, device), heads)
     subset = test_subset(emb.test.shape[0], cfg.test_points)
     columns = evaluate_concept_ttt(cfg, emb, phi_train, psi_hat_train, phi_test[subset], psi_hat_test[subset],
                                    emb.test[subset], emb.test_y[subset], head, device)

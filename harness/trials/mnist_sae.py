@@ -37,7 +37,7 @@ from harness.registry import register_trial
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.index import build_retriever
-from harness.trials.concept_space import cached_heads, concept_ttt_chunk, train_linear_head
+from harness.trials.concept_space import cached_heads, concept_ttt_chunk, heads_path, train_linear_head
 from harness.trials.mnist import (
     MnistTrialConfig,
     check_device,
@@ -47,6 +47,7 @@ from harness.trials.mnist import (
     mnist_features,
     mnist_input_files,
     test_subset,
+    trial_device,
 )
 from harness.trials.options import Device
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator
@@ -105,15 +106,19 @@ class MnistSAEConfig:
                              "the MNIST training split")
         check_test_points(self.test_points, images.test_y.size, "test")
         if self.sae_checkpoint is not None:
-            check_checkpoint(self.sae_checkpoint, checkpoint_identity(self.sae, self.sae_train, self.sae_l0, None))
+            check_checkpoint(self.sae_checkpoint, checkpoint_identity(self.sae, self.sae_train, self.sae_l0, None,
+                                                                      device=self.device))  # None: the worker's
 
     def checkpoint_path(self) -> Path | None:
+        """The SAE checkpoint: `sae_checkpoint`, else `<cache_dir>/jumprelu-sae-<hash>.pt`, keyed by all that makes
+        the SAE, the device it trains on included (None without either)."""
         if self.sae_checkpoint is not None:
             return Path(self.sae_checkpoint)
         if self.cache_dir is None:
             return None
         fields = {"sae": self.sae, "train": self.sae_train, "l0": self.sae_l0, "seed": self.seed,
-                  "inputs": input_fingerprint(self.input_files()), "code_version": code_version()}
+                  "inputs": input_fingerprint(self.input_files()), "train_device": trial_device(self.device).type,
+                  "code_version": code_version()}
         return Path(self.cache_dir) / f"jumprelu-sae-{config_hash(fields)}.pt"
 
 
@@ -123,7 +128,7 @@ def mnist_sae_trial(cfg: MnistSAEConfig, images: ImageSplits | None = None, *,
     """Per-point rows: global / ttt (space cnn) and global / masked_ttt (space phi_hat) accuracy, the mask
     statistics, and the SAE's own rows (point_id -1)."""
     start = time.perf_counter()
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = trial_device(cfg.device)
     images = images if images is not None else load_mnist(cfg.data_dir)
     subset = test_subset(images.test_y.size, cfg.test_points)
     y = images.test_y[subset]
@@ -132,13 +137,12 @@ def mnist_sae_trial(cfg: MnistSAEConfig, images: ImageSplits | None = None, *,
     dense = HeadTTTEvaluator(HeadState(feats.train_x, feats.train_y, weight, bias), cfg.ttt, retriever=cfg.retriever,
                              device=str(device))({"point_id": subset, "feature": feats.test_x[subset], "label": y})
 
+    checkpoint = cfg.checkpoint_path()
     sae, sae_run = train_jumprelu_sae(torch.from_numpy(images.train_x).to(device), cfg.sae, cfg.sae_train, cfg.sae_l0,
-                                      checkpoint=cfg.checkpoint_path(), on_epoch=on_epoch,
-                                      what="MNIST training images")
+                                      checkpoint=checkpoint, on_epoch=on_epoch, what="MNIST training images")
     phi_train, recon_train = encode(sae, images.train_x)  # (N, d1), (N, 784)
     phi_test, recon_test = encode(sae, images.test_x)
-    path = cfg.checkpoint_path()
-    head = cached_heads(None if path is None else path.with_suffix(f".head-{config_hash(cfg.head)}.npz"),
+    head = cached_heads(heads_path(checkpoint, sae, images.train_x, images.train_y, cfg.head, device),
                         lambda: dict(zip(("w", "b"), train_linear_head(phi_train, images.train_y, 10, cfg.head, device),
                                          strict=True)))
     sparse = masked_concept_ttt(cfg, phi_train, images.train_y, phi_test[subset], head["w"], head["b"], device)
