@@ -7,7 +7,8 @@ Every loader returns float32 (n, d) and int64 (n,) and fails with a ConfigError 
 no .npy / Parquet file, holds no rows, holds no real numbers (strings, objects, complex values: the dtype is
 named), holds NaN or inf rows (their indices and count are named), or when rows, dimensions or columns
 disagree. `embedding_splits` holds out a class-balanced validation set from train (ImageNet: 50,000
-images; the official validation set is the test set).
+images; the official validation set is the test set), refusing test labels of classes train lacks (naming the
+test file and the classes) and a hold-out count that cannot work (naming --holdout).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.feature_splits import FeatureSplits, describe_rows, nonfinite_rows
-from harness.data.holdout import class_balanced_holdout
+from harness.data.holdout import class_balanced_holdout, holdout_quotas
 from harness.errors import ConfigError
 
 IMAGENET_HOLDOUT = 50_000  # §E.6: class-balanced validation images held out of train
@@ -133,14 +134,31 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def check_test_classes(train_y: np.ndarray, test_y: np.ndarray, train_name: str = "train",
+                       test_name: str = "test") -> None:
+    """Refuse test labels of classes the training set does not have (ConfigError naming the test data and the
+    classes): the head would get outputs it never trained and those points would always count as errors."""
+    missing = np.setdiff1d(np.unique(test_y), np.unique(train_y))
+    if missing.size:
+        count = int(np.isin(test_y, missing).sum())
+        shown = missing[:10].tolist()
+        more = f" and {missing.size - 10} more" if missing.size > 10 else ""
+        raise ConfigError(f"{test_name}: test labels hold classes {shown}{more} ({count} of {test_y.size} points) that "
+                          f"the training set {train_name} does not have: no head can predict them, every such point "
+                          "would count as an error")
+
+
 def embedding_splits(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-    holdout: int = IMAGENET_HOLDOUT, seed: int = 0,
+    holdout: int = IMAGENET_HOLDOUT, seed: int = 0, train_name: str = "train", test_name: str = "test",
 ) -> FeatureSplits:
-    """Train minus a class-balanced hold-out of `holdout` points (-> val), and the test set."""
+    """Train minus a class-balanced hold-out of `holdout` points (-> val), and the test set. Raises ConfigError
+    for test classes missing from train and for a hold-out that cannot work (naming --holdout); `train_name` /
+    `test_name` (a file or folder) name the data in those messages."""
     if train_x.shape[1] != test_x.shape[1]:
         raise ConfigError(f"train embeddings have dimension {train_x.shape[1]} but test embeddings {test_x.shape[1]}")
-    keep, held = class_balanced_holdout(train_y, holdout, seed)
+    check_test_classes(train_y, test_y, train_name, test_name)
+    keep, held = class_balanced_holdout(train_y, holdout, seed, where=train_name)
     return FeatureSplits(np.asarray(train_x[keep], np.float32), train_y[keep], np.asarray(train_x[held], np.float32),
                          train_y[held], np.asarray(test_x, np.float32), np.asarray(test_y, np.int64))
 
@@ -150,10 +168,12 @@ def load_embedding_splits(
     test_labels: str | os.PathLike | None = None, holdout: int = IMAGENET_HOLDOUT, seed: int = 0,
     column: str = "embedding", label_column: str = "label",
 ) -> FeatureSplits:
-    """Two embedding files (train; test = the official validation set) -> FeatureSplits with hold-out."""
+    """Two embedding files (train; test = the official validation set) -> FeatureSplits with hold-out. The
+    hold-out count is checked against train's classes before the test file is read."""
     tx, ty = load_embedding_file(train, train_labels, column, label_column)
+    holdout_quotas(*np.unique(ty, return_counts=True), holdout, np.random.default_rng(seed), where=str(train))
     sx, sy = load_embedding_file(test, test_labels, column, label_column, dim=tx.shape[1])
-    return embedding_splits(tx, ty, sx, sy, holdout, seed)
+    return embedding_splits(tx, ty, sx, sy, holdout, seed, train_name=str(train), test_name=str(test))
 
 
 def mnist_pixel_embeddings(data_dir: str | None = None) -> FeatureSplits:

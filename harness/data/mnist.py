@@ -38,6 +38,7 @@ IDX_FILES = {
 VALIDATION_SIZE = 10_000  # held out of the 60k training images, stratified by class (the paper's 50k / 10k)
 SPLIT_SEED = 0  # the train / validation split is fixed (the paper's code: random_state=0), whatever the trial's seed
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # mean and std of MNIST's training pixels in [0, 1] (the paper's Normalize)
+CLASSES = 10  # labels 0..9: the LeNets' heads have 10 outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,18 +152,29 @@ def _find_idx(data_dir: Path, stem: str) -> Path:
     raise FileNotFoundError(f"data_dir {data_dir}: missing {stem} (or {stem}.gz)")
 
 
+def check_labels(path: Path, labels: np.ndarray) -> None:
+    """Refuse labels outside 0..9 (ConfigError naming the file, how many, and the first bad index and value): a
+    training label would crash the loss deep in training, a test label only the evaluation after it."""
+    bad = np.flatnonzero(labels >= CLASSES)  # uint8: never negative
+    if bad.size:
+        raise ConfigError(f"{path}: labels must be 0..{CLASSES - 1} (MNIST's {CLASSES} classes); {bad.size} of "
+                          f"{labels.size} are not, the first at index {bad[0]}: {labels[bad[0]]}")
+
+
 def load_mnist_idx(data_dir: str | Path) -> ImageSplits:
-    """MNIST-format idx files in `data_dir` (train-images-idx3-ubyte[.gz] etc.)."""
+    """MNIST-format idx files in `data_dir` (train-images-idx3-ubyte[.gz] etc.); labels must be 0..9."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data_dir {data_dir} is not a folder")
-    arrays = {key: read_idx(_find_idx(data_dir, stem)) for key, stem in IDX_FILES.items()}
+    paths = {key: _find_idx(data_dir, stem) for key, stem in IDX_FILES.items()}
+    arrays = {key: read_idx(path) for key, path in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise ConfigError(
                 f"data_dir {data_dir}: {split} images shape {images.shape} and labels shape {labels.shape} disagree"
             )
+        check_labels(paths[f"{split}_labels"], labels)
     tx, ty = arrays["train_images"], arrays["train_labels"].astype(np.int64)
     if tx.shape[0] <= VALIDATION_SIZE:
         raise ConfigError(f"data_dir {data_dir}: train has {tx.shape[0]} images, need more than {VALIDATION_SIZE}")
