@@ -1,6 +1,7 @@
 """Feature path: open_clip over an ImageFolder (shapes, unit norm, cache, bad folders / files),
 embedding files (row / dimension / column errors), the class-balanced hold-out, and the MLP heads."""
 
+import dataclasses
 import json
 import os
 
@@ -17,7 +18,6 @@ from harness.features.cache import FeatureSplits, cached_model_features
 from harness.features.clip import (
     ClipConfig,
     cached_folder_embeddings,
-    clip_folder_splits,
     encode_image_folder,
     load_clip,
 )
@@ -154,16 +154,19 @@ def test_image_folder_errors(tmp_path, tiny_clip):
     assert not (tmp_path / "cache").exists()
 
 
-def test_clip_folder_splits_hold_out_from_train(tmp_path, tiny_clip):
-    model, preprocess = tiny_clip
+def test_image_folder_source_holds_out_from_train(tmp_path, tiny_clip):
+    """EmbeddingSource over image folders: train minus a class-balanced hold-out (-> val), test = the other folder;
+    folders with other classes are refused from their listing."""
     train = _image_folder(tmp_path / "train", (4, 4))
     test = _image_folder(tmp_path / "val", (1, 2))
-    s = clip_folder_splits(train, test, CPU, holdout=2, cache_dir=tmp_path / "cache", model=model, preprocess=preprocess)
+    source = EmbeddingSource("image-folder", str(train), str(test), holdout=2, arch=CPU.arch, pretrained=None,
+                             cache_dir=str(tmp_path / "cache"))
+    s = source.load()
     assert (s.train_x.shape, s.val_x.shape, s.test_x.shape) == ((6, 16), (2, 16), (3, 16))
     np.testing.assert_array_equal(np.bincount(s.val_y), [1, 1])
     other = _image_folder(tmp_path / "other", (1, 1, 1))
-    with pytest.raises(ValueError, match="class folders .* differ"):
-        clip_folder_splits(train, other, CPU, holdout=2, model=model, preprocess=preprocess)
+    with pytest.raises(ConfigError, match="class folders of train .* and test .* differ"):
+        dataclasses.replace(source, test=str(other)).load()
 
 
 def test_embedding_files_load_and_refuse_bad_input(tmp_path):

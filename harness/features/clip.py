@@ -3,8 +3,10 @@
     root/<class name>/<image file>   ->   x (n, d) float32, unit L2 norm;  y (n,) int64 (sorted class names)
 
 Images go through the model's own eval preprocessing (resize, centre crop, normalise), in batches, on
-the GPU when there is one. A file PIL cannot read is skipped and counted (`FolderEmbeddings.skipped`);
-a folder with no class folders or no readable image fails with an error naming it. Each folder's
+the GPU when there is one. A file PIL cannot read is skipped and counted (`FolderEmbeddings.skipped`; the
+studies' EmbeddingSource prints them and refuses a folder with too many); a folder with no class folders or no
+readable image fails with an error naming it. Splitting train into train and hold-out, and checking that the two
+folders hold the same classes, is EmbeddingSource's (harness/features/embedding_source.py). Each folder's
 embeddings are cached once as memory-mapped .npy files under `<cache_dir>/<key>/`, written to a temp folder and
 renamed, so an interrupted run leaves nothing half-written. The key holds the folder, a fingerprint of its files
 (harness.results.provenance: by listing for a folder of many files), the model, its pretrained tag (and the
@@ -26,8 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.data.embeddings import IMAGENET_HOLDOUT, embedding_splits
-from harness.data.feature_splits import FeatureSplits
 from harness.results.atomic import temp_dir_beside
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import config_hash
@@ -162,16 +162,3 @@ def cached_folder_embeddings(root: str | os.PathLike, cfg: ClipConfig = ClipConf
     meta = json.loads((final / "meta.json").read_text())
     return FolderEmbeddings(np.load(final / "features.npy", mmap_mode="r"), np.load(final / "labels.npy"),
                             tuple(meta["classes"]), tuple(meta["skipped"]))
-
-
-def clip_folder_splits(train_root: str | os.PathLike, test_root: str | os.PathLike, cfg: ClipConfig = ClipConfig(),
-                       holdout: int = IMAGENET_HOLDOUT, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                       model: torch.nn.Module | None = None, preprocess: Callable | None = None) -> FeatureSplits:
-    """ImageNet-style splits: train minus a class-balanced hold-out of `holdout` images (-> val); test =
-    the official validation folder. Both folders must have the same class folders."""
-    train = cached_folder_embeddings(train_root, cfg, cache_dir, model, preprocess)
-    test = cached_folder_embeddings(test_root, cfg, cache_dir, model, preprocess)
-    if train.classes != test.classes:
-        extra = sorted(set(train.classes) ^ set(test.classes))[:5]
-        raise ValueError(f"class folders of {train_root} and {test_root} differ (e.g. {extra})")
-    return embedding_splits(train.features, train.labels, test.features, test.labels, holdout, seed)
