@@ -66,12 +66,20 @@ class LMScaling:
     engine: LoRAEngine = "batched"  # batched: many sequences' adapters at once; peft: the one-sequence reference
     max_batch: int = 16  # test sequences per actor call, trained together by the batched engine
     device: Device = "cpu"  # where the actors run the LM and the embedder
-    smoke_inputs: bool = False  # generate a topical corpus and a tiny random Qwen2 under <out-dir>/inputs
+    smoke_inputs: bool = False  # generate the corpus and model (no --train/--test/--models) under <out-dir>/inputs
     out_dir: str = "results/lm_scaling"  # tables, figure, the index cache and the sweep's storage
     ray: RayOptions = RayOptions(actors=2)
 
     def trials(self) -> list[LMScalingTrialConfig]:
         train, test, models = self.train, self.test, self.models
+        replaced = [f"--{name} {' '.join(value) if isinstance(value, tuple) else value}"
+                    for name, value in (("train", train), ("test", test), ("models", models)) if value]
+        if self.smoke_inputs and replaced:  # before anything is generated
+            raise ConfigError(f"{', '.join(replaced)} cannot be used with --smoke-test (--smoke-inputs): it runs on "
+                              "a generated corpus and a tiny random Qwen2 instead; leave --smoke-test out to run on "
+                              f"{'them' if len(replaced) > 1 else 'it'} (--smoke-test sets --models to none)")
+        if not self.smoke_inputs and not models:
+            raise ConfigError("--models needs at least one model folder, Qwen2.5 size label or hub name")
         if self.smoke_inputs:
             folder = Path(self.out_dir, "inputs").resolve()
             train, test, model = (smoke_inputs(folder) if not (folder / "tiny_qwen2").exists() else
@@ -92,7 +100,7 @@ class LMScaling:
 PRESETS = {
     "paper": LMScaling(models=("0.5B", "1.5B", "3B", "7B", "14B", "32B"), device="cuda",
                        out_dir="results/lm_scaling_paper"),
-    "smoke_test": LMScaling(smoke_inputs=True, fraction=1.0, ttt=SMOKE_TTT, max_batch=4,
+    "smoke_test": LMScaling(models=(), smoke_inputs=True, fraction=1.0, ttt=SMOKE_TTT, max_batch=4,
                             out_dir="results/lm_scaling_smoke"),
 }
 parse = study_parser(LMScaling, PRESETS, __doc__)  # the options: a preset, then those given beside it

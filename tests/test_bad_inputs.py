@@ -220,8 +220,12 @@ def _s3_trial(tmp: Path, train: list[str | None], test: list[str | None]) -> obj
 def _s3_blank_test_text_skipped(tmp: Path) -> None:
     """The trial's Ray parts replaced by fakes: the blank text is never sampled, its count lands in the hparams."""
     import harness.trials.lm as lm
+    from harness.models.tiny_qwen2 import make_tiny_qwen2
+    from harness.ttt.lora_config import LMTTTConfig
 
-    cfg = _s3_config(tmp, _topical(6), ["alpha beta gamma", "one two three", "   \t ", "four five six"])
+    train, test = _topical(6), ["alpha beta gamma", "one two three", "   \t ", "four five six"]
+    model = make_tiny_qwen2(tmp / "tiny", [t for t in train + test if t and t.strip()])  # a tokenizer: the check splits
+    cfg = dataclasses.replace(_s3_config(tmp, train, test), model=str(model), ttt=LMTTTConfig(num_neighbours=2))
     cfg.check_inputs()  # the study's check before Ray: prints the count
     seen: list[list[int]] = []
 
@@ -230,7 +234,7 @@ def _s3_blank_test_text_skipped(tmp: Path) -> None:
         n = len(points)
         return {"point_id": np.array([p for p, _ in points]), "bpb_global": np.full(n, 2.0),
                 "bpb_ttt": np.full(n, 1.5), "n_params": np.full(n, 1000), "lora_params": np.full(n, 10),
-                "n_bytes": np.full(n, 12), "device": np.array(["cpu"] * n)}
+                "n_bytes": np.full(n, 12), "n_neighbours": np.full(n, 2), "device": np.array(["cpu"] * n)}
 
     index = types.SimpleNamespace(info={"train_skipped_lines": 0, "train_blank_texts": 0}, embedder="fake")
     with pytest.MonkeyPatch.context() as mp:

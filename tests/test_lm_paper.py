@@ -140,7 +140,8 @@ def test_lora_share_printed_before_work_equals_the_engines_trainable_parameters(
     train = write_jsonl(tmp_path / "train.jsonl", texts[:20])
     test = write_jsonl(tmp_path / "test.jsonl", texts[20:])
     cfg = LMScalingTrialConfig(model=path, train=str(train), test=str(test),
-                               ttt=LMTTTConfig(rank=8, target_modules=("q_proj", "v_proj", "down_proj")))
+                               ttt=LMTTTConfig(rank=8, target_modules=("q_proj", "v_proj", "down_proj"),
+                                               num_neighbours=4))  # of the 20 train documents
     cfg.check_inputs()
     line = [x for x in capsys.readouterr().out.splitlines() if "LoRA rank 8" in x][0]
     printed = int(line.split(" trains ")[1].split(" parameters")[0].replace(",", ""))

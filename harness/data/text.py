@@ -3,7 +3,8 @@ topical corpus for tests and smoke runs. Texts are kept as they are, newlines an
 and LaTeX depend on them); S3 retrieves whole documents and the TTT engine cuts them into token chunks.
 
 A Pile line is `{"text": "...", "meta": {"pile_set_name": "..."}}`. Readers return a `Corpus`:
-the texts, their subset names, and the lines that were skipped (their line numbers): corrupt lines, and
+the texts, their subset names, where each text starts in its file (`Corpus.where(i)`: its line or row, so an
+error about one text can name it), and the lines that were skipped (their line numbers): corrupt lines, and
 blank texts (empty or whitespace only: nothing to retrieve, nothing to score), so a corrupt shard never
 silently shrinks the study. `skipped_summary` says what was skipped (studies print it); `require_text`
 refuses a corpus left with no text, naming its file.
@@ -39,9 +40,15 @@ class Corpus:
     skipped_lines: list[int] = dataclasses.field(default_factory=list)  # 1-based numbers of corrupt lines
     source: str = ""
     blank_lines: list[int] = dataclasses.field(default_factory=list)  # 1-based numbers of blank texts (skipped)
+    lines: list[int] = dataclasses.field(default_factory=list)  # 1-based line (HF dataset: row) where each text starts
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def where(self, i: int) -> str:
+        """Where text i is in its file, for messages: "line 13" (a HF dataset folder: "row 13")."""
+        unit = "row" if Path(self.source).is_dir() else "line"
+        return f"{unit} {self.lines[i]}" if i < len(self.lines) else f"text {i + 1}"
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -96,6 +103,7 @@ def read_jsonl(path: str | os.PathLike, on_error: str = "skip", limit: int | Non
             continue
         corpus.texts.append(text)
         corpus.subsets.append(subset)
+        corpus.lines.append(line_no)
         if limit is not None and len(corpus.texts) >= limit:
             break
     return corpus
@@ -142,6 +150,7 @@ def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_fiel
             continue
         corpus.texts.append(text)
         corpus.subsets.append((m.get("pile_set_name") or "") if isinstance(m, dict) else "")
+        corpus.lines.append(i + 1)
         if limit is not None and len(corpus.texts) >= limit:
             break
     return corpus
@@ -150,14 +159,20 @@ def read_hf_dataset(path: str | os.PathLike, split: str | None = None, text_fiel
 def read_text_file(path: str | os.PathLike, doc_chars: int = 2000) -> Corpus:
     """A plain-text file (e.g. Debian's bible-kjv) as documents: its paragraphs (split at blank lines, each kept
     as written, line breaks included) packed in order into documents of <= doc_chars characters, joined by a
-    blank line; a longer paragraph is a document of its own."""
+    blank line; a longer paragraph is a document of its own. A document's line is that of its first paragraph."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"corpus file {p} does not exist")
     text = p.read_text(encoding="utf-8", errors="replace")
-    paragraphs = [par.strip("\n").rstrip() for par in re.split(r"\n[ \t]*\n", text)]
-    docs = _pack((par for par in paragraphs if par.strip()), doc_chars, sep="\n\n")
-    return Corpus(docs, [""] * len(docs), [], source=str(p))
+    parts = re.split(r"(\n[ \t]*\n)", text)  # paragraph, separator, paragraph, ..., paragraph
+    paragraphs, line = [], 1  # (first line, paragraph) of each paragraph with text
+    for piece, sep in zip(parts[::2], [*parts[1::2], ""], strict=True):
+        par = piece.strip("\n").rstrip()
+        if par.strip():
+            paragraphs.append((line + len(piece) - len(piece.lstrip("\n")), par))
+        line += piece.count("\n") + sep.count("\n")
+    docs = _pack(paragraphs, doc_chars, sep="\n\n")
+    return Corpus([d for _, d in docs], [""] * len(docs), [], source=str(p), lines=[n for n, _ in docs])
 
 
 def read_corpus(path: str | os.PathLike, on_error: str = "skip", split: str | None = None,
@@ -216,18 +231,21 @@ def corpus_name(path: str | os.PathLike, corpus: Corpus) -> str:
     return p.resolve().parent.name if stem in ("train", "test", "val", "validation") else stem
 
 
-def _pack(pieces: Iterable[str], limit: int, sep: str = " ") -> list[str]:
-    """Greedily join pieces with `sep` into strings of at most `limit` characters (a piece
-    longer than `limit` stands alone), in order."""
-    out, current = [], ""
-    for piece in pieces:
+def _pack(pieces: Iterable[tuple[int, str]], limit: int, sep: str = " ") -> list[tuple[int, str]]:
+    """Greedily join (tag, piece) pairs' pieces with `sep` into strings of at most `limit` characters (a piece
+    longer than `limit` stands alone), in order. -> (tag of its first piece, string) per string."""
+    out: list[tuple[int, str]] = []
+    tag, current = 0, ""
+    for piece_tag, piece in pieces:
         if current and len(current) + len(sep) + len(piece) > limit:
-            out.append(current)
-            current = piece
+            out.append((tag, current))
+            tag, current = piece_tag, piece
+        elif current:
+            current = f"{current}{sep}{piece}"
         else:
-            current = f"{current}{sep}{piece}" if current else piece
+            tag, current = piece_tag, piece
     if current:
-        out.append(current)
+        out.append((tag, current))
     return out
 
 

@@ -5,7 +5,8 @@ retrieval metric (RetrievalMetric): "cosine" = unit-normalised embeddings scored
 the default), "l2" = raw mean-pooled embeddings scored by L2 distance (tttlm's IndexFlatL2). The retriever
 is any RETRIEVERS backend: kind "flat" is the exact "faiss" backend, right below ~1e5 texts; "ivfpq" the
 Pile-scale choice; "hnsw" graph search (see harness.retrieval.approximate); "auto" is flat up to FLAT_MAX
-texts, else ivfpq.
+texts, else ivfpq. An "ivfpq" index needs at least PQ_CENTROIDS texts (min_index_units): callers check their
+corpus against it before any embedding. A search asks for at most as many neighbours as the index holds texts.
 
 On disk a TextIndex is a folder: index.faiss, texts.jsonl (one JSON string per line, the
 texts in index order) and meta.json (dim, n, embedder, metric, info). It is written to a temp folder beside
@@ -32,6 +33,9 @@ RETRIEVAL_METRICS: tuple[str, ...] = get_args(RetrievalMetric)
 _INDEX_METRIC = {"cosine": "ip", "l2": "l2"}  # retrieval metric -> the faiss index's metric
 FLAT_MAX = 100_000  # "auto" uses exact search up to this many units
 _BACKEND = {"flat": "faiss", "ivfpq": "ivfpq", "hnsw": "hnsw"}  # index kind -> RETRIEVERS backend
+# ivfpq's product quantiser codes each sub-vector in 8 bits (harness.retrieval.approximate): faiss trains its
+# 2**8 centroids by k-means on the indexed vectors, so it refuses fewer vectors than that
+PQ_CENTROIDS = 2**8
 
 
 def resolve_index_kind(kind: str, n: int) -> str:
@@ -39,6 +43,14 @@ def resolve_index_kind(kind: str, n: int) -> str:
     if kind not in INDEX_KINDS:
         raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")
     return ("flat" if n <= FLAT_MAX else "ivfpq") if kind == "auto" else kind
+
+
+def min_index_units(kind: str) -> int:
+    """The fewest units an index of `kind` can be built over: PQ_CENTROIDS for "ivfpq", else 1 ("auto" picks
+    ivfpq only above FLAT_MAX units)."""
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index kind must be one of {INDEX_KINDS}, got {kind!r}")
+    return PQ_CENTROIDS if kind == "ivfpq" else 1
 
 
 def build_text_retriever(vectors: np.ndarray, kind: str = "auto", metric: str = "cosine", **options) -> Retriever:
@@ -49,7 +61,11 @@ def build_text_retriever(vectors: np.ndarray, kind: str = "auto", metric: str = 
         raise ValueError(f"vectors must be a non-empty (n, d) array, got shape {x.shape}")
     if metric not in RETRIEVAL_METRICS:
         raise ValueError(f"retrieval metric must be one of {RETRIEVAL_METRICS}, got {metric!r}")
-    return build_retriever(x, _BACKEND[resolve_index_kind(kind, x.shape[0])], metric=_INDEX_METRIC[metric], **options)
+    resolved = resolve_index_kind(kind, x.shape[0])
+    if x.shape[0] < min_index_units(resolved):
+        raise ValueError(f"an {resolved!r} index needs at least {min_index_units(resolved)} vectors (its product "
+                         f"quantiser trains {PQ_CENTROIDS} centroids), got {x.shape[0]}; use kind 'flat' or 'hnsw'")
+    return build_retriever(x, _BACKEND[resolved], metric=_INDEX_METRIC[metric], **options)
 
 
 class TextIndex:
@@ -70,17 +86,20 @@ class TextIndex:
         return "l2" if getattr(self.retriever, "metric", "ip") == "l2" else "cosine"
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """queries (B, d) -> (distances (B, k'), ids (B, k')), k' = min(k, units), most similar first, id -1 = none."""
+        """queries (B, d) -> (distances (B, k), ids (B, k)), most similar first. ValueError unless
+        1 <= k <= the number of texts; id -1 (distance inf) only where an approximate index found fewer than k."""
         q = np.asarray(queries)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"query vectors have shape {q.shape} but the index has dimension {self.dim}: "
                              f"was it built with a different embedder?")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        return self.retriever.search(q, min(k, len(self.texts)))
+        if not 1 <= k <= len(self.texts):
+            raise ValueError(f"k = {k} neighbours asked of an index of {len(self.texts)} texts: "
+                             f"k must be between 1 and {len(self.texts)}")
+        return self.retriever.search(q, k)
 
     def neighbour_texts(self, queries: np.ndarray, k: int) -> list[list[str]]:
-        """Texts of the k nearest units per query, most similar first (fewer if the index is small)."""
+        """Texts of the k nearest units per query, most similar first; fewer only where an approximate index
+        found fewer (callers count them: harness.ttt.lora.PreparedSequence.n_neighbours)."""
         _, ids = self.search(queries, k)
         return [[self.texts[i] for i in row if i >= 0] for row in ids]
 

@@ -51,7 +51,14 @@ from harness.distributed.lm_sharding import LMActorSpec, embed_texts_sharded, ev
 from harness.errors import ConfigError
 from harness.features.text_embedder import embedder_unloadable_reason
 from harness.models.hub import is_local_path
-from harness.models.lm import QWEN25_SIZES, count_parameters, model_skeleton, resolve_model_name, unloadable_reason
+from harness.models.lm import (
+    QWEN25_SIZES,
+    count_parameters,
+    load_tokenizer,
+    model_skeleton,
+    resolve_model_name,
+    unloadable_reason,
+)
 from harness.models.lora import lora_parameter_count
 from harness.models.tiny_qwen2 import make_tiny_qwen2
 from harness.registry import register_trial
@@ -59,14 +66,17 @@ from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.retrieval.text_index import (
     INDEX_KINDS,
+    PQ_CENTROIDS,
     RETRIEVAL_METRICS,
     IndexKind,
     RetrievalMetric,
     TextIndex,
     build_text_retriever,
+    min_index_units,
     resolve_index_kind,
 )
 from harness.trials.options import Device
+from harness.ttt.lora import EmptyTextError, split_sequence
 from harness.ttt.lora_config import QWEN_LORA_TARGETS, LMTTTConfig
 from harness.ttt.lora_engines import LoRAEngine
 
@@ -78,6 +88,11 @@ TWO_GPU_MODELS = ("Qwen/Qwen2.5-32B",)  # 64 GB of bf16 weights: split over 2 GP
 SMOKE_TTT = LMTTTConfig(rank=4, num_neighbours=4, max_tokens=64, max_query_tokens=32, lr=1e-2,
                         target_modules=QWEN_LORA_TARGETS)
 MODEL, TARGETS = "LMScalingTrialConfig.model (--models)", "LMTTTConfig.target_modules (--target-modules)"
+NEIGHBOURS = "LMTTTConfig.num_neighbours (--num-neighbours)"
+INDEX_KIND = "LMScalingTrialConfig.index_kind (--index-kind)"
+# a test sequence of at least this many tokens keeps >= half of them as its evaluated part, which cannot decode to
+# nothing; shorter ones are split as the engine splits them (split_sequence) to find those that cannot be scored
+SPLIT_CHECK_TOKENS = 64
 
 
 def _named(value: object) -> bool:
@@ -140,12 +155,18 @@ class LMScalingTrialConfig:
 
     def check_inputs(self, **_: object) -> None:
         """Checks run by the study before Ray starts: the test corpus holds a text to score (what its reader skipped
-        is printed, once per file and version), the train corpus one to retrieve from, and the model has a linear
-        layer for every LoRA target (its LoRA share printed, once per model and targets)."""
-        _check_test_corpus(self.test, _file_stamp(self.test))
-        require_text(read_corpus(self.train, limit=1), TRAIN)  # stops at the first usable text
+        is printed, once per file and version), the train corpus at least num_neighbours documents and as many as
+        the index kind needs, the model has a linear layer for every LoRA target (its LoRA share printed, once per
+        model and targets), and every sampled test sequence splits into a query and an evaluated part under the
+        model's tokenizer."""
+        stamp = _file_stamp(self.test)
+        _check_test_corpus(self.test, stamp)
+        train = read_corpus(self.train, limit=max(self.ttt.num_neighbours, min_index_units(self.index_kind)))
+        require_text(train, TRAIN)  # the read stops once there are enough documents
         lora_params, n_params = lora_share(self.model, self.ttt.target_modules, self.ttt.rank)
         _print_share(self.model, self.ttt.target_modules, self.ttt.rank, lora_params, n_params)
+        check_train_size(self, len(train), skipped_summary(train))
+        _check_test_sample(self.model, self.test, stamp, self.fraction, self.seed, self.ttt)
 
     def input_files(self) -> tuple[str, ...]:
         """Every file or folder the trial reads: the corpora, and the model and embedder when they are paths."""
@@ -201,6 +222,51 @@ def _check_test_corpus(path: str, stamp: tuple[int, int] | None) -> None:
         print(f"test corpus {path}: {skipped_summary(test)}; {len(test)} test sequences left")
 
 
+def check_train_size(cfg: LMScalingTrialConfig, documents: int, skipped: str = "") -> None:
+    """Refuse a train corpus of fewer `documents` than the neighbours each test sequence trains on, or than the
+    index kind can be built over (ConfigError naming the option and the file). `skipped`: what its reader skipped."""
+    where = f"{TRAIN} {cfg.train} holds only {documents} documents" + (f" ({skipped})" if skipped else "")
+    if documents < cfg.ttt.num_neighbours:
+        raise ConfigError(f"{NEIGHBOURS} = {cfg.ttt.num_neighbours} but {where}: every test sequence trains on that "
+                          f"many distinct documents; give --num-neighbours <= {documents} or a larger train corpus")
+    if documents < min_index_units(cfg.index_kind):
+        raise ConfigError(f"{INDEX_KIND} = {cfg.index_kind!r} needs at least {min_index_units(cfg.index_kind)} train "
+                          f"documents (its product quantiser trains {PQ_CENTROIDS} centroids), but {where}; use "
+                          "--index-kind flat, hnsw or auto")
+
+
+@functools.lru_cache(maxsize=16)
+def _check_test_sample(model: str, path: str, stamp: tuple[int, int] | None, fraction: float, seed: int,
+                       ttt: LMTTTConfig) -> None:
+    """check_test_sequences on the seeded sample of the test corpus at `path` (once per model, file version,
+    sample and split rule: the study checks every model's trial against the same corpus)."""
+    test = read_corpus(path)
+    check_test_sequences(test, sample_points(test, fraction, seed), model, ttt)
+
+
+def check_test_sequences(test: Corpus, points: list[tuple[int, str]], model: str, ttt: LMTTTConfig) -> None:
+    """Refuse a test sequence (point_id, text) of `test` that `model`'s tokenizer cannot split into a query and an
+    evaluated part (split_sequence: fewer than 2 tokens, or an evaluated part that decodes to nothing): a
+    ConfigError naming the file and the line, before any work."""
+    try:
+        tokenizer = load_tokenizer(model)
+    except (OSError, ValueError) as e:  # FileNotFoundError: not cached offline; ValueError: no tokenizer files
+        raise ConfigError(f"{MODEL} = {model!r}: its tokenizer cannot load ({e})") from None
+    ids = tokenizer([text for _, text in points], add_special_tokens=False)["input_ids"]  # one batched call
+    for (point_id, text), n in zip(points, map(len, ids), strict=True):
+        if n >= SPLIT_CHECK_TOKENS:
+            continue
+        if n == 0:  # the reader skips blank texts: a text of no token at all says more about the tokenizer
+            raise ConfigError(f"{MODEL} = {model!r}: its tokenizer turns the text on {test.where(point_id)} of "
+                              f"{TEST} {test.source} into no token at all ({text[:40]!r}); does its folder lack "
+                              "the tokenizer's files?")
+        try:
+            split_sequence(tokenizer, point_id, text, ttt)
+        except EmptyTextError as e:
+            raise ConfigError(f"{TEST} {test.source}: the text on {test.where(point_id)} cannot be scored with "
+                              f"{model}'s tokenizer: {e}; remove it from the file") from None
+
+
 def _embedder_key(embedder: str | None) -> list[str]:
     """What identifies the embedder's weights: their files' fingerprints, or the hub name."""
     from harness.features.text_embedder import minilm_path
@@ -224,9 +290,12 @@ def corpus_index(cfg: LMScalingTrialConfig, sharding: ShardingConfig) -> TextInd
 
     folder = Path(cfg.cache_dir) / f"text-index-{corpus_index_key(cfg)}" if cfg.cache_dir is not None else None
     if folder is not None and folder.exists():
-        return TextIndex.load(folder)
+        index = TextIndex.load(folder)
+        check_train_size(cfg, len(index.texts))  # the cache's key holds no neighbour count
+        return index
     train = read_corpus(cfg.train)
     require_text(train, TRAIN)  # before anything is embedded
+    check_train_size(cfg, len(train), skipped_summary(train))
     if skipped_summary(train):
         print(f"train corpus {cfg.train}: {skipped_summary(train)}")
     docs = train.texts  # whole documents: the TTT engine tokenizes and chunks each neighbour itself
@@ -255,13 +324,17 @@ def lm_scaling_trial(cfg: LMScalingTrialConfig) -> pl.DataFrame:
     tttlm's Pile-weighted total (harness.eval.bits_per_byte); the ttt rows' hparams hold the LoRA share.
 
     Blank test texts are skipped by the reader (not sampled) and counted in the rows' hparams beside the
-    corrupt lines; an empty test or train corpus is refused (ConfigError naming the file) before any work."""
+    corrupt lines; an empty test or train corpus, a train corpus of fewer documents than num_neighbours (or than
+    the index kind needs) and a sampled test text too short to split are refused (ConfigError naming the file)
+    before any work. The ttt rows' hparams count the sequences an approximate index found fewer neighbours for."""
     start = time.perf_counter()
     gpus = cfg.resolved_gpus_per_actor()
     sharding = ShardingConfig(actors=cfg.actors, gpus_per_actor=gpus, batch_size=cfg.max_batch)
     test = read_corpus(cfg.test)
     require_text(test, TEST)
+    require_text(read_corpus(cfg.train, limit=1), TRAIN)  # as check_inputs: both corpora before the tokenizer
     points = sample_points(test, cfg.fraction, cfg.seed)
+    check_test_sequences(test, points, cfg.model, cfg.ttt)  # before the index is embedded
     index = corpus_index(cfg, sharding)
     spec = LMActorSpec(model=cfg.model, engine=cfg.engine, max_batch=cfg.max_batch, device=cfg.device,
                        dtype="bfloat16" if cfg.device == "cuda" else "float32",
@@ -275,8 +348,10 @@ def lm_scaling_trial(cfg: LMScalingTrialConfig) -> pl.DataFrame:
     data = {"test_skipped_lines": len(test.skipped_lines), "test_blank_texts": len(test.blank_lines), **index.info,
             "embedder": index.embedder}
     lora = {"lora_params": lora_params, "lora_share": lora_params / n_params}  # counted on the actor's engine
+    # flat search finds all k; ivfpq (hnsw, rarely) may find fewer in what it visits: counted, never hidden
+    short = {"sequences_short_of_neighbours": int((cols["n_neighbours"] < cfg.ttt.num_neighbours).sum())}
     hparams = {"global": {"model": cfg.model, "data": data},
-               "ttt": {"model": cfg.model, "data": data, "engine": cfg.engine, **cfg.ttt.hparams(), **lora}}
+               "ttt": {"model": cfg.model, "data": data, "engine": cfg.engine, **cfg.ttt.hparams(), **lora, **short}}
     ids = cols["point_id"]
     subsets = [test.subsets[i] or None for i in ids]
     return pl.concat([
