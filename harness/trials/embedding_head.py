@@ -29,14 +29,17 @@ from harness.registry import register_trial
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.mnist import (
+    check_at_least,
     check_device,
     check_engine,
     check_engine_on_device,
     check_neighbourhoods,
     check_seed,
     check_test_points,
+    check_ttt_lr,
     evaluate_in_process,
     mnist_input_files,
+    refuse_unused_options,
     test_subset,
 )
 from harness.trials.options import Device, HeadEngine, Split
@@ -68,6 +71,15 @@ class EmbeddingOptions:
     def __post_init__(self) -> None:
         if self.embeddings and self.image_folder:
             raise ConfigError("give --embeddings or --image-folder, not both")
+        if self.embeddings:  # encoded already: the open_clip model encodes image folders only
+            refuse_unused_options(self, ("clip_arch", "clip_pretrained"),
+                                  "with --embeddings (encoded already): --clip-arch / --clip-pretrained "
+                                  "apply to --image-folder")
+        elif not self.image_folder:
+            refuse_unused_options(self, ("clip_arch", "clip_pretrained", "holdout"),
+                                  "without --embeddings / --image-folder (the study runs on its own data, MNIST or "
+                                  "synthetic, with its own validation split): --clip-arch / --clip-pretrained "
+                                  "apply to --image-folder, --holdout to --embeddings and --image-folder")
 
     def source(self, cache_dir: str) -> EmbeddingSource:
         """The EmbeddingSource these options name; CLIP embeddings of image folders are cached in cache_dir."""
@@ -116,7 +128,9 @@ class EmbeddingHeadConfig:
         check_engine(self.engine)
         check_device(self.device)
         check_seed(self.seed)
-        self.ttt_config()  # validates lr / steps / k
+        check_ttt_lr(self.ttt_lr)
+        check_at_least(self, ("ttt_steps",), 0)
+        check_at_least(self, ("ttt_k",), 1)
 
     def input_files(self) -> tuple[str, ...]:
         return source_input_files(self.source)

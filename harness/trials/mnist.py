@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,34 @@ def check_at_least(cfg: object, names: tuple[str, ...], minimum: int) -> None:
         v = getattr(cfg, name)
         if v is not None and v < minimum:
             raise ConfigError(f"{name} must be >= {minimum}, got {v}")
+
+
+def check_ttt_lr(lr: float | None) -> None:
+    """Raise naming the field and its study option unless the TTT learning rate is None (the paper's per-size
+    value) or a finite number > 0."""
+    if lr is not None and not 0 < lr < math.inf:
+        raise ConfigError(f"ttt_lr (--ttt-lr) must be a finite number > 0, got {lr}")
+
+
+def _option_text(name: str, value: object) -> str:
+    """How a field with this value is written on a study's command line: --heads linear, --equal-steps."""
+    flag = "--" + name.replace("_", "-")
+    if value is True:
+        return flag
+    if isinstance(value, tuple):
+        return f"{flag} {' '.join(map(str, value))}"
+    return f"{flag} {value}"
+
+
+def refuse_unused_options(cfg: object, names: Collection[str], where: str) -> None:
+    """Raise naming each option unless cfg's fields `names` hold their dataclass defaults: in the setting chosen
+    they have no effect (`where` says which setting that is, and where they apply), so a value given would be
+    ignored without a word. A preset must leave them at their defaults too."""
+    given = [f.name for f in dataclasses.fields(cfg)  # type: ignore[arg-type]
+             if f.name in names and getattr(cfg, f.name) != f.default]
+    if given:
+        shown = ", ".join(_option_text(name, getattr(cfg, name)) for name in given)
+        raise ConfigError(f"{shown}: no effect {where}; drop {'it' if len(given) == 1 else 'them'}")
 
 
 def check_neighbourhoods(ks: dict[str, tuple[int | None, str]], n_train: int, where: str) -> None:
@@ -129,8 +158,9 @@ class MnistTrialConfig:
         check_seed(self.seed)
         check_at_least(self, ("epochs", "ttt_steps"), 0)
         check_at_least(self, ("ttt_k", "majority_k", "train_batch_size"), 1)
-        if self.train_lr is not None and not self.train_lr > 0:
-            raise ConfigError(f"train_lr must be > 0, got {self.train_lr}")
+        check_ttt_lr(self.ttt_lr)
+        if self.train_lr is not None and not 0 < self.train_lr < math.inf:
+            raise ConfigError(f"train_lr (--train-lr) must be a finite number > 0, got {self.train_lr}")
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {list(INITS)}, got {self.init!r}")
         if self.train_schedule not in SCHEDULES:
