@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from dashboards.outputs import finish_study  # noqa: E402
 from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.synthetic import LRHConfig  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
+from harness.errors import ConfigError  # noqa: E402
 from harness.trials.lrh import TheoryTrialConfig, global_error_prediction, ttt_rate  # noqa: E402
 
 
@@ -37,15 +39,47 @@ class TheoryCheck:
     """S11's options (each trial: one (d1, d2, s, k) cell of synthetic linear-representation data)."""
 
     d1: tuple[int, ...] = (128, 512)  # number of concepts
-    d2: tuple[int, ...] = (8, 16, 32, 64)  # feature dimension (the model size)
+    d2: tuple[int, ...] = (8, 16, 32, 64)  # feature dimension (the model size; at most every d1: superposition)
     s: tuple[int, ...] = (1, 4)  # concepts active per point (s > 1: random positive concept weights)
     k: tuple[int, ...] = (20,)  # neighbours of TTT
     noise: float = 0.1  # σ of the targets; the global column also shows the noiseless §C.3 prediction
-    points_per_cluster: int = 60  # training points per neighbourhood (must exceed k)
+    points_per_cluster: int = 60  # training points per neighbourhood (must exceed every k)
     n_test: int = 400  # test points
     seed: int = 0  # data seed
     out_dir: str = "results/theory_check"  # tables, figure and the sweep's storage
     ray: RayOptions = RayOptions()
+
+    def __post_init__(self) -> None:
+        """Refuse, before any work, a grid the theory does not cover (paper §5, §C.3)."""
+        for option, values in (("--d1", self.d1), ("--d2", self.d2), ("--s", self.s), ("--k", self.k)):
+            bad = [v for v in values if v < 1]
+            if not values:
+                raise ConfigError(f"{option} needs at least one value")
+            if bad:
+                raise ConfigError(f"{option} must be >= 1, got {bad}")
+        if self.n_test < 1:
+            raise ConfigError(f"--n-test must be >= 1, got {self.n_test}")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ConfigError(f"--noise must be >= 0 and finite, got {self.noise}")
+        too_sparse = [(s, d1) for s in self.s for d1 in self.d1 if s > d1]
+        if too_sparse:
+            raise ConfigError("; ".join(f"--s {s} exceeds --d1 {d1}" for s, d1 in too_sparse)
+                              + ": a point's s active concepts are s of the d1")
+        # Proposition 8 (§C.3) assumes d2 <= d1: d1 concepts in superposition in d2 dimensions (d2 = d1: Remark 9,
+        # the global model is exact). Beyond it 1 - d2/d1 is negative, and Proposition 3 assumes d2 << d1 too.
+        wide = [(d2, d1) for d2 in self.d2 for d1 in self.d1 if d2 > d1]
+        if wide:
+            raise ConfigError("; ".join(f"--d2 {d2} exceeds --d1 {d1}" for d2, d1 in wide)
+                              + ": the theory (paper §5, §C.3) holds d1 concepts in superposition in d2 <= d1 feature "
+                              "dimensions, and its global error 1 - d2/d1 is negative beyond; give --d2 values no "
+                              "larger than every --d1")
+        # a test point's k neighbours should come from its own neighbourhood, which shares its concepts (Hypothesis
+        # 2; with s = 1 its points share one feature vector); a neighbourhood holds points_per_cluster on average
+        if self.points_per_cluster <= max(self.k):
+            raise ConfigError(f"--points-per-cluster {self.points_per_cluster} must exceed every --k "
+                              f"(got {max(self.k)}): TTT's k neighbours should come from the test point's own "
+                              "neighbourhood (the theory's Hypothesis 2), which holds --points-per-cluster training "
+                              "points on average")
 
     def trials(self) -> list[TheoryTrialConfig]:
         out = []

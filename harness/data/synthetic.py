@@ -13,6 +13,7 @@ least-squares model has expected error 1 - d2/d1 while TTT is exact.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -42,8 +43,12 @@ class LRHConfig:
             raise ConfigError(f"LRHConfig.s = {self.s} must be <= d1 = {self.d1}")
         if self.task not in ("regression", "classification"):
             raise ConfigError(f"LRHConfig.task must be 'regression' or 'classification', got {self.task!r}")
-        if self.noise < 0:
-            raise ConfigError(f"LRHConfig.noise must be >= 0, got {self.noise}")
+        for name in ("noise", "coefficient_jitter"):  # finite: `noise < 0` alone lets NaN through to every target
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"LRHConfig.{name} must be >= 0 and finite, got {value}")
+        if self.clusters is not None and self.clusters < 1:  # 0 would silently mean the default, d1 // s
+            raise ConfigError(f"LRHConfig.clusters must be >= 1 (or None: d1 // s), got {self.clusters}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,12 +101,24 @@ def point_rows(
 ) -> pl.DataFrame:
     """Rows for one metric of one method: values (n,) and point_ids (n,), optionally each point's subset (n,).
 
-    `k` overrides run.k for this method (None: not applicable, e.g. the global model)."""
+    `k` overrides run.k for this method (None: not applicable, e.g. the global model).
+    Every value must be finite: a NaN or inf is refused with a ValueError naming the study, method, metric, the
+    run's coordinates and how many points (the last line of defence: a NaN mean in a table reads as a result,
+    and a trial should have said what went wrong before it got here, e.g. prediction_metrics on a diverged TTT).
+    A ValueError ends a sweep's trial without a retry (the same input fails the same way) and the study names it."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     point_ids = np.asarray(point_ids, dtype=np.int64).reshape(-1)
     if values.shape != point_ids.shape:
         raise ValueError(f"values shape {values.shape} differs from point_ids shape {point_ids.shape}")
     n = values.size
+    bad = ~np.isfinite(values)
+    if bad.any():
+        coords = ", ".join(f"{name}={getattr(run, name)}" for name in ("dataset", "model_size", "seed", "k",
+                                                                      "experts", "fraction")
+                           if getattr(run, name) is not None)
+        ids = ", ".join(map(str, point_ids[bad][:5])) + (", ..." if bad.sum() > 5 else "")
+        raise ValueError(f"{run.study}: method {method!r}, metric {metric!r}: {int(bad.sum())} of {n} points are NaN "
+                         f"or infinite (point ids {ids}; {coords}); refusing to write them as results")
     if subsets is not None and len(subsets) != n:
         raise ValueError(f"{len(subsets)} subsets for {n} points")
     columns = {

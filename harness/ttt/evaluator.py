@@ -3,6 +3,13 @@ and turns a batch of test points into per-point predictions of global, TTT and m
 
 It is a callable class in the shape Ray Data's `map_batches` wants (load once in `__init__`,
 work in `__call__`), and the in-process path calls it the same way.
+
+A diverged TTT run (a finite learning rate too large for the features: Adam's steps overflow float32, or a
+fused engine's half-precision state) leaves NaN or infinite logits. They are no prediction: torch's argmax
+returns the index of a row's first NaN (class 0 when all are NaN), which would count every class-0 point as
+correct, and their cross-entropy is NaN. So the evaluator predicts -1 (no class) for such a point, and
+`prediction_metrics`, on the trial's side of the actor pool, ends the trial with a ConfigError that says TTT
+diverged, for how many points, with which learning rate, and to lower --ttt-lr; see its docstring for why.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from harness.errors import ConfigError
 from harness.retrieval.index import build_retriever, check_features
 from harness.ttt.baselines import majority_vote
 from harness.ttt.head_engines import AUTO, HEAD_TTT_ENGINES, resolve_head_engine
@@ -37,6 +45,9 @@ class HeadState:
                              f"for features of dimension {d}")
         if self.bias.shape != (self.weight.shape[0],):
             raise ValueError(f"head bias has shape {self.bias.shape}, expected ({self.weight.shape[0]},)")
+        for name, value in (("head weight", self.weight), ("head bias", self.bias)):
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name} holds NaN or infinite values (a diverged global training run?)")
         if self.train_labels.min() < 0 or self.train_labels.max() >= self.weight.shape[0]:
             classes = self.weight.shape[0]
             raise ValueError(f"training labels must lie in [0, {classes}) for a head of {classes} classes")
@@ -44,6 +55,12 @@ class HeadState:
 
 CPU_CHUNK_FLOATS = 2**21  # 8 MB of neighbour features per TTT chunk on a CPU: it stays in cache across the steps
 GPU_CHUNK = 256  # test points per TTT chunk on a GPU
+
+
+def predicted_class(logits: torch.Tensor) -> torch.Tensor:
+    """logits (B, C) -> (B,) int64: each row's argmax, or -1 (no prediction) where the row holds a NaN or inf
+    (torch's argmax would return the first NaN's index: a class the model never predicted)."""
+    return torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), -1)
 
 
 def ttt_chunk_for(device: torch.device, k: int, dim: int) -> int:
@@ -59,7 +76,9 @@ class HeadTTTEvaluator:
     """`__call__({"point_id": (B,), "feature": (B, d), "label": (B,)})` -> per-point columns:
     point_id, label, pred_{global,ttt,majority}, ce_{global,ttt}, engine (the head-TTT engine that ran).
 
-    majority_k = 0 skips the majority baseline (its columns are then -1). engine: "auto" (the default: the
+    pred_global / pred_ttt are -1 for a point whose logits are NaN or infinite (a diverged TTT run: no
+    prediction; its ce is then NaN, and prediction_metrics refuses it). majority_k = 0 skips the majority
+    baseline (its columns are then -1). engine: "auto" (the default: the
     engine harness/ttt/head_engines.py picks for this device, resolved here, where the device is known) or a
     name of HEAD_TTT_ENGINES ("exact": the fp32 torch engine; "fused-*": Triton GPU paths). `engine_name` is
     the engine that runs; one that cannot run on this device is a ConfigError naming `engine`."""
@@ -115,7 +134,8 @@ class HeadTTTEvaluator:
             else:
                 maj = torch.full_like(y, -1)
             for name, value in (
-                ("pred_global", global_logits.argmax(1)), ("pred_ttt", ttt_logits.argmax(1)), ("pred_majority", maj),
+                ("pred_global", predicted_class(global_logits)), ("pred_ttt", predicted_class(ttt_logits)),
+                ("pred_majority", maj),
                 ("ce_global", torch.nn.functional.cross_entropy(global_logits, y, reduction="none")),
                 ("ce_ttt", torch.nn.functional.cross_entropy(ttt_logits, y, reduction="none")),
             ):
@@ -126,8 +146,23 @@ class HeadTTTEvaluator:
         return {"point_id": np.asarray(batch["point_id"], np.int64), "label": labels, **out}
 
 
-def prediction_metrics(out: dict[str, np.ndarray]) -> list[tuple[str, str, np.ndarray]]:
-    """(method, metric, per-point values) triples from an evaluator's output columns."""
+def prediction_metrics(out: dict[str, np.ndarray], ttt: HeadTTTConfig | None = None,
+                       ) -> list[tuple[str, str, np.ndarray]]:
+    """(method, metric, per-point values) triples from an evaluator's output columns.
+
+    Raises a ConfigError, before any row is made, when the TTT (or global) head diverged on some point: its
+    logits NaN or infinite (pred -1) or too large for a finite cross-entropy. The message gives how many points,
+    the engine (when `out` still holds its column) and, given `ttt`, the learning rate, steps and k, and says to
+    lower --ttt-lr. Why an error rather than rows: a diverged point has no prediction and no cross-entropy. Its
+    error could be set to 1, but a cross-entropy would have to be made up (NaN, inf, or the point left out of the
+    mean), and a table whose TTT error counts divergences as mistakes reads as a finding about TTT when it is one
+    about the learning rate; a researcher must see the divergence, not a number. In a sweep the error ends that
+    trial only, without a retry (harness/distributed/sweep.py): the other trials finish and keep their cached rows,
+    and the study exits naming the diverged trials, so a rerun with a smaller --ttt-lr recomputes only those."""
+    for method in ("global", "ttt"):
+        diverged = (out[f"pred_{method}"] < 0) | ~np.isfinite(out[f"ce_{method}"])
+        if diverged.any():
+            raise ConfigError(_divergence_message(method, int(diverged.sum()), diverged.size, out, ttt))
     label = out["label"]
     triples = [
         ("global", "error", (out["pred_global"] != label).astype(np.float64)),
@@ -138,3 +173,18 @@ def prediction_metrics(out: dict[str, np.ndarray]) -> list[tuple[str, str, np.nd
     if (out["pred_majority"] >= 0).all():
         triples.append(("majority", "error", (out["pred_majority"] != label).astype(np.float64)))
     return triples
+
+
+def _divergence_message(method: str, bad: int, n: int, out: dict[str, np.ndarray], ttt: HeadTTTConfig | None) -> str:
+    where = f"for {bad} of {n} test points"
+    if method == "global":
+        return (f"the global head's logits are NaN or infinite, or too large for a finite cross-entropy, {where}: "
+                "its training diverged; lower the global training's learning rate")
+    engine = "+".join(sorted(set(out["engine"].tolist()))) if "engine" in out else None
+    details = ", ".join(filter(None, [f"engine {engine}" if engine else None,
+                                      f"lr {ttt.lr:g}, {ttt.steps} steps, k {ttt.k}" if ttt else None]))
+    hint = "; or try --engine exact" if engine and engine != "exact" else ""
+    return (f"TTT diverged: the adapted heads' logits are NaN or infinite, or too large for a finite cross-entropy, "
+            f"{where}{f' ({details})' if details else ''}, so they have neither a prediction nor a cross-entropy and "
+            f"no rows were written. The TTT learning rate is too large for these features: rerun with a smaller "
+            f"--ttt-lr (or fewer --ttt-steps){hint}")

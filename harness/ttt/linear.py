@@ -21,6 +21,7 @@ is the straightforward loop (nn.Linear, autograd, torch.optim.Adam); tests asser
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -40,8 +41,18 @@ class HeadTTTConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"HeadTTTConfig.lr must be > 0, got {self.lr}")
+        # every float finite: `not lr > 0` alone lets inf through, and Adam then turns every weight into NaN
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"HeadTTTConfig.lr must be > 0 and finite, got {self.lr}")
+        if not (math.isfinite(self.eps) and self.eps > 0):  # eps = 0: a weight whose gradient stays 0 gets 0/0
+            raise ConfigError(f"HeadTTTConfig.eps must be > 0 and finite, got {self.eps}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"HeadTTTConfig.weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"HeadTTTConfig.betas must be two numbers, got {self.betas}")
+        for i, beta in enumerate(self.betas):
+            if not (math.isfinite(beta) and 0 <= beta < 1):
+                raise ConfigError(f"HeadTTTConfig.betas[{i}] must be in [0, 1), got {beta}")
         if self.steps < 0:
             raise ConfigError(f"HeadTTTConfig.steps must be >= 0, got {self.steps}")
         if self.k < 1:
