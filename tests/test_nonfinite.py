@@ -143,3 +143,26 @@ def test_theory_check_refuses_configs_outside_its_theory_before_work(args, match
         text = str(info.value)
     assert re.search(match, " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())), text
     assert not out.exists()
+
+
+def test_concept_space_trial_whose_masked_ttt_diverges_ends_without_rows(tmp_path, monkeypatch):
+    """S8: masked-TTT logits NaN for some points (an engine made to overflow) end the trial naming the column and
+    the count; before, argmax counted the NaN rows as class 0 (a made-up accuracy)."""
+    import torch
+
+    from harness.trials import concept_space
+    from harness.trials.concept_space import concept_space_trial
+    from harness.ttt.evaluator import check_predictions
+    from test_sae_cache_identity import _s8_trial
+
+    masked = concept_space.batched_masked_ttt
+
+    def overflowing(*args, **kwargs):
+        logits, mask = masked(*args, **kwargs)
+        return torch.where(torch.arange(logits.shape[0]).unsqueeze(1) % 3 == 0, torch.nan, logits), mask
+
+    monkeypatch.setattr(concept_space, "batched_masked_ttt", overflowing)
+    with pytest.raises(ConfigError, match=r"concept-space trial \(seed 0\): logits NaN or infinite .*pred_masked for "
+                                          r"4 of 10 test points"):
+        concept_space_trial(_s8_trial(tmp_path, tmp_path / "sae.pt"))
+    check_predictions({"pred_majority": np.array([-1, -1]), "pred_ttt": np.array([0, 1])}, "no vote asked: fine")

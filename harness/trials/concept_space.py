@@ -73,6 +73,7 @@ from harness.trials.mnist import (
     trial_device,
 )
 from harness.trials.options import Device
+from harness.ttt.evaluator import check_predictions, predicted_class
 from harness.ttt.linear import HeadTTTConfig, batched_head_ttt
 from harness.ttt.masked import MaskedTTTConfig, batched_masked_ttt, mask_statistics
 
@@ -382,6 +383,7 @@ def evaluate_concept_ttt(cfg: ConceptSpaceConfig, emb: Embeddings, phi_train: np
         for name, value in out.items():
             cols.setdefault(name, []).append(value.cpu().numpy())
     out = {name: np.concatenate(v) for name, v in cols.items()}
+    check_predictions(out, f"concept-space trial (seed {cfg.seed})")
     out["label"] = labels
     return out
 
@@ -392,7 +394,7 @@ def _evaluate_chunk(cfg: ConceptSpaceConfig, t: dict[str, torch.Tensor], part: s
     nb = {s: t[f"nb_{s}"][part] for s in ("psi", "psi_hat", "phi_hat")}  # (b, k) each
     out: dict[str, torch.Tensor] = {f"cosine_{s}": mean_cosine(phi, t["phi_train"][nb[s]]) for s in nb}  # O1
     for space, x in (("phi_hat", phi), ("psi_hat", psi_hat), ("psi", psi)):
-        out[f"pred_global_{space}"] = (x @ t[f"{space}_w"].T + t[f"{space}_b"]).argmax(1)
+        out[f"pred_global_{space}"] = predicted_class(x @ t[f"{space}_w"].T + t[f"{space}_b"])
     phi_nb, y_phi = t["phi_train"][nb["phi_hat"]], t["y_train"][nb["phi_hat"]]  # (b, k, d1), (b, k)
     w_phi, b_phi = t["phi_hat_w"], t["phi_hat_b"]
     logits_psi = batched_head_ttt(t["psi_hat_w"], t["psi_hat_b"], t["psi_hat_train"][nb["psi_hat"]],
@@ -406,8 +408,8 @@ def _evaluate_chunk(cfg: ConceptSpaceConfig, t: dict[str, torch.Tensor], part: s
     probs_psi = torch.softmax(logits_psi.double(), -1)
     tau = fit_temperature(logits_masked, probs_psi)  # (b,)
     p_phi, p_psi = ranked_probabilities(logits_masked, probs_psi, tau, cfg.tv_ranks)  # (b, r) each
-    out.update(pred_ttt_psi_hat=logits_psi.argmax(1), pred_ttt_phi_hat=logits_phi.argmax(1),
-               pred_masked=logits_masked.argmax(1), pred_own=logits_own.argmax(1), temperature=tau,
+    out.update(pred_ttt_psi_hat=predicted_class(logits_psi), pred_ttt_phi_hat=predicted_class(logits_phi),
+               pred_masked=predicted_class(logits_masked), pred_own=predicted_class(logits_own), temperature=tau,
                p_phi=p_phi, p_psi=p_psi, **mask_statistics(mask, phi_nb, phi))
     return out
 

@@ -152,4 +152,4 @@ def fixed_features_trial(cfg: FixedFeaturesConfig, images: ImageSplits | None = 
                 "engine": "+".join(sorted(set(out.pop("engine").tolist())))}}  # the engine that ran
     return pl.concat([point_rows(run, method, metric, values, out["point_id"], hparams=hp[method],
                                  k=None if method == "global" else cfg.ttt_k)
-                      for method, metric, values in prediction_metrics(out)])
+                      for method, metric, values in prediction_metrics(out, ttt)])

@@ -250,5 +250,5 @@ def embedding_head_trial(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None 
     }
     frames = [point_rows(run, method, metric, values, out["point_id"], hparams=hp[method],
                          k={"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}[method])
-              for method, metric, values in prediction_metrics(out)]
+              for method, metric, values in prediction_metrics(out, cfg.ttt_config())]
     return pl.concat(frames + either_correct_rows(run, out, hp))

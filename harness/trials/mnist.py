@@ -320,12 +320,12 @@ def mnist_trial(cfg: MnistTrialConfig, images: ImageSplits | None = None, *, sha
         "ttt": {"lr": cfg.ttt_lr, "steps": cfg.ttt_steps, "k": cfg.ttt_k, "engine": engine},
         "majority": {"k": cfg.majority_k},
         "global": {"epochs": cfg.epochs, "lr": cfg.train_lr, "batch_size": cfg.train_batch_size,
-                   "schedule": cfg.train_schedule, "init": cfg.init,
+                   "schedule": cfg.train_schedule, "init": cfg.init, "train_points": int(feats.train_y.size),
                    "train_device": str(trial_device(cfg.device))}}
     ks = {"global": None, "ttt": cfg.ttt_k, "majority": cfg.majority_k}
     return pl.concat([
         *(point_rows(run, method, metric, values, out["point_id"], hparams=hp[method], k=ks[method])
-          for method, metric, values in prediction_metrics(out)),
+          for method, metric, values in prediction_metrics(out, ttt)),
         dead_feature_rows(run, feats.train_x, hp["global"]),
     ])
 

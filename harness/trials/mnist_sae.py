@@ -50,7 +50,7 @@ from harness.trials.mnist import (
     trial_device,
 )
 from harness.trials.options import Device
-from harness.ttt.evaluator import HeadState, HeadTTTEvaluator
+from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, check_predictions, predicted_class
 from harness.ttt.linear import HeadTTTConfig, batched_head_ttt
 from harness.ttt.masked import MaskedTTTConfig, batched_masked_ttt, mask_statistics
 
@@ -146,6 +146,8 @@ def mnist_sae_trial(cfg: MnistSAEConfig, images: ImageSplits | None = None, *,
                         lambda: dict(zip(("w", "b"), train_linear_head(phi_train, images.train_y, 10, cfg.head, device),
                                          strict=True)))
     sparse = masked_concept_ttt(cfg, phi_train, images.train_y, phi_test[subset], head["w"], head["b"], device)
+    check_predictions(dense, f"S9 trial (seed {cfg.seed}), CNN space")
+    check_predictions(sparse, f"S9 trial (seed {cfg.seed}), concept space")
 
     run = RunInfo(study=cfg.study, dataset="mnist-test", model_size=cfg.sae.width, seed=cfg.seed, k=cfg.masked.k,
                   config_hash=config_hash(cfg), device=str(device), wall_time_s=time.perf_counter() - start)
@@ -197,8 +199,8 @@ def masked_concept_ttt(cfg: MnistSAEConfig, phi_train: np.ndarray, train_y: np.n
         own = (q != 0).to(q.dtype)  # (b, d1)
         own_logits = batched_head_ttt(w, b, x * own.unsqueeze(1), yk, q * own, own_ttt)
         assert isinstance(own_logits, torch.Tensor)
-        out = {"pred_global": (q @ w.T + b).argmax(1), "pred_masked": logits.argmax(1),
-               "pred_own": own_logits.argmax(1), **mask_statistics(mask, x, q)}
+        out = {"pred_global": predicted_class(q @ w.T + b), "pred_masked": predicted_class(logits),
+               "pred_own": predicted_class(own_logits), **mask_statistics(mask, x, q)}
         for name, value in out.items():
             cols.setdefault(name, []).append(value.cpu().numpy())
     return {name: np.concatenate(v) for name, v in cols.items()}

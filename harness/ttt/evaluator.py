@@ -63,6 +63,18 @@ def predicted_class(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(logits).all(dim=1), logits.argmax(dim=1), -1)
 
 
+def check_predictions(out: dict[str, np.ndarray], what: str) -> None:
+    """Raise ConfigError when a `pred_*` column (pred_majority aside: -1 there means no vote was asked for) holds -1,
+    predicted_class's mark of a head whose logits were NaN or infinite: `what` names the trial. Such a point has no
+    prediction, and counting it as a mistake would read as a finding about TTT (see prediction_metrics)."""
+    bad = {name: int((v < 0).sum()) for name, v in out.items()
+           if name.startswith("pred_") and name != "pred_majority" and (v < 0).any()}
+    if bad:
+        counts = ", ".join(f"{name} for {n} of {out[name].size} test points" for name, n in bad.items())
+        raise ConfigError(f"{what}: logits NaN or infinite (training or TTT diverged): {counts}; no rows were "
+                          "written: lower the learning rate of the head that diverged")
+
+
 def ttt_chunk_for(device: torch.device, k: int, dim: int) -> int:
     """Test points per batched-TTT chunk: on a CPU as many as keep the (chunk, k, dim) neighbour features
     within CPU_CHUNK_FLOATS, since every Adam step reads them twice (measured on 2 cores: 1.6-1.8x faster
