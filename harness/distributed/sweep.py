@@ -13,11 +13,18 @@ Each trial, inside its Ray Tune worker:
     otherwise rows = run(cfg, **shared)  ──►  <config hash>.parquet + <config hash>.meta.json (atomic)
     tune.report({"ttt_error": ..., "global_error": ..., ...})     (the means of every method x metric)
 
-`.meta.json` holds the fingerprint of every input file the config names (`input_files()`) and the code
-version (`harness.results.provenance`). Rows made from other inputs or other code are *stale*: the run
-names them and recomputes them (`reuse_stale=True` reads them back instead; their rows keep the git sha
-they were made with). A trial failing on bad input (`harness.errors.INPUT_ERRORS`) ends without a retry
-and the run raises a ConfigError naming it; a crash is retried `max_failures` times.
+`.meta.json` holds the fingerprint of every input file the config names (`input_files()`), the code
+version (`harness.results.provenance`) and, for a config whose `device` is None, the device type the trial
+resolved where it ran (`compute_device`: only the trial's worker knows it). Rows made from other inputs, by
+other code or on another device are *stale*: the run names them and recomputes them (`reuse_stale=True`
+reads them back instead; their rows keep the git sha they were made with). A trial failing on bad input
+(`harness.errors.INPUT_ERRORS`) ends without a retry and the run raises a ConfigError naming it; a crash
+is retried `max_failures` times.
+
+`resume=True` restores the sweep: unfinished and crashed trials run again, finished ones come back as they
+ended. So before restoring, the finished trials are checked: stale rows refuse the resume (unless
+`reuse_stale`); trials that failed on bad input are retried (a grid runs afresh, reusing every valid cached
+row; a search, whose Optuna study holds them, refuses and says how to start it afresh).
 """
 
 from __future__ import annotations
@@ -169,12 +176,33 @@ def _read_rows(uri: str) -> pl.DataFrame:
 # --- provenance of one trial's cached rows ---------------------------------------------------------
 
 def provenance(cfg: Any) -> dict[str, Any]:
-    """What a trial's rows depend on besides its config: input file fingerprints and the code version."""
+    """What a trial's rows depend on besides its config: input file fingerprints and the code version (the same
+    on the driver and on any worker; the device is added where the trial runs, see compute_device)."""
     return {"inputs": input_fingerprint(input_files(cfg)), "code_version": code_version()}
 
 
+def compute_device(cfg: Any) -> str | None:
+    """The device type a trial whose config leaves `device` at None computes on in *this* process: "cuda" when
+    torch sees a GPU, else "cpu" (the rule of harness.trials.mnist.trial_device). None when the config pins its
+    device (its hash covers it) or has no `device` field. Call it in the trial's worker: the driver may have no
+    GPU while the workers do, and a trial reserving no GPU sees its node's GPUs (Ray >= 2.49 leaves
+    CUDA_VISIBLE_DEVICES alone then), so only the process that runs the trial knows."""
+    if not hasattr(cfg, "device") or cfg.device is not None:
+        return None
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_reason(meta: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:
+    if "device" not in expected or meta.get("device") == expected["device"]:
+        return None
+    return f"made on {meta.get('device') or 'an unrecorded device'}, this trial computes on {expected['device']}"
+
+
 def stale_reason(meta: Mapping[str, Any] | None, expected: Mapping[str, Any]) -> str | None:
-    """Why cached rows with `meta` may not stand for a trial that expects `expected`; None if they may."""
+    """Why cached rows with `meta` may not stand for a trial that expects `expected` (provenance(cfg), plus
+    "device" where the trial resolves it); None if they may."""
     if meta is None:
         return "no provenance record"
     reasons = []
@@ -183,6 +211,9 @@ def stale_reason(meta: Mapping[str, Any] | None, expected: Mapping[str, Any]) ->
         reasons.append(f"input files changed: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}")
     if meta.get("code_version") != expected["code_version"]:
         reasons.append(f"made by other code ({meta.get('code_version')} != {expected['code_version']})")
+    device = _device_reason(meta, expected)
+    if device:
+        reasons.append(device)
     return "; ".join(reasons) or None
 
 
@@ -202,11 +233,16 @@ def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: 
         context.enable_progress_bars, context.print_on_execution_start = False, False
     key = config_hash(config)
     cfg = trials_by_hash[key] if trials_by_hash is not None else kind.config(**config)
-    want = expected.get(key) or provenance(cfg)
+    want = dict(expected.get(key) or provenance(cfg))
+    device = compute_device(cfg)
+    if device is not None:  # resolved here: the driver cannot know where this trial computes
+        want["device"] = device
     uri = f"{rows_path}/{key}.parquet"
     meta_uri = f"{rows_path}/{key}.meta.json"
     meta = read_json(meta_uri) if _exists(uri) else None
     reused = meta is not None and (reuse_stale or stale_reason(meta, want) is None)
+    # the driver named stale inputs and code before the sweep; another device only shows here
+    moved = {"device_changed": reason} if meta is not None and (reason := _device_reason(meta, want)) else {}
     if reused:
         rows = _read_rows(uri)
     else:
@@ -225,7 +261,7 @@ def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: 
             return
         _write_atomic(uri, rows.write_parquet)
         write_json(meta_uri, {**want, "code_version": code_version(), "config_hash": key, "config": config})
-    tune.report({**summarise(rows), "rows_uri": uri, "n_rows": rows.height, "reused": reused})
+    tune.report({**summarise(rows), "rows_uri": uri, "n_rows": rows.height, "reused": reused, **moved})
 
 
 class _TrialProgress(tune.Callback):
@@ -274,7 +310,7 @@ def _kwargs_for(kind_run: Callable, shared: Mapping[str, Any], curves: bool) -> 
 
 def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: TrialKind,
          expected: Mapping[str, dict], shared: Mapping[str, Any], search_alg: Any, num_samples: int,
-         resume: bool, reuse_stale: bool, summarise: Summarise, require_split: str | None,
+         restore: bool, reuse_stale: bool, summarise: Summarise, require_split: str | None,
          callbacks: Sequence[Any]) -> tune.ResultGrid:
     from harness.distributed.runtime import require_bundle
 
@@ -300,18 +336,23 @@ def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, 
         name=sweep.name, storage_path=sweep.storage_uri, verbose=sweep.verbose, callbacks=[*progress, *callbacks],
         failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
     )
-    if resume and tune.Tuner.can_restore(sweep.experiment_path):
+    if restore:
         tuner = tune.Tuner.restore(sweep.experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
-        if resume:
-            print(f"no sweep to resume at {sweep.experiment_path}; starting it (valid cached rows are reused)")
         tuner = tune.Tuner(
             trainable, param_space=param_space, run_config=run_config,
             tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, search_alg=search_alg,
                                         num_samples=num_samples, max_concurrent_trials=sweep.max_concurrent),
         )
     grid = tuner.fit()
+    moved = [(r.config, r.metrics) for r in grid if r.metrics and r.metrics.get("device_changed")]
+    if moved:
+        labels = trial_labels([c for c, _ in moved]) if len(moved) > 1 else ["the trial"]
+        print(f"{sweep.name}: {len(moved)} trial(s) found cached rows made on another device:\n" + "\n".join(
+            f"  {label}: {m['device_changed']}, "
+            + ("reused as asked (--reuse-stale)" if m.get("reused") else "recomputed")
+            for label, (_, m) in zip(labels, moved, strict=True)))
     failed = [(r.path, r.error) for r in grid if r.error is not None]
     if failed:
         lines = "\n".join(f"  {path}: {type(err).__name__}: {str(err).splitlines()[-1] if str(err) else ''}"
@@ -352,21 +393,26 @@ def run_trials(trials: Sequence[Any], sweep: SweepConfig, *, shared: Mapping[str
     if dupes:
         raise ConfigError(f"duplicate trials (each would be computed twice and counted twice): {dupes}")
     expected = {k: provenance(t) for k, t in zip(keys, trials, strict=True)}
-    restoring = resume and tune.Tuner.can_restore(sweep.experiment_path)
-    verb = ("reused as asked (--reuse-stale; their rows keep their own git sha)" if reuse_stale else
-            "so --resume is refused" if restoring else "recomputed")
-    stale = _print_cache_state(sweep, keys, labels, expected, verb)
-    if stale and restoring and not reuse_stale:
-        # a restored sweep hands back its finished trials as they were: stale rows would come back unasked
-        raise ConfigError(f"--resume: {len(stale)} finished trial(s) of the sweep at {sweep.experiment_path} were "
-                          "made by other code or from other inputs (listed above); run without --resume to "
-                          "recompute them, or add --reuse-stale to keep them")
+    restore = _restorable(sweep, resume)
+    if restore:
+        finished = _finished_trials(sweep)
+        bad = [c for c, result in finished if result.get("input_error")]
+        if bad:  # Tune counts them as finished; the same sweep run afresh retries them and reuses the rest
+            print(f"{sweep.name}: --resume: {len(bad)} trial(s) of the sweep failed on bad input; running it afresh "
+                  "to retry them (the other trials reuse their cached rows where still valid)")
+            restore = False
+        elif not reuse_stale:  # (with it, _print_cache_state below says which stale rows are reused)
+            label_of = dict(zip(keys, labels, strict=True))
+            _refuse_stale_finished(sweep, finished, lambda c: expected.get(config_hash(c)),
+                                   lambda c: label_of[config_hash(c)], False, "run without --resume to recompute them")
+    verb = "reused as asked (--reuse-stale; their rows keep their own git sha)" if reuse_stale else "recomputed"
+    _print_cache_state(sweep, keys, labels, expected, verb)
     from ray.tune.search import BasicVariantGenerator
 
     grid = _fit(sweep, dict(configs[0]), trials_by_hash=dict(zip(keys, trials, strict=True)),
                 kind=next(iter(kinds.values())), expected=expected, shared=shared or {},
                 search_alg=BasicVariantGenerator(points_to_evaluate=configs),
-                num_samples=len(configs), resume=resume, reuse_stale=reuse_stale, summarise=summarise,
+                num_samples=len(configs), restore=restore, reuse_stale=reuse_stale, summarise=summarise,
                 require_split=None, callbacks=callbacks)
     by_key = {config_hash(r.config): _read_rows(r.metrics["rows_uri"]) for r in grid}
     missing = [label for key, label in zip(keys, labels, strict=True) if key not in by_key]
@@ -377,23 +423,73 @@ def run_trials(trials: Sequence[Any], sweep: SweepConfig, *, shared: Mapping[str
 
 
 def _print_cache_state(sweep: SweepConfig, keys: list[str], labels: list[str], expected: Mapping[str, dict],
-                       verb: str) -> list[str]:
-    """Say which trials' cached rows will be reused, which are stale (and why) and which are new; return the
-    stale ones."""
-    reused, stale = 0, []
+                       verb: str) -> None:
+    """Say which trials' cached rows will be reused, which are stale (and why) and which are new."""
+    reused, devices, stale = 0, set(), []
     for key, label in zip(keys, labels, strict=True):
         if not _exists(f"{sweep.rows_path}/{key}.parquet"):
             continue
-        reason = stale_reason(read_json(f"{sweep.rows_path}/{key}.meta.json"), expected[key])
+        meta = read_json(f"{sweep.rows_path}/{key}.meta.json")
+        reason = stale_reason(meta, expected[key])
         if reason is None:
             reused += 1
+            devices |= {meta["device"]} if meta and meta.get("device") else set()
         else:
             stale.append(f"  {label}: {reason}")
     if stale:
         print(f"{sweep.name}: {len(stale)} trial(s) have stale cached rows, {verb}:\n" + "\n".join(stale))
-    if reused:
-        print(f"{sweep.name}: {reused} of {len(keys)} trial(s) reuse their cached rows (same config, inputs and code)")
-    return stale
+    if reused:  # the device a trial computes on is known only in its worker, which checks it again
+        where = (f"; made on {' and '.join(sorted(devices))}: recomputed by a trial computing elsewhere"
+                 if devices else "")
+        print(f"{sweep.name}: {reused} of {len(keys)} trial(s) reuse their cached rows (same config, inputs and "
+              f"code{where})")
+
+
+def _restorable(sweep: SweepConfig, resume: bool) -> bool:
+    """Whether `resume` restores a stored sweep (saying so when there is none to restore)."""
+    if not resume:
+        return False
+    if tune.Tuner.can_restore(sweep.experiment_path):
+        return True
+    print(f"no sweep to resume at {sweep.experiment_path}; starting it (valid cached rows are reused)")
+    return False
+
+
+def _finished_trials(sweep: SweepConfig) -> list[tuple[dict, dict]]:
+    """(config, last result) of each trial that a restored sweep hands back as it ended, without running it."""
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    return [(t.config, t.last_result or {}) for t in ExperimentAnalysis(sweep.experiment_path).trials
+            if t.status == Trial.TERMINATED]
+
+
+def _refuse_stale_finished(sweep: SweepConfig, finished: Sequence[tuple[dict, dict]],
+                           expect: Callable[[dict], Mapping[str, Any] | None], label: Callable[[dict], str],
+                           reuse_stale: bool, recompute: str) -> None:
+    """Before a restore: the finished trials' rows will come back unchecked, so rows made from other inputs or
+    by other code refuse the resume (naming each trial and why) unless `reuse_stale`. Unfinished trials are
+    not looked at: the restore runs them again, and their worker recomputes what is stale or has no record.
+    `expect(config)`: the provenance the trial expects (None: not a trial of this sweep)."""
+    stale = []
+    for config, result in finished:
+        expected = expect(config) if result.get("rows_uri") else None
+        if expected is None:
+            continue
+        reason = stale_reason(read_json(result["rows_uri"].removesuffix(".parquet") + ".meta.json"), expected)
+        if reason is not None:
+            stale.append(f"  {label(config)}: {reason}")
+    if not stale:
+        return
+    listed = "\n".join(stale)
+    if reuse_stale:
+        print(f"{sweep.name}: {len(stale)} finished trial(s) have stale cached rows, reused as asked "
+              f"(--reuse-stale; their rows keep their own git sha):\n{listed}")
+        return
+    print(f"{sweep.name}: {len(stale)} finished trial(s) have stale cached rows, so --resume is refused:\n{listed}")
+    raise ConfigError(f"--resume: {len(stale)} finished trial(s) of the sweep at {sweep.experiment_path} were made "
+                      f"by other code or from other inputs, and a restored sweep hands them back as they are:\n"
+                      f"{listed}\n{recompute}, or add --reuse-stale to keep them")
 
 
 OPTUNA_DB = "optuna.db"  # the Optuna study of a search, beside its Tune experiment
@@ -431,14 +527,18 @@ def optuna_storage(sweep: SweepConfig, resume: bool) -> Any:
 
 def search_trials(config_cls: type, space: Mapping[str, Any], sweep: SweepConfig, *,
                   fixed: Mapping[str, Any] | None = None, num_samples: int = 20, max_concurrent: int = 2,
-                  seed: int = 0, resume: bool = False, shared: Mapping[str, Any] | None = None,
-                  require_split: str = "val", callbacks: Sequence[Any] = ()) -> SweepResult:
+                  seed: int = 0, resume: bool = False, reuse_stale: bool = False,
+                  shared: Mapping[str, Any] | None = None, require_split: str = "val",
+                  callbacks: Sequence[Any] = ()) -> SweepResult:
     """Tune hyperparameters with OptunaSearch (TPE, seeded) under a ConcurrencyLimiter.
 
     space: Tune domains of config fields, e.g. {"ttt_lr": tune.loguniform(1e-4, 1e-1)}; fixed: the other
     fields. Every trial's rows must come from a dataset named "*-<require_split>" (validation), never test.
     Best: `result.grid.get_best_result()`. The Optuna study (named `sweep.name`) persists in
-    `<experiment path>/optuna.db` (see optuna_url): `optuna-dashboard sqlite:///.../optuna.db` opens it."""
+    `<experiment path>/optuna.db` (see optuna_url): `optuna-dashboard sqlite:///.../optuna.db` opens it.
+    `resume` restores the search and its Optuna study; it is refused (ConfigError, before any work) when a
+    finished trial failed on bad input or has stale rows, which TPE would go on learning from (`reuse_stale`:
+    keep them, and reuse stale cached rows in new trials too)."""
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -455,11 +555,41 @@ def search_trials(config_cls: type, space: Mapping[str, Any], sweep: SweepConfig
     unknown = (set(space) | set(fixed or {})) - {f.name for f in dataclasses.fields(config_cls)}
     if unknown:
         raise ConfigError(f"unknown {config_cls.__name__} fields {sorted(unknown)}")
+    restore = _restorable(sweep, resume)
+    if restore:
+        _check_restored_search(sweep, kind, reuse_stale)
     storage = optuna_storage(sweep, resume=resume)
     searcher = ConcurrencyLimiter(OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed, study_name=sweep.name,
                                                storage=storage), max_concurrent=max_concurrent)
     grid = _fit(sweep, {**(fixed or {}), **space}, trials_by_hash=None, kind=kind, expected={},
-                shared=shared or {}, search_alg=searcher, num_samples=num_samples, resume=resume, reuse_stale=False,
-                summarise=summarise_rows, require_split=require_split, callbacks=callbacks)
+                shared=shared or {}, search_alg=searcher, num_samples=num_samples, restore=restore,
+                reuse_stale=reuse_stale, summarise=summarise_rows, require_split=require_split, callbacks=callbacks)
     rows = pl.concat([_read_rows(r.metrics["rows_uri"]) for r in grid], how="diagonal_relaxed")
     return SweepResult(rows, _per_trial(grid), grid, sweep.experiment_path)
+
+
+def _check_restored_search(sweep: SweepConfig, kind: TrialKind, reuse_stale: bool) -> None:
+    """Refuse to restore a search whose finished trials failed on bad input (its Optuna study has recorded them:
+    a restored search cannot run them again) or have stale rows (unless `reuse_stale`), naming each trial."""
+    finished = _finished_trials(sweep)
+    labels = dict(zip((config_hash(c) for c, _ in finished), trial_labels([c for c, _ in finished]), strict=True))
+    bad = [(c, r["input_error"]) for c, r in finished if r.get("input_error")]
+    if bad:
+        raise ConfigError(
+            f"--resume: {len(bad)} trial(s) of the search at {sweep.experiment_path} failed on bad input:\n"
+            + "\n".join(f"  {labels[config_hash(c)]}: {err}" for c, err in bad)
+            + "\nA restored search keeps its finished trials as they ended (its Optuna study has recorded them), so "
+            "it cannot retry them: fix the input, then run without --resume (a new search; the cached rows of the "
+            "trials that succeeded are reused where still valid)")
+
+    def expect(config: dict) -> Mapping[str, Any]:
+        try:
+            return provenance(kind.config(**config))
+        except INPUT_ERRORS as e:
+            raise ConfigError(f"--resume: the finished trial {labels[config_hash(config)]} of the search at "
+                              f"{sweep.experiment_path} has a config that the code now refuses ({e}); run without "
+                              "--resume to start the search afresh") from None
+
+    _refuse_stale_finished(sweep, finished, expect, lambda c: labels[config_hash(c)], reuse_stale,
+                           "run without --resume to start the search afresh (it recomputes them and reuses every "
+                           "valid cached row; TPE learns anew)")
