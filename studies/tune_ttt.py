@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
             started = time.time()
             result = search_trials(MnistTrialConfig, SEARCH_SPACE, sweep, fixed=cfg.fixed(size),
                                    num_samples=cfg.samples, max_concurrent=cfg.concurrent, seed=cfg.seed,
-                                   resume=cfg.ray.resume, shared=shared, callbacks=cfg.ray.tune_callbacks(sweep.name))
+                                   resume=cfg.ray.resume, reuse_stale=cfg.ray.reuse_stale, shared=shared,
+                                   callbacks=cfg.ray.tune_callbacks(sweep.name))
             record_sweep(cfg, name=sweep.name, out_dir=cfg.out_dir, started=started, rows=result.rows,
                          trials=len(result.grid), reused=None, cluster=cluster_summary(), storage=sweep.experiment_path)
             rows.append(result.rows)
