@@ -97,11 +97,21 @@ def with_paper_rows(summary: pl.DataFrame, study: str) -> pl.DataFrame:
     return beside_paper(ours(summary), study)
 
 
+def _current_rows(sweep: Path) -> list[Path]:
+    """The rows files of a sweep's current run: those its trials marked ready under runs/<id>/ (the rows folder
+    also keeps earlier runs' rows, of other options); a sweep written before runs were marked: all of them."""
+    current = sweep / "current.json"
+    if not current.exists():
+        return sorted(f for f in (sweep / "rows").glob("*.parquet") if not f.name.startswith("."))
+    done = sweep / "runs" / str(json.loads(current.read_text()).get("run_id"))
+    keys = sorted(p.stem for p in done.glob("*.json")) if done.is_dir() else []
+    return [f for f in (sweep / "rows" / f"{key}.parquet" for key in keys) if f.exists()]
+
+
 def _sweep_rows(out_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(rows files, sweep folders) of every sweep under `<out_dir>/sweeps/`."""
+    """(rows files of their current runs, sweep folders) of every sweep under `<out_dir>/sweeps/`."""
     sweeps = sorted(p.parent for p in (out_dir / "sweeps").glob("*/rows") if p.is_dir())
-    files = sorted(f for s in sweeps for f in (s / "rows").glob("*.parquet") if not f.name.startswith("."))
-    return files, sweeps
+    return [f for s in sweeps for f in _current_rows(s)], sweeps
 
 
 def search_trials_table(out_dir: Path) -> pl.DataFrame | None:
@@ -202,6 +212,7 @@ def stamp(roots: Sequence[str | Path]) -> str:
             continue
         files = [p for pattern in WATCHED for p in root.rglob(pattern)]
         files += [p for p in root.rglob("sweeps/*/rows/*.parquet") if not p.name.startswith(".")]
+        files += [*root.rglob("sweeps/*/current.json"), *root.rglob("sweeps/*/runs/*/*.json")]  # reused rows too
         for p in sorted(set(files)):
             st = p.stat()
             entries.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")

@@ -229,3 +229,25 @@ def test_optuna_search_persists_in_sqlite_that_optuna_and_optuna_dashboard_read(
 
     search_trials(SleepyTrial, space, sweep, num_samples=2, max_concurrent=1, seed=1)  # a new search, not --resume
     assert len(optuna.load_study(study_name="search", storage=url).trials) == 2
+
+
+def test_the_report_of_a_running_sweep_reads_only_its_current_runs_rows(ray_cluster, tmp_path):
+    """A sweep rerun in the same folder with other trials keeps the earlier run's rows on disk (its cache), but
+    the report's view of the running sweep summarises the current run's trials only, reused rows included; a
+    resume keeps the run."""
+    from dashboards.runs import find_runs
+
+    sweep = SweepConfig("reruns", str(tmp_path / "out" / "sweeps"))
+    run_trials([SleepyTrial(0), SleepyTrial(1)], sweep)
+    run_trials([SleepyTrial(1), SleepyTrial(5)], sweep)  # 1 reused, 5 new; 0 is of the earlier run only
+    assert len(list((tmp_path / "out" / "sweeps" / "reruns" / "rows").glob("*.parquet"))) == 3
+
+    def running_mean() -> tuple[int | None, float]:
+        (run,) = find_runs([tmp_path / "out"])
+        assert run.running
+        (mean,) = run.summary.filter(pl.col("method") == "ttt")["mean"].to_list()
+        return run.trials_done, mean
+
+    assert running_mean() == (2, pytest.approx(3.0))  # (1 + 5) / 2; pooling the earlier run gave 2.0
+    run_trials([SleepyTrial(1), SleepyTrial(5)], sweep, resume=True)
+    assert running_mean() == (2, pytest.approx(3.0))

@@ -21,6 +21,10 @@ reads them back instead; their rows keep the git sha they were made with). A tri
 (`harness.errors.INPUT_ERRORS`) ends without a retry and the run raises a ConfigError naming it; a crash
 is retried `max_failures` times.
 
+Each run of a sweep has an id (`<experiment path>/current.json`; a resume keeps it), and every trial of it, computed
+or reused, leaves `<experiment path>/runs/<id>/<config hash>.json` when its rows are ready: the rows folder also
+holds the rows of earlier runs with other options, and the report's view of a running sweep reads only these.
+
 `resume=True` restores the sweep: unfinished and crashed trials run again, finished ones come back as they
 ended. So before restoring, the finished trials are checked: stale rows refuse the resume (unless
 `reuse_stale`); trials that failed on bad input are retried (a grid runs afresh, reusing every valid cached
@@ -220,7 +224,7 @@ def stale_reason(meta: Mapping[str, Any] | None, expected: Mapping[str, Any]) ->
 def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: TrialKind,
                expected: Mapping[str, dict], rows_path: str, summarise: Summarise, metric: str,
                require_split: str | None, reuse_stale: bool, run_kwargs: Mapping[str, Any], workdir: str,
-               quiet: bool) -> None:
+               quiet: bool, done_path: str) -> None:
     """One Ray Tune trial: read back valid cached rows or compute them; report the summary."""
     if os.path.isdir(workdir):  # Tune starts trials in their own folder: relative paths mean the driver's
         os.chdir(workdir)
@@ -261,6 +265,7 @@ def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: 
             return
         _write_atomic(uri, rows.write_parquet)
         write_json(meta_uri, {**want, "code_version": code_version(), "config_hash": key, "config": config})
+    write_json(f"{done_path}/{key}.json", {"config_hash": key, "reused": reused})  # this run's rows, ready
     tune.report({**summarise(rows), "rows_uri": uri, "n_rows": rows.height, "reused": reused, **moved})
 
 
@@ -324,11 +329,12 @@ def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, 
     head = {"CPU": sweep.cpus_per_trial, "GPU": sweep.gpus_per_trial}
     for i, bundle in enumerate([head, *sweep.child_bundles]):  # refuse infeasible trials before any work
         require_bundle(bundle, "cpus_per_trial/gpus_per_trial" if i == 0 else "actors x (cpus, gpus_per_actor)")
+    run_id = _run_id(sweep, restore)
     trainable = tune.with_parameters(
         _trainable, trials_by_hash=trials_by_hash, kind=kind, expected=expected,
         rows_path=sweep.rows_path, summarise=summarise, metric=sweep.metric, require_split=require_split,
         reuse_stale=reuse_stale, run_kwargs=_kwargs_for(kind.run, shared, curves=trials_by_hash is not None),
-        workdir=os.getcwd(), quiet=not sweep.verbose,
+        workdir=os.getcwd(), quiet=not sweep.verbose, done_path=f"{sweep.experiment_path}/runs/{run_id}",
     )
     trainable = tune.with_resources(trainable, tune.PlacementGroupFactory([head, *sweep.child_bundles]))
     progress = [] if sweep.verbose else [_TrialProgress(num_samples, sweep.name)]
@@ -365,6 +371,16 @@ def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, 
         raise ConfigError(f"{len(bad)} of {len(grid)} trials failed on bad input (not retried):\n"
                           + "\n".join(f"  {label}: {err}" for label, (_, err) in zip(labels, bad, strict=True)))
     return grid
+
+
+def _run_id(sweep: SweepConfig, restore: bool) -> str:
+    """This run's id: the restored run's (current.json), else a new one, written there."""
+    current = read_json(f"{sweep.experiment_path}/current.json") if restore else None
+    if current is not None and current.get("run_id"):
+        return str(current["run_id"])
+    run_id = uuid.uuid4().hex[:12]
+    write_json(f"{sweep.experiment_path}/current.json", {"run_id": run_id})
+    return run_id
 
 
 def _per_trial(grid: tune.ResultGrid) -> pl.DataFrame:
