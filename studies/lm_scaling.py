@@ -73,7 +73,8 @@ class LMScaling:
     def trials(self) -> list[LMScalingTrialConfig]:
         train, test, models = self.train, self.test, self.models
         replaced = [f"--{name} {' '.join(value) if isinstance(value, tuple) else value}"
-                    for name, value in (("train", train), ("test", test), ("models", models)) if value]
+                    for name, value in (("train", train), ("test", test), ("models", models))
+                    if value and value != _FIELD_DEFAULTS[name]]  # given (a default is no choice of the user's)
         if self.smoke_inputs and replaced:  # before anything is generated
             raise ConfigError(f"{', '.join(replaced)} cannot be used with --smoke-test (--smoke-inputs): it runs on "
                               "a generated corpus and a tiny random Qwen2 instead; leave --smoke-test out to run on "
@@ -96,6 +97,8 @@ class LMScaling:
             max_batch=self.max_batch, device=self.device, actors=self.ray.actors, gpus_per_actor=gpus,
             cache_dir=str(Path(self.out_dir, "index").resolve())) for m in models]
 
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LMScaling)}
 
 PRESETS = {
     "paper": LMScaling(models=("0.5B", "1.5B", "3B", "7B", "14B", "32B"), device="cuda",

@@ -192,3 +192,11 @@ def test_a_model_folder_without_a_tokenizer_is_named(inputs, tmp_path, no_work):
     shutil.copy(Path(inputs[2]) / "config.json", folder / "config.json")
     with pytest.raises(ConfigError, match=r"--models\) = .*config_only.*no token at all.*tokenizer's files"):
         _config(inputs, model=str(folder)).check_inputs()
+
+
+def test_smoke_inputs_alone_keep_the_default_models_unrefused(tmp_path):
+    """--smoke-inputs without --models: the field's default is no choice of the user's, so nothing is refused."""
+    import studies.lm_scaling as study
+
+    cfg = study.parse(["--smoke-inputs", "--out-dir", str(tmp_path / "out")])
+    assert cfg.models == ("0.5B",) and len(cfg.trials()) == 1

@@ -203,6 +203,15 @@ def test_an_sae_checkpoint_of_another_device_is_refused_naming_the_field(run: Ca
         run(path)
 
 
+def test_a_checkpoint_made_before_the_device_was_recorded_is_still_resumed(tmp_path):
+    path = tmp_path / "sae.pt"
+    _topk_run(path)
+    state = torch.load(path, weights_only=False)
+    del state["identity"]["device"]  # as written before the field existed
+    torch.save(state, path)
+    _topk_run(path)  # accepted: nothing says it was made elsewhere
+
+
 def test_s8_a_given_checkpoint_of_another_device_is_refused_before_any_work(tmp_path, monkeypatch):
     """The study checks a given checkpoint against --device before Ray starts (a checkpoint of this very config
     and data, stamped as made on CUDA)."""

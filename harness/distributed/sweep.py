@@ -380,6 +380,9 @@ def _run_id(sweep: SweepConfig, restore: bool) -> str:
         return str(current["run_id"])
     run_id = uuid.uuid4().hex[:12]
     write_json(f"{sweep.experiment_path}/current.json", {"run_id": run_id})
+    fs, runs = _fs(f"{sweep.experiment_path}/runs")  # the markers of earlier runs: nothing reads them any more
+    if fs.get_file_info(runs).type == pafs.FileType.Directory:
+        fs.delete_dir_contents(runs)
     return run_id
 
 

@@ -198,7 +198,7 @@ def check_checkpoint(path: str | os.PathLike, identity: dict) -> dict | None:
     stored = dict(state["identity"])
     now = dict(identity)
     for unknown in ("data", "device"):
-        if now.get(unknown) is None:
+        if now.get(unknown) is None or unknown not in stored:  # not known yet; or a checkpoint older than the field
             stored.pop(unknown, None)
             now.pop(unknown, None)
     diff = _differences(stored, now)

@@ -1,9 +1,10 @@
 """Atomic file writes: write to a temp file in the target's folder, then rename over the target.
 
 A writer killed before its rename (SIGKILL, a node lost) leaves its temp file behind, and at the ImageNet shape
-one is gigabytes. Temp names therefore carry their writer (`.<name>.<host>-<pid namespace>-<pid>.<random><suffix>`),
-and the next atomic write of the same target removes the temps of writers that are gone: same host, same pid
-namespace, pid not running. A temp of another host, or of a writer still running, is never touched.
+one is gigabytes. Temp names therefore carry their writer (`.<name>.<host>_<boot id>_<pid namespace>-<pid>.<random>
+<suffix>`), and the next atomic write of the same target removes the temps of writers that are gone: same host and
+boot (kernel), same pid namespace, pid not running. A temp of another machine, or of a writer still running, is
+never touched.
 `temp_dir_beside` does the same for a folder built in place of another (an embeddings cache, a saved index).
 """
 
@@ -22,12 +23,16 @@ from pathlib import Path
 
 @functools.cache
 def _machine() -> str:
-    """This host and its pid namespace (containers sharing a hostname have their own pids): `<host>-<ns>`."""
+    """This kernel and pid namespace: `<host>-<boot id>-<pid namespace>`. The boot id tells apart hosts that share
+    a hostname (cloned VMs on one shared file system), the namespace containers on one kernel, whose pids are
+    their own."""
+    parts = [socket.gethostname().replace("/", "_").replace("-", "_")]
     try:
-        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12])
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
     except OSError:  # no /proc (macOS): the hostname alone
-        namespace = "0"
-    return f"{socket.gethostname().replace('/', '_')}-{namespace}"
+        pass
+    return "_".join(parts)
 
 
 def _running(pid: int) -> bool:
