@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from dashboards.outputs import finish_study, format_table  # noqa: E402
 from dashboards.pile import PILE_WEIGHTED, pile_weighted_summary, why_not_pile_weighted  # noqa: E402
-from harness.cli import run_main, study_parser  # noqa: E402
+from harness.cli import invocation, run_main, study_parser  # noqa: E402
 from harness.distributed.study import RayOptions, run_study  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
 from harness.retrieval.text_index import IndexKind, RetrievalMetric  # noqa: E402
@@ -74,7 +74,7 @@ class LMScaling:
         train, test, models = self.train, self.test, self.models
         replaced = [f"--{name} {' '.join(value) if isinstance(value, tuple) else value}"
                     for name, value in (("train", train), ("test", test), ("models", models))
-                    if value and value != _FIELD_DEFAULTS[name]]  # given (a default is no choice of the user's)
+                    if value and _given(self, name)]
         if self.smoke_inputs and replaced:  # before anything is generated
             raise ConfigError(f"{', '.join(replaced)} cannot be used with --smoke-test (--smoke-inputs): it runs on "
                               "a generated corpus and a tiny random Qwen2 instead; leave --smoke-test out to run on "
@@ -98,7 +98,13 @@ class LMScaling:
             cache_dir=str(Path(self.out_dir, "index").resolve())) for m in models]
 
 
-_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(LMScaling)}
+def _given(cfg: LMScaling, name: str) -> bool:
+    """Whether option `name` was given: on the command line it was parsed from, else (built in code) whether it
+    differs from the field's default (a default is no choice of the user's)."""
+    how = invocation(cfg)
+    if how is not None:
+        return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in how.options)
+    return getattr(cfg, name) != next(f.default for f in dataclasses.fields(LMScaling) if f.name == name)
 
 PRESETS = {
     "paper": LMScaling(models=("0.5B", "1.5B", "3B", "7B", "14B", "32B"), device="cuda",

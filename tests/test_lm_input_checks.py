@@ -200,3 +200,23 @@ def test_smoke_inputs_alone_keep_the_default_models_unrefused(tmp_path):
 
     cfg = study.parse(["--smoke-inputs", "--out-dir", str(tmp_path / "out")])
     assert cfg.models == ("0.5B",) and len(cfg.trials()) == 1
+
+
+def test_a_hub_models_tokenizer_missing_on_the_driver_is_left_to_the_workers(tmp_path, monkeypatch, capsys):
+    """A Qwen2.5 size label needs nothing on the driver (its LoRA share comes from built-in shapes); its tokenizer,
+    when not on this machine (an offline head node), is loaded and checked on the workers instead of refused."""
+    from harness.trials import lm
+
+    def offline(name, gguf_file=None):
+        raise FileNotFoundError(f"{name} is not in the local model cache")
+
+    monkeypatch.setattr(lm, "load_tokenizer", offline)
+    train = _write(tmp_path / "train.jsonl", [json.dumps({"text": f"document {i} about topic {i % 3}"})
+                                              for i in range(60)])
+    test = _write(tmp_path / "test.jsonl", [json.dumps({"text": f"query {i} about topic {i % 3}"}) for i in range(5)])
+    lm.LMScalingTrialConfig(model="0.5B", train=train, test=test, fraction=1.0).check_inputs()
+    assert "0.5B: its tokenizer is not on this machine; the test sequences are checked on the workers" in \
+        capsys.readouterr().out
+    lm._check_test_sample.cache_clear()
+    with pytest.raises(ConfigError, match="its tokenizer cannot load"):  # a model folder must hold its tokenizer
+        lm.check_test_sequences(lm.read_corpus(test), [(0, "x")], str(tmp_path), lm.LMTTTConfig())

@@ -235,22 +235,37 @@ def check_train_size(cfg: LMScalingTrialConfig, documents: int, skipped: str = "
                           "--index-kind flat, hnsw or auto")
 
 
+@functools.lru_cache(maxsize=4)
+def _test_sample(path: str, stamp: tuple[int, int] | None, fraction: float, seed: int,
+                 ) -> tuple[Corpus, list[tuple[int, str]]]:
+    """The test corpus at `path` and its seeded sample, read once per file version and sample for all models."""
+    test = read_corpus(path)
+    return test, sample_points(test, fraction, seed)
+
+
 @functools.lru_cache(maxsize=16)
 def _check_test_sample(model: str, path: str, stamp: tuple[int, int] | None, fraction: float, seed: int,
                        ttt: LMTTTConfig) -> None:
     """check_test_sequences on the seeded sample of the test corpus at `path` (once per model, file version,
-    sample and split rule: the study checks every model's trial against the same corpus)."""
-    test = read_corpus(path)
-    check_test_sequences(test, sample_points(test, fraction, seed), model, ttt)
+    sample and split rule: the study checks every model's trial against the same corpus). A hub model whose
+    tokenizer is not on this machine (a head node without the model cache) is left to the trial's own check on
+    its worker, and that is printed."""
+    test, points = _test_sample(path, stamp, fraction, seed)
+    check_test_sequences(test, points, model, ttt, local_only=not is_local_path(resolve_model_name(model)))
 
 
-def check_test_sequences(test: Corpus, points: list[tuple[int, str]], model: str, ttt: LMTTTConfig) -> None:
+def check_test_sequences(test: Corpus, points: list[tuple[int, str]], model: str, ttt: LMTTTConfig,
+                         local_only: bool = False) -> None:
     """Refuse a test sequence (point_id, text) of `test` that `model`'s tokenizer cannot split into a query and an
     evaluated part (split_sequence: fewer than 2 tokens, or an evaluated part that decodes to nothing): a
-    ConfigError naming the file and the line, before any work."""
+    ConfigError naming the file and the line, before any work. `local_only` (a hub model checked on the driver): a
+    tokenizer that cannot load is not an error (say so and return): the check runs again where the model is."""
     try:
         tokenizer = load_tokenizer(model)
     except (OSError, ValueError) as e:  # FileNotFoundError: not cached offline; ValueError: no tokenizer files
+        if local_only:
+            print(f"{model}: its tokenizer is not on this machine; the test sequences are checked on the workers")
+            return
         raise ConfigError(f"{MODEL} = {model!r}: its tokenizer cannot load ({e})") from None
     ids = tokenizer([text for _, text in points], add_special_tokens=False)["input_ids"]  # one batched call
     for (point_id, text), n in zip(points, map(len, ids), strict=True):
