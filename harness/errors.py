@@ -12,5 +12,11 @@ class ConfigError(ValueError):
     """Bad input: a config field out of range, an unknown name, an unreadable or inconsistent file."""
 
 
+class DivergedError(ConfigError):
+    """A trial's training or TTT diverged under its hyperparameters (NaN or infinite logits): bad input in a grid
+    (its options must change), but in a hyperparameter search the worst outcome of that point of the space, which
+    the searcher is told as such (harness/distributed/sweep.py) instead of the search being ended."""
+
+
 # Errors that no retry can cure: the same input fails the same way again.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)

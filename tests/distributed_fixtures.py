@@ -77,7 +77,8 @@ class SleepyTrial:
     x: int
     sleep: float = 0.0
     calls_log: str = ""  # each call appends x here
-    fail: str = ""  # "input": raise a ConfigError; "crash_once": crash on the first call of this x
+    fail: str = ""  # "input": raise a ConfigError; "crash_once": crash on the first call of this x;
+    # "diverge_odd": raise a DivergedError for an odd x
     input_file: str = ""  # a file the trial reads (its fingerprint keys the cache)
 
     def input_files(self) -> tuple[str, ...]:
@@ -99,6 +100,10 @@ def _sleepy(cfg: SleepyTrial) -> "pl.DataFrame":
             f.write(f"{cfg.x}\n")
     if cfg.fail == "input":
         raise ConfigError(f"x = {cfg.x} is refused by this trial")
+    if cfg.fail == "diverge_odd" and cfg.x % 2:
+        from harness.errors import DivergedError
+
+        raise DivergedError(f"x = {cfg.x}: TTT diverged")
     if cfg.fail == "crash_once" and str(cfg.x) not in calls:
         raise RuntimeError("a crash (e.g. a lost node)")
     time.sleep(cfg.sleep)

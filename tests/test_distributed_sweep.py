@@ -251,3 +251,21 @@ def test_the_report_of_a_running_sweep_reads_only_its_current_runs_rows(ray_clus
     assert running_mean() == (2, pytest.approx(3.0))  # (1 + 5) / 2; pooling the earlier run gave 2.0
     run_trials([SleepyTrial(1), SleepyTrial(5)], sweep, resume=True)
     assert running_mean() == (2, pytest.approx(3.0))
+
+
+def test_a_search_tells_the_searcher_the_worst_value_for_a_diverged_trial_and_goes_on(ray_cluster, tmp_path, capsys):
+    """A diverged trial (TTT's logits NaN: a learning rate too large) is a point of the space that works badly, not
+    bad input: the search goes on, Optuna gets inf for it, and the rows come from the other trials; a grid still
+    refuses it as bad input."""
+    space = {"x": tune.choice([1, 2, 3, 4])}
+    result = search_trials(SleepyTrial, space, SweepConfig("diverging", str(tmp_path)), fixed={"fail": "diverge_odd"},
+                           num_samples=6, max_concurrent=2, seed=0)
+    xs = result.trials["config/x"].to_list()
+    assert any(x % 2 for x in xs) and any(x % 2 == 0 for x in xs), xs  # the seeded sample holds both kinds
+    for x, value in zip(xs, result.trials["ttt_error"].to_list(), strict=True):
+        assert value == (float("inf") if x % 2 else float(x))
+    assert sorted(set(result.rows["value"].to_list())) == sorted({float(x) for x in xs if x % 2 == 0})
+    assert "trials diverged; the searcher was given the worst value" in capsys.readouterr().out
+    assert result.grid.get_best_result().metrics["ttt_error"] == min(x for x in xs if x % 2 == 0)
+    with pytest.raises(ConfigError, match="1 of 1 trials failed on bad input"):
+        run_trials([SleepyTrial(3, fail="diverge_odd")], SweepConfig("diverging_grid", str(tmp_path)))

@@ -48,7 +48,7 @@ import polars as pl
 import pyarrow.fs as pafs
 from ray import tune
 
-from harness.errors import INPUT_ERRORS, ConfigError
+from harness.errors import INPUT_ERRORS, ConfigError, DivergedError
 from harness.registry import TRIALS, TrialKind, input_files, trial_kind
 from harness.results.provenance import changed_inputs, code_version, input_fingerprint
 from harness.results.schema import config_hash
@@ -224,7 +224,7 @@ def stale_reason(meta: Mapping[str, Any] | None, expected: Mapping[str, Any]) ->
 def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: TrialKind,
                expected: Mapping[str, dict], rows_path: str, summarise: Summarise, metric: str,
                require_split: str | None, reuse_stale: bool, run_kwargs: Mapping[str, Any], workdir: str,
-               quiet: bool, done_path: str) -> None:
+               quiet: bool, done_path: str, mode: str = "min") -> None:
     """One Ray Tune trial: read back valid cached rows or compute them; report the summary."""
     if os.path.isdir(workdir):  # Tune starts trials in their own folder: relative paths mean the driver's
         os.chdir(workdir)
@@ -261,6 +261,9 @@ def _trainable(config: dict, *, trials_by_hash: Mapping[str, Any] | None, kind: 
                 raise ConfigError(f"this search tunes on the {require_split!r} split only, but the trial produced "
                                   f"rows of datasets {bad}; set the trial's split to {require_split!r}")
         except INPUT_ERRORS as e:  # bad input fails the same way every time: report it, do not retry
+            if require_split is not None and isinstance(e, DivergedError):  # a search: this point's worst outcome
+                tune.report({metric: math.inf if mode == "min" else -math.inf, "n_rows": 0, "diverged": str(e)})
+                return
             tune.report({metric: math.nan, "n_rows": 0, "input_error": f"{type(e).__name__}: {e}"})
             return
         _write_atomic(uri, rows.write_parquet)
@@ -332,7 +335,8 @@ def _fit(sweep: SweepConfig, param_space: dict, *, trials_by_hash: Mapping[str, 
     run_id = _run_id(sweep, restore)
     trainable = tune.with_parameters(
         _trainable, trials_by_hash=trials_by_hash, kind=kind, expected=expected,
-        rows_path=sweep.rows_path, summarise=summarise, metric=sweep.metric, require_split=require_split,
+        rows_path=sweep.rows_path, summarise=summarise, metric=sweep.metric, mode=sweep.mode,
+        require_split=require_split,
         reuse_stale=reuse_stale, run_kwargs=_kwargs_for(kind.run, shared, curves=trials_by_hash is not None),
         workdir=os.getcwd(), quiet=not sweep.verbose, done_path=f"{sweep.experiment_path}/runs/{run_id}",
     )
@@ -583,7 +587,17 @@ def search_trials(config_cls: type, space: Mapping[str, Any], sweep: SweepConfig
     grid = _fit(sweep, {**(fixed or {}), **space}, trials_by_hash=None, kind=kind, expected={},
                 shared=shared or {}, search_alg=searcher, num_samples=num_samples, restore=restore,
                 reuse_stale=reuse_stale, summarise=summarise_rows, require_split=require_split, callbacks=callbacks)
-    rows = pl.concat([_read_rows(r.metrics["rows_uri"]) for r in grid], how="diagonal_relaxed")
+    diverged = [(r.config, r.metrics["diverged"]) for r in grid if r.metrics and r.metrics.get("diverged")]
+    if diverged:
+        labels = trial_labels([c for c, _ in diverged]) if len(diverged) > 1 else ["one trial"]
+        print(f"{sweep.name}: {len(diverged)} of {len(grid)} trials diverged; the searcher was given the worst value "
+              "for them and they have no rows:\n" + "\n".join(f"  {label}: {err}" for label, (_, err)
+                                                                in zip(labels, diverged, strict=True)))
+    done = [r for r in grid if r.metrics and r.metrics.get("rows_uri")]
+    if not done:
+        raise ConfigError(f"every one of the {len(grid)} trials of the search diverged (listed above): the search "
+                          "space's learning rates are too large for these features")
+    rows = pl.concat([_read_rows(r.metrics["rows_uri"]) for r in done], how="diagonal_relaxed")
     return SweepResult(rows, _per_trial(grid), grid, sweep.experiment_path)
 
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from harness.errors import ConfigError
+from harness.errors import DivergedError
 from harness.retrieval.index import build_retriever, check_features
 from harness.ttt.baselines import majority_vote
 from harness.ttt.head_engines import AUTO, HEAD_TTT_ENGINES, resolve_head_engine
@@ -71,7 +71,7 @@ def check_predictions(out: dict[str, np.ndarray], what: str) -> None:
            if name.startswith("pred_") and name != "pred_majority" and (v < 0).any()}
     if bad:
         counts = ", ".join(f"{name} for {n} of {out[name].size} test points" for name, n in bad.items())
-        raise ConfigError(f"{what}: logits NaN or infinite (training or TTT diverged): {counts}; no rows were "
+        raise DivergedError(f"{what}: logits NaN or infinite (training or TTT diverged): {counts}; no rows were "
                           "written: lower the learning rate of the head that diverged")
 
 
@@ -174,7 +174,7 @@ def prediction_metrics(out: dict[str, np.ndarray], ttt: HeadTTTConfig | None = N
     for method in ("global", "ttt"):
         diverged = (out[f"pred_{method}"] < 0) | ~np.isfinite(out[f"ce_{method}"])
         if diverged.any():
-            raise ConfigError(_divergence_message(method, int(diverged.sum()), diverged.size, out, ttt))
+            raise DivergedError(_divergence_message(method, int(diverged.sum()), diverged.size, out, ttt))
     label = out["label"]
     triples = [
         ("global", "error", (out["pred_global"] != label).astype(np.float64)),
