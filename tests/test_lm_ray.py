@@ -269,5 +269,10 @@ def test_the_cached_corpus_index_is_keyed_by_the_corpus_and_the_code(tmp_path, m
     train.write_text('{"text": "one document, edited"}\n')
     edited = lm.corpus_index_key(cfg)
     assert edited != key
-    monkeypatch.setattr(lm, "code_version", lambda: "0123456789ab")
+    monkeypatch.setattr(lm, "code_version", lambda *modules: "0123456789ab")
     assert lm.corpus_index_key(cfg) not in (key, edited)
+    from harness.results.provenance import code_version
+
+    assert code_version(*lm.INDEX_CODE) != code_version()  # the index's own modules, not the whole harness
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        code_version("retrieval/renamed.py")

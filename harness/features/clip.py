@@ -10,8 +10,9 @@ folders hold the same classes, is EmbeddingSource's (harness/features/embedding_
 embeddings are cached once as memory-mapped .npy files under `<cache_dir>/<key>/`, written to a temp folder and
 renamed, so an interrupted run leaves nothing half-written. The key holds the folder, a fingerprint of its files
 (harness.results.provenance: by listing for a folder of many files), the model, its pretrained tag (and the
-fingerprint of the weights file when it is one), open_clip's version and the harness's code version: an image
-added, removed or replaced, other weights or other encoding code give new embeddings, never the old ones. The
+fingerprint of the weights file when it is one), open_clip's version and the version of this module (the code that
+encodes; an edit elsewhere in the harness keeps hours of ImageNet embeddings): an image added, removed or replaced,
+other weights or other encoding code give new embeddings, never the old ones. The
 device is not in the key: GPU and CPU encodings differ in the last bits only, and nothing downstream amplifies
 that the way training does.
 """
@@ -142,7 +143,7 @@ def cached_folder_embeddings(root: str | os.PathLike, cfg: ClipConfig = ClipConf
         return encode_image_folder(root, m, p, cfg)
     identity = {"root": str(root), "arch": cfg.arch, "pretrained": cfg.pretrained}
     key_fields = {**identity, "images": input_fingerprint([root]), "open_clip": _open_clip_version(),
-                  "code_version": code_version()}
+                  "code_version": code_version("features/clip.py")}  # the code that encodes, alone
     if cfg.pretrained is not None and Path(cfg.pretrained).expanduser().is_file():  # weights from a local file
         key_fields["weights"] = input_fingerprint([cfg.pretrained])
     key = f"clip-{cfg.arch}-{Path(cfg.pretrained or 'random').name}-{config_hash(key_fields)}"

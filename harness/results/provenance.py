@@ -23,10 +23,17 @@ LISTING_LIMIT = 1000  # files: a larger folder is fingerprinted by its listing, 
 
 
 @functools.cache
-def code_version() -> str:
-    """12-hex hash of every `harness/**/*.py` (paths and contents): the version of the code that computes."""
+def code_version(*modules: str) -> str:
+    """12-hex hash of every `harness/**/*.py` (paths and contents): the version of the code that computes.
+
+    `modules` (paths below harness/, e.g. "features/clip.py"): of those files only, for a cache that costs hours
+    to rebuild (CLIP embeddings of ImageNet, the Pile's index) and that they alone compute: an edit elsewhere in
+    the harness then keeps it. A named file that does not exist is an error (a rename must not drop it)."""
+    paths = sorted(HARNESS_ROOT.rglob("*.py")) if not modules else [HARNESS_ROOT / m for m in sorted(modules)]
     digest = hashlib.sha256()
-    for path in sorted(HARNESS_ROOT.rglob("*.py")):
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"code_version: {path} does not exist (a module renamed? update its caller)")
         digest.update(str(path.relative_to(HARNESS_ROOT)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

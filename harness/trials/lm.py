@@ -290,12 +290,18 @@ def _embedder_key(embedder: str | None) -> list[str]:
     return sorted(input_fingerprint([folder]).values()) if is_local_path(folder) else [folder]
 
 
+# the modules that read, embed and index the train corpus: the index cache's code version (an edit elsewhere keeps
+# an index whose embedding took hours)
+INDEX_CODE = ("data/text.py", "features/text_embedder.py", "distributed/lm_sharding.py", "retrieval/text_index.py",
+              "retrieval/index.py", "retrieval/approximate.py")
+
+
 def corpus_index_key(cfg: LMScalingTrialConfig) -> str:
     """What the cached corpus index depends on: the train corpus's content, the embedder's weights, the metric, the
-    index kind and the code that reads and embeds the corpus."""
+    index kind and the code that reads and embeds the corpus (INDEX_CODE)."""
     return config_hash({"train": sorted(input_fingerprint([cfg.train]).values()), "documents": "whole",
                         "embedder": _embedder_key(cfg.embedder), "metric": cfg.retrieval_metric,
-                        "index_kind": cfg.index_kind, "code_version": code_version()})
+                        "index_kind": cfg.index_kind, "code_version": code_version(*INDEX_CODE)})
 
 
 def corpus_index(cfg: LMScalingTrialConfig, sharding: ShardingConfig) -> TextIndex:
