@@ -97,3 +97,20 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         write_parquet_atomic(Broken({"a": [3]}), path)
     assert pl.read_parquet(path).equals(good)
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_torch_retriever_chunks_queries_to_a_bounded_block_with_the_same_neighbours(monkeypatch):
+    """The (queries, N) distance block is bounded (BLOCK_FLOATS): a large N gets fewer queries per chunk (ImageNet's
+    1.23M: ~440, not 4096), and any chunking gives the same neighbours and distances bit for bit."""
+    from harness.retrieval import index
+
+    rng = np.random.default_rng(0)
+    x, q = rng.normal(size=(500, 16)).astype(np.float32), rng.normal(size=(37, 16)).astype(np.float32)
+    whole = index.TorchExactRetriever(x, query_chunk=4096).search(q, 7)
+    monkeypatch.setattr(index, "BLOCK_FLOATS", 500 * 5)
+    small = index.TorchExactRetriever(x)
+    assert small.query_chunk == 5
+    for a, b in zip(small.search(q, 7), whole, strict=True):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.undo()
+    assert index.TorchExactRetriever(np.zeros((1_281_167 - 50_000, 1), np.float32)).query_chunk == 436
