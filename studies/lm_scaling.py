@@ -106,6 +106,7 @@ def _given(cfg: LMScaling, name: str) -> bool:
         return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in how.options)
     return getattr(cfg, name) != next(f.default for f in dataclasses.fields(LMScaling) if f.name == name)
 
+
 PRESETS = {
     "paper": LMScaling(models=("0.5B", "1.5B", "3B", "7B", "14B", "32B"), device="cuda",
                        out_dir="results/lm_scaling_paper"),

@@ -28,14 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from harness.cli import run_main, study_parser  # noqa: E402
 from harness.data.mnist import ImageSplits, load_mnist  # noqa: E402
 from harness.data.subsample import class_balanced_subsample  # noqa: E402
-from harness.distributed.runtime import (  # noqa: E402
-    cluster_offers_gpus,
-    cluster_summary,
-    ray_session,
-    require_resources,
-)
+from harness.distributed.runtime import cluster_summary, ray_session  # noqa: E402
 from harness.distributed.sharding import ShardingConfig  # noqa: E402
-from harness.distributed.study import RayOptions, prepare_sweep, record_sweep  # noqa: E402
+from harness.distributed.study import RayOptions, check_cluster, prepare_sweep, record_sweep  # noqa: E402
 from harness.distributed.sweep import search_trials  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
 from harness.results.run_record import finished_record, read_run, write_run  # noqa: E402
@@ -119,12 +114,9 @@ def main(argv: list[str] | None = None) -> pl.DataFrame:
               for size in cfg.sizes}
     best, rows = [], []
     with ray_session(cfg.ray.address):
-        if cfg.compute.device == "cuda" and not cluster_offers_gpus():  # as run_study: trials would wait forever
-            raise ConfigError("--device cuda, but no node of this Ray cluster has a GPU; use --device cpu "
-                              "(or None: cuda where available)")
+        check_cluster(cfg, cfg.ray)  # as run_study: a GPU for --device cuda, the actors' GPUs
         shared: dict[str, object] = {"images": images}
         if cfg.ray.actors:  # each searched trial shards its validation points over the actors it reserves
-            require_resources(cfg.ray.gpus_per_actor, ShardingConfig().cpus_per_actor)  # GPUs that exist
             shared["sharding"] = ShardingConfig(actors=cfg.ray.actors, gpus_per_actor=cfg.ray.gpus_per_actor)
         for size, sweep in sweeps.items():
             started = time.time()

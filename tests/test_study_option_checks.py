@@ -209,7 +209,7 @@ def test_tune_ttt_refuses_cuda_on_a_cluster_without_gpus_before_the_search(tmp_p
 
     monkeypatch.setattr(study, "load_mnist", lambda *_: mnist)
     monkeypatch.setattr(study, "ray_session", lambda *_: contextlib.nullcontext())
-    monkeypatch.setattr(study, "cluster_offers_gpus", lambda: False)
+    monkeypatch.setattr("harness.distributed.runtime.cluster_offers_gpus", lambda: False)  # check_cluster asks it
     monkeypatch.setattr(study, "search_trials", _spy)
     with pytest.raises(ConfigError, match="--device cuda, but no node of this Ray cluster has a GPU"):
         study.main(["--smoke-test", "--device", "cuda", "--out-dir", str(tmp_path / "out")])

@@ -264,13 +264,26 @@ def record_sweep(cfg: Any, *, name: str, out_dir: str, started: float, rows: pl.
     write_run(out_dir, merge_sweep(previous, study, name, sweep))
 
 
+def check_cluster(cfg: Any, opts: RayOptions) -> None:
+    """Inside the Ray session, before any trial: what the study asks of the cluster exists (ConfigError naming
+    the option): a GPU for --device cuda (trials would wait forever), and the GPUs --actors x --gpus-per-actor."""
+    from harness.distributed.runtime import cluster_offers_gpus, require_resources
+    from harness.distributed.sharding import ShardingConfig
+
+    if study_device(cfg) == "cuda" and not cluster_offers_gpus():
+        raise ConfigError("--device cuda, but no node of this Ray cluster has a GPU; use --device cpu "
+                          "(or None: cuda where available)")
+    if opts.actors:  # GPUs asked for where none exist: fail now, naming the option
+        require_resources(opts.gpus_per_actor, ShardingConfig().cpus_per_actor)
+
+
 def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metric: str, mode: str = "min",
               shared: Mapping[str, Any] | None = None, ray_options: RayOptions | None = None) -> pl.DataFrame:
     """Every trial's rows, in trial order, from one Ray Tune sweep named `name` (see the module docstring).
 
     cfg: the study's config (its options are checked and stored beside the sweep); trials: its trial
     configs, all of one registered kind; shared: large read-only inputs of the trial function."""
-    from harness.distributed.runtime import cluster_offers_gpus, cluster_summary, ray_session, require_resources
+    from harness.distributed.runtime import cluster_summary, ray_session
     from harness.distributed.sharding import ShardingConfig
     from harness.distributed.sweep import run_trials
     from harness.registry import trial_kind
@@ -291,11 +304,7 @@ def run_study(cfg: Any, trials: Sequence[Any], *, name: str, out_dir: str, metri
     sweep = prepare_sweep(cfg, name=name, out_dir=out_dir, metric=metric, mode=mode, ray_options=opts)
     started = time.time()
     with ray_session(opts.address):
-        if study_device(cfg) == "cuda" and not cluster_offers_gpus():
-            raise ConfigError("--device cuda, but no node of this Ray cluster has a GPU; use --device cpu "
-                              "(or None: cuda where available)")
-        if opts.actors:  # GPUs asked for where none exist: fail now, naming the option
-            require_resources(opts.gpus_per_actor, ShardingConfig().cpus_per_actor)
+        check_cluster(cfg, opts)
         result = run_trials(trials, sweep, shared=shared, resume=opts.resume, reuse_stale=opts.reuse_stale,
                             callbacks=opts.tune_callbacks(name))
         cluster = cluster_summary()

@@ -187,15 +187,15 @@ def provenance(cfg: Any) -> dict[str, Any]:
 
 def compute_device(cfg: Any) -> str | None:
     """The device type a trial whose config leaves `device` at None computes on in *this* process: "cuda" when
-    torch sees a GPU, else "cpu" (the rule of harness.trials.mnist.trial_device). None when the config pins its
+    torch sees a GPU, else "cpu" (harness.devices.trial_device). None when the config pins its
     device (its hash covers it) or has no `device` field. Call it in the trial's worker: the driver may have no
     GPU while the workers do, and a trial reserving no GPU sees its node's GPUs (Ray >= 2.49 leaves
     CUDA_VISIBLE_DEVICES alone then), so only the process that runs the trial knows."""
     if not hasattr(cfg, "device") or cfg.device is not None:
         return None
-    import torch
+    from harness.devices import trial_device  # lazy: torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return trial_device(None).type
 
 
 def _device_reason(meta: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:

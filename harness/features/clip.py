@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.devices import trial_device
 from harness.results.atomic import temp_dir_beside
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import config_hash
@@ -113,7 +114,7 @@ def encode_image_folder(root: str | os.PathLike, model: torch.nn.Module, preproc
     """Embeddings of every readable image under root (ImageFolder layout), in folder order."""
     root = Path(root)
     data = _TolerantImageFolder(root, preprocess)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = trial_device(cfg.device)
     model = model.to(device).eval()
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                          collate_fn=_collate, pin_memory=device.type == "cuda")

@@ -30,6 +30,7 @@ from harness.data.embeddings import l2_normalise
 from harness.data.feature_splits import FeatureSplits
 from harness.data.mnist import load_mnist
 from harness.data.synthetic import LRHConfig, make_lrh
+from harness.devices import trial_device
 from harness.errors import ConfigError
 from harness.eval.concepts import (
     concept_recovery,
@@ -70,7 +71,6 @@ from harness.trials.mnist import (
     mnist_features,
     mnist_input_files,
     test_subset,
-    trial_device,
 )
 from harness.trials.options import Device
 from harness.ttt.evaluator import check_predictions, predicted_class

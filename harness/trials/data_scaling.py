@@ -22,6 +22,7 @@ import torch
 
 from harness.data.mnist import ImageSplits, load_mnist
 from harness.data.subsample import class_balanced_subsample
+from harness.devices import trial_device
 from harness.distributed.sharding import ShardingConfig
 from harness.errors import ConfigError
 from harness.models.training import TrainConfig, train_classifier
@@ -29,17 +30,15 @@ from harness.registry import register_trial
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.mnist import (
     MnistTrialConfig,
-    check_at_least,
     check_device,
     check_engine,
     check_engine_on_device,
     check_neighbourhoods,
     check_seed,
     check_test_points,
-    check_ttt_lr,
+    check_ttt_options,
     mnist_features,
     test_subset,
-    trial_device,
 )
 from harness.trials.options import Device, HeadEngine, Split
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, prediction_metrics
@@ -80,9 +79,7 @@ class FixedFeaturesConfig:
         if self.test_points is not None and self.test_points < 1:
             raise ConfigError(f"test_points must be >= 1, got {self.test_points}")
         TrainConfig(self.head_lr, self.head_batch_size, self.head_epochs)  # raises naming the bad value
-        check_ttt_lr(self.ttt_lr)
-        check_at_least(self, ("ttt_steps",), 0)
-        check_at_least(self, ("ttt_k",), 1)
+        check_ttt_options(self)
         check_engine(self.engine)
         check_device(self.device)
         check_seed(self.seed)

@@ -19,6 +19,7 @@ import torch
 
 from harness.data.embeddings import IMAGENET_HOLDOUT, labels_path_for
 from harness.data.subsample import class_balanced_subsample
+from harness.devices import trial_device
 from harness.distributed.sharding import ShardingConfig
 from harness.errors import ConfigError
 from harness.features.cache import FeatureSplits, cached_model_features
@@ -29,14 +30,13 @@ from harness.registry import register_trial
 from harness.results.provenance import code_version, input_fingerprint
 from harness.results.schema import RunInfo, config_hash, point_rows
 from harness.trials.mnist import (
-    check_at_least,
     check_device,
     check_engine,
     check_engine_on_device,
     check_neighbourhoods,
     check_seed,
     check_test_points,
-    check_ttt_lr,
+    check_ttt_options,
     evaluate_in_process,
     mnist_input_files,
     refuse_unused_options,
@@ -128,9 +128,7 @@ class EmbeddingHeadConfig:
         check_engine(self.engine)
         check_device(self.device)
         check_seed(self.seed)
-        check_ttt_lr(self.ttt_lr)
-        check_at_least(self, ("ttt_steps",), 0)
-        check_at_least(self, ("ttt_k",), 1)
+        check_ttt_options(self)
 
     def input_files(self) -> tuple[str, ...]:
         return source_input_files(self.source)
@@ -167,7 +165,7 @@ def head_features(cfg: EmbeddingHeadConfig, splits: FeatureSplits | None = None,
     key_fields = {"source": cfg.source, "hidden": cfg.hidden, "seed": cfg.seed, "train": cfg.train_config(),
                   "fraction": cfg.fraction, "inputs": input_fingerprint(cfg.input_files()),
                   "code_version": code_version()}
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = trial_device(cfg.device)
     key_fields["train_device"] = device.type  # GPU and CPU training differ in the last bits
     key = f"head-{cfg.hidden or 'linear'}-{config_hash(key_fields)}"
 

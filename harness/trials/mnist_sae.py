@@ -20,6 +20,7 @@ import polars as pl
 import torch
 
 from harness.data.mnist import ImageSplits, load_mnist
+from harness.devices import trial_device
 from harness.errors import ConfigError
 from harness.models.lenet import lenet_for_size
 from harness.models.sae import JumpReLUSAEConfig
@@ -47,7 +48,6 @@ from harness.trials.mnist import (
     mnist_features,
     mnist_input_files,
     test_subset,
-    trial_device,
 )
 from harness.trials.options import Device
 from harness.ttt.evaluator import HeadState, HeadTTTEvaluator, check_predictions, predicted_class

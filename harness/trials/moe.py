@@ -11,6 +11,7 @@ import polars as pl
 import torch
 
 from harness.data.mnist import ImageSplits, load_mnist
+from harness.devices import trial_device
 from harness.errors import ConfigError
 from harness.models.lenet import Init, lenet_for_size
 from harness.registry import register_trial
@@ -103,7 +104,7 @@ def moe_trial(cfg: MoETrialConfig, images: ImageSplits | None = None) -> pl.Data
     ttt = cfg.ttt_config()
     x, y = (feats.test_x, feats.test_y) if cfg.split == "test" else (feats.val_x, feats.val_y)
     subset = test_subset(x.shape[0], cfg.test_points)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = trial_device(cfg.device)
 
     centroids = kmeans_centroids(feats.train_x, cfg.experts, cfg.kmeans_iterations, seed=cfg.seed,
                                  restarts=cfg.kmeans_restarts)  # (E, d)

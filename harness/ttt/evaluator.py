@@ -8,8 +8,9 @@ A diverged TTT run (a finite learning rate too large for the features: Adam's st
 fused engine's half-precision state) leaves NaN or infinite logits. They are no prediction: torch's argmax
 returns the index of a row's first NaN (class 0 when all are NaN), which would count every class-0 point as
 correct, and their cross-entropy is NaN. So the evaluator predicts -1 (no class) for such a point, and
-`prediction_metrics`, on the trial's side of the actor pool, ends the trial with a ConfigError that says TTT
-diverged, for how many points, with which learning rate, and to lower --ttt-lr; see its docstring for why.
+`prediction_metrics`, on the trial's side of the actor pool, ends the trial with a DivergedError (a ConfigError)
+that says TTT diverged, for how many points, with which learning rate, and to lower --ttt-lr; see its docstring
+for why.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from harness.devices import trial_device
 from harness.errors import DivergedError
 from harness.retrieval.index import build_retriever, check_features
 from harness.ttt.baselines import majority_vote
@@ -64,7 +66,7 @@ def predicted_class(logits: torch.Tensor) -> torch.Tensor:
 
 
 def check_predictions(out: dict[str, np.ndarray], what: str) -> None:
-    """Raise ConfigError when a `pred_*` column (pred_majority aside: -1 there means no vote was asked for) holds -1,
+    """Raise DivergedError when a `pred_*` column (pred_majority aside: -1 there means no vote was asked for) holds -1,
     predicted_class's mark of a head whose logits were NaN or infinite: `what` names the trial. Such a point has no
     prediction, and counting it as a mistake would read as a finding about TTT (see prediction_metrics)."""
     bad = {name: int((v < 0).sum()) for name, v in out.items()
@@ -72,7 +74,7 @@ def check_predictions(out: dict[str, np.ndarray], what: str) -> None:
     if bad:
         counts = ", ".join(f"{name} for {n} of {out[name].size} test points" for name, n in bad.items())
         raise DivergedError(f"{what}: logits NaN or infinite (training or TTT diverged): {counts}; no rows were "
-                          "written: lower the learning rate of the head that diverged")
+                            "written: lower the learning rate of the head that diverged")
 
 
 def ttt_chunk_for(device: torch.device, k: int, dim: int) -> int:
@@ -106,7 +108,7 @@ class HeadTTTEvaluator:
         chunk: int | None = None,
         engine: str = AUTO,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = trial_device(device)
         self.engine_name = resolve_head_engine(engine, self.device, (state.train_features, state.weight))
         n = state.train_features.shape[0]
         for name, k in (("ttt.k", ttt.k), ("majority_k", majority_k)):
@@ -162,15 +164,16 @@ def prediction_metrics(out: dict[str, np.ndarray], ttt: HeadTTTConfig | None = N
                        ) -> list[tuple[str, str, np.ndarray]]:
     """(method, metric, per-point values) triples from an evaluator's output columns.
 
-    Raises a ConfigError, before any row is made, when the TTT (or global) head diverged on some point: its
-    logits NaN or infinite (pred -1) or too large for a finite cross-entropy. The message gives how many points,
-    the engine (when `out` still holds its column) and, given `ttt`, the learning rate, steps and k, and says to
-    lower --ttt-lr. Why an error rather than rows: a diverged point has no prediction and no cross-entropy. Its
+    Raises a DivergedError (a ConfigError), before any row is made, when the TTT (or global) head diverged on some
+    point: its logits NaN or infinite (pred -1) or too large for a finite cross-entropy. The message gives how many
+    points, the engine (when `out` still holds its column) and, given `ttt`, the learning rate, steps and k, and
+    says to lower --ttt-lr. Why an error rather than rows: a diverged point has no prediction and no cross-entropy. Its
     error could be set to 1, but a cross-entropy would have to be made up (NaN, inf, or the point left out of the
     mean), and a table whose TTT error counts divergences as mistakes reads as a finding about TTT when it is one
-    about the learning rate; a researcher must see the divergence, not a number. In a sweep the error ends that
+    about the learning rate; a researcher must see the divergence, not a number. In a grid sweep the error ends that
     trial only, without a retry (harness/distributed/sweep.py): the other trials finish and keep their cached rows,
-    and the study exits naming the diverged trials, so a rerun with a smaller --ttt-lr recomputes only those."""
+    and the study exits naming the diverged trials, so a rerun with a smaller --ttt-lr recomputes only those. In a
+    hyperparameter search the searcher is given the worst value for that trial and the search goes on."""
     for method in ("global", "ttt"):
         diverged = (out[f"pred_{method}"] < 0) | ~np.isfinite(out[f"ce_{method}"])
         if diverged.any():
